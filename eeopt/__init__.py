@@ -1,0 +1,42 @@
+"""eeopt: optimise early-exit networks with failure prediction, not calibration, as the proxy for efficiency.
+
+The package imports lazily: `import eeopt` is cheap, and torch, Ray and MLflow load only when a name that needs
+them is used.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_EXPORTS = {
+    "ExitOutputs": "eeopt.outputs",
+    "EeoptError": "eeopt.errors",
+    "ExitOutputsError": "eeopt.errors",
+    "ConfigError": "eeopt.errors",
+    "DataError": "eeopt.errors",
+    "TrainingDiverged": "eeopt.errors",
+    "StorageError": "eeopt.errors",
+    "StudyError": "eeopt.errors",
+    "register_score": "eeopt.scores",
+    "compute_score": "eeopt.scores",
+    "list_scores": "eeopt.scores",
+    "synthetic_exit_outputs": "eeopt.synthetic",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'eeopt' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

@@ -1,0 +1,252 @@
+"""`ExitOutputs`: what every exit of a multi-exit model produced on one split. The seam of eeopt.
+
+Everything downstream of training (metrics, calibrators, policies, threshold search, analysis) works on these arrays,
+so any model's exit logits can be brought in as an `.npz` file with these arrays:
+
+- ``logits``     float [K, N, C]  exit k's logits for sample n, exits in forward order (the last is the final head);
+- ``labels``     int   [N]        true class in [0, C);
+- ``costs``      float [K]        cumulative cost of reaching exit k's prediction for one sample (FLOPs by default);
+- ``scores``     float [K, N]     optional learned confidence (higher = more likely correct, exit now);
+- ``latency_ms`` float [K]        optional measured cumulative latency per exit.
+
+Exits are indexed from 0 in arrays and named ``exit1``..``exitK`` wherever a user reads them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from eeopt.errors import ExitOutputsError
+
+_ARRAYS = ("logits", "labels", "costs", "scores", "latency_ms")
+
+
+def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Numerically stable softmax in float64."""
+    z = np.asarray(logits, dtype=np.float64)
+    z = z - z.max(axis=axis, keepdims=True)
+    np.exp(z, out=z)
+    z /= z.sum(axis=axis, keepdims=True)
+    return z
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ExitOutputs:
+    """Exit logits, labels and per-exit costs of one split; validated on construction.
+
+    Raises:
+        ExitOutputsError: an array has the wrong shape or dtype, holds NaN/inf, or labels are out of range.
+    """
+
+    logits: np.ndarray
+    labels: np.ndarray
+    costs: np.ndarray
+    scores: np.ndarray | None = None
+    latency_ms: np.ndarray | None = None
+    source: str = dataclasses.field(default="exit outputs", compare=False)
+
+    def __post_init__(self) -> None:
+        set_ = functools.partial(object.__setattr__, self)
+        src = self.source
+        logits = np.asarray(self.logits)
+        if logits.ndim != 3:
+            raise ExitOutputsError(f"{src}: logits must have shape [K, N, C], got {logits.ndim} dimensions {logits.shape}")
+        if not np.issubdtype(logits.dtype, np.floating):
+            raise ExitOutputsError(f"{src}: logits must be floating point, got {logits.dtype}")
+        k, n, c = logits.shape
+        if k < 1 or n < 1 or c < 2:
+            raise ExitOutputsError(f"{src}: logits shape {logits.shape} needs K >= 1 exits, N >= 1 samples, C >= 2 classes")
+        _check_finite(src, "logits", logits)
+        set_("logits", logits)
+
+        labels = np.asarray(self.labels)
+        if labels.shape != (n,):
+            raise ExitOutputsError(f"{src}: labels must have shape [N] = ({n},), got {labels.shape}")
+        if not np.issubdtype(labels.dtype, np.integer):
+            if np.issubdtype(labels.dtype, np.floating) and np.all(np.isfinite(labels)) and np.all(labels == np.round(labels)):
+                labels = labels.astype(np.int64)
+            else:
+                raise ExitOutputsError(f"{src}: labels must be integers, got {labels.dtype}")
+        bad = np.flatnonzero((labels < 0) | (labels >= c))
+        if bad.size:
+            raise ExitOutputsError(
+                f"{src}: labels out of range [0, {c}) for {c} classes: label {labels[bad[0]]} at sample {bad[0]}"
+                f" ({bad.size} such samples)"
+            )
+        set_("labels", labels.astype(np.int64, copy=False))
+
+        costs = _float_vector(src, "costs", self.costs, k)
+        if np.any(costs < 0):
+            raise ExitOutputsError(f"{src}: costs must be non-negative, got {costs.tolist()}")
+        if np.any(np.diff(costs) < 0):
+            raise ExitOutputsError(f"{src}: costs must be cumulative (non-decreasing with the exit), got {costs.tolist()}")
+        set_("costs", costs)
+
+        if self.scores is not None:
+            scores = np.asarray(self.scores)
+            if scores.shape != (k, n):
+                raise ExitOutputsError(f"{src}: scores must have shape [K, N] = ({k}, {n}), got {scores.shape}")
+            if not np.issubdtype(scores.dtype, np.floating):
+                raise ExitOutputsError(f"{src}: scores must be floating point, got {scores.dtype}")
+            _check_finite(src, "scores", scores)
+            set_("scores", scores)
+        if self.latency_ms is not None:
+            latency = _float_vector(src, "latency_ms", self.latency_ms, k)
+            if np.any(latency < 0):
+                raise ExitOutputsError(f"{src}: latency_ms must be non-negative, got {latency.tolist()}")
+            set_("latency_ms", latency)
+
+    # ----------------------------------------------------------------------------------------------- shape
+    @property
+    def num_exits(self) -> int:
+        return self.logits.shape[0]
+
+    @property
+    def num_samples(self) -> int:
+        return self.logits.shape[1]
+
+    @property
+    def num_classes(self) -> int:
+        return self.logits.shape[2]
+
+    # ----------------------------------------------------------------------------------------------- derived, cached
+    @functools.cached_property
+    def probs(self) -> np.ndarray:
+        """Softmax probabilities [K, N, C], float64, computed once."""
+        return softmax(self.logits)
+
+    @functools.cached_property
+    def predictions(self) -> np.ndarray:
+        """Predicted class per exit [K, N] (argmax of the logits)."""
+        return self.logits.argmax(axis=-1)
+
+    @functools.cached_property
+    def correct(self) -> np.ndarray:
+        """Whether exit k predicts sample n correctly, bool [K, N]."""
+        return self.predictions == self.labels[None, :]
+
+    @functools.cached_property
+    def confidence(self) -> np.ndarray:
+        """Top-label (max softmax) probability [K, N]."""
+        return self.probs.max(axis=-1)
+
+    @property
+    def accuracy(self) -> np.ndarray:
+        """Accuracy of each exit [K]."""
+        return self.correct.mean(axis=1)
+
+    # ----------------------------------------------------------------------------------------------- views
+    def select_exits(self, exits) -> ExitOutputs:
+        """Keep only the given exits (0-based indices, in increasing order); costs keep their original values."""
+        idx = np.asarray(exits, dtype=np.int64).reshape(-1)
+        if idx.size == 0 or np.any(np.diff(idx) <= 0) or idx[0] < 0 or idx[-1] >= self.num_exits:
+            raise ExitOutputsError(f"{self.source}: exits must be increasing indices in [0, {self.num_exits}), got {idx.tolist()}")
+        return dataclasses.replace(
+            self,
+            logits=self.logits[idx],
+            costs=self.costs[idx],
+            scores=None if self.scores is None else self.scores[idx],
+            latency_ms=None if self.latency_ms is None else self.latency_ms[idx],
+        )
+
+    def subset(self, samples) -> ExitOutputs:
+        """Keep only the given samples (indices or a boolean mask over N)."""
+        idx = np.asarray(samples)
+        return dataclasses.replace(
+            self,
+            logits=self.logits[:, idx],
+            labels=self.labels[idx],
+            scores=None if self.scores is None else self.scores[:, idx],
+        )
+
+    def with_logits(self, logits: np.ndarray) -> ExitOutputs:
+        """Same labels, costs and scores with new logits (e.g. after calibration)."""
+        return dataclasses.replace(self, logits=logits)
+
+    # ----------------------------------------------------------------------------------------------- files
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write an uncompressed `.npz` with the arrays above; returns the path written."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        arrays = {"logits": self.logits, "labels": self.labels, "costs": self.costs}
+        if self.scores is not None:
+            arrays["scores"] = self.scores
+        if self.latency_ms is not None:
+            arrays["latency_ms"] = self.latency_ms
+        with open(path, "wb") as fh:
+            np.savez(fh, **arrays)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> ExitOutputs:
+        """Read and validate an exit-outputs `.npz` file.
+
+        Raises:
+            ExitOutputsError: the file is missing, is not an `.npz`, lacks a required array, has an unknown array,
+                or fails validation. The message starts with the file name.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise ExitOutputsError(f"{path}: no such file")
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                arrays = {name: npz[name] for name in npz.files}
+        except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+            raise ExitOutputsError(f"{path}: not a readable NumPy .npz file ({exc})") from exc
+        unknown = sorted(set(arrays) - set(_ARRAYS))
+        if unknown:
+            raise ExitOutputsError(f"{path}: unknown array {unknown[0]!r} (expected {', '.join(_ARRAYS)})")
+        for name in ("logits", "labels", "costs"):
+            if name not in arrays:
+                raise ExitOutputsError(f"{path}: missing array {name!r}")
+        return cls(**arrays, source=str(path))
+
+    def __repr__(self) -> str:
+        k, n, c = self.logits.shape
+        extra = " +scores" if self.scores is not None else ""
+        return f"ExitOutputs(K={k}, N={n}, C={c}{extra}, source={self.source!r})"
+
+
+def check_compatible(fit: ExitOutputs, evaluate: ExitOutputs) -> None:
+    """Raise `ExitOutputsError` unless two splits come from the same model (same exits, classes and costs)."""
+    if fit.num_exits != evaluate.num_exits:
+        raise ExitOutputsError(
+            f"{evaluate.source}: has {evaluate.num_exits} exits but {fit.source} has {fit.num_exits}"
+        )
+    if fit.num_classes != evaluate.num_classes:
+        raise ExitOutputsError(
+            f"{evaluate.source}: has {evaluate.num_classes} classes but {fit.source} has {fit.num_classes}"
+        )
+    if not np.allclose(fit.costs, evaluate.costs, rtol=1e-6, atol=0):
+        raise ExitOutputsError(
+            f"{evaluate.source}: costs {evaluate.costs.tolist()} differ from {fit.source}'s {fit.costs.tolist()}"
+        )
+    if (fit.scores is None) != (evaluate.scores is None):
+        has, lacks = (fit, evaluate) if fit.scores is not None else (evaluate, fit)
+        raise ExitOutputsError(f"{lacks.source}: has no 'scores' array but {has.source} has one")
+
+
+def _float_vector(src: str, name: str, value, k: int) -> np.ndarray:
+    arr = np.asarray(value)
+    if arr.shape != (k,):
+        raise ExitOutputsError(f"{src}: {name} must have shape [K] = ({k},), got {arr.shape}")
+    if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+        raise ExitOutputsError(f"{src}: {name} must be numeric, got {arr.dtype}")
+    arr = arr.astype(np.float64)
+    _check_finite(src, name, arr)
+    return arr
+
+
+def _check_finite(src: str, name: str, arr: np.ndarray) -> None:
+    finite = np.isfinite(arr)
+    if not finite.all():
+        where = np.argwhere(~finite)[0]
+        kind = "NaN" if np.isnan(arr[tuple(where)]) else "inf"
+        pos = f"exit {where[0] + 1}, sample {where[1]}" if arr.ndim >= 2 else f"exit {where[0] + 1}"
+        raise ExitOutputsError(f"{src}: {name} contains {kind} ({pos}; {int((~finite).sum())} non-finite values)")
