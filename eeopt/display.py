@@ -1,0 +1,85 @@
+"""Human-readable tables for the CLI (rich). Consumes computed reports; computes nothing."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+console = Console(highlight=False)
+
+_SHORT = {
+    "accuracy": "acc", "adaptive_ece": "aece", "aupr_error": "aupr_err", "kendall_tau": "tau",
+}
+
+
+def fmt(value: Any, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, float):
+        if abs(value) >= 1e5:
+            return f"{value:.3g}"
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def print_report(report, outputs=None) -> None:
+    """Per-exit metrics table, the mean row, and the efficiency numbers of an `EvaluationReport`."""
+    names = [k for k in report.exits[0] if k != "exit"]
+    title = f"score={report.score}  calibration={report.calibration}"
+    if outputs is not None:
+        title = f"{outputs.source}: K={outputs.num_exits} exits, N={outputs.num_samples}, C={outputs.num_classes}  " + title
+    table = Table(title=title, title_justify="left")
+    table.add_column("exit", justify="right")
+    if outputs is not None:
+        table.add_column("cost", justify="right")
+    for name in names:
+        table.add_column(_SHORT.get(name, name), justify="right")
+    for row in report.exits:
+        cells = [str(row["exit"])]
+        if outputs is not None:
+            cells.append(fmt(float(outputs.costs[row["exit"] - 1])))
+        table.add_row(*cells, *(fmt(row[n]) for n in names))
+    mean_cells = ["mean"] + ([""] if outputs is not None else [])
+    table.add_row(*mean_cells, *(fmt(report.mean.get(n)) for n in names), style="bold")
+    console.print(table)
+    eff = report.efficiency
+    console.print(
+        "global sweep: "
+        + "  ".join(f"{k}={fmt(eff[k])}" for k in ("acc_at_25", "acc_at_50", "acc_at_75", "acc_at_100", "acc_cost_auc"))
+    )
+    console.print(f"thresholds chosen on: {report.thresholds_from}")
+
+
+def print_search(summary: dict[str, Any]) -> None:
+    """Budget table: per-exit search vs global sweep, both chosen on val and reported on test."""
+    table = Table(
+        title=f"thresholds chosen on val, reported on test  (score={summary['score']}, "
+        f"calibration={summary['calibration']}, {summary['trials']} trials, {summary['sampler']})",
+        title_justify="left",
+    )
+    for col in ("budget", "method", "val acc", "val cost", "test acc", "test cost", "thresholds"):
+        table.add_column(col, justify="right" if col != "thresholds" else "left")
+    last = summary["costs"][-1]
+    for ours, sweep in zip(summary["per_exit_search"]["budgets"], summary["global_sweep"]["budgets"]):
+        budget = f"{ours['budget']}%"
+        thr = ours["thresholds"]
+        thr_text = "-" if thr is None else " ".join(fmt(t, 3) for t in thr)
+        table.add_row(budget, "per-exit", fmt(ours["val_accuracy"]), _share(ours["val_mean_cost"], last),
+                      fmt(ours["test_accuracy"]), _share(ours["test_mean_cost"], last), thr_text)
+        table.add_row("", "global", fmt(sweep["val_accuracy"]), _share(sweep["val_mean_cost"], last),
+                      fmt(sweep["test_accuracy"]), _share(sweep["test_mean_cost"], last),
+                      fmt(sweep["threshold"], 3), end_section=True)
+    console.print(table)
+    console.print(
+        f"acc_cost_auc (test): per-exit {fmt(summary['per_exit_search']['acc_cost_auc'])}"
+        f"  global {fmt(summary['global_sweep']['acc_cost_auc'])}   (cost shown as % of the last exit's cost)"
+    )
+
+
+def _share(cost: float, last: float) -> str:
+    if cost is None or (isinstance(cost, float) and math.isnan(cost)):
+        return "-"
+    return f"{100.0 * cost / last:.1f}%"

@@ -1,0 +1,242 @@
+"""Per-exit threshold search: Optuna picks t_1..t_{K-1} on validation; the Pareto front is then reported on test.
+
+Thresholds are searched in score-quantile space: for exit k the parameter ``q_exit{k}`` in [0, 1] picks a position
+in the sorted validation scores of that exit (0 = every sample passes, 1 = none does), so every exit gets a useful
+range whatever its score's scale. Trials are asked in batches and evaluated with the vectorised policy evaluator, so
+a few hundred trials cost about a second. Nothing is fitted on the report (test) split.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import numpy as np
+
+from eeopt.metrics.efficiency import Efficiency, efficiency, frontier, global_sweep, select_by_budget, sweep_at
+from eeopt.policies import PolicyEvaluation, evaluate_thresholds
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchResult:
+    """Candidate policies (val Pareto front plus both extremes), their val and test numbers, and the budgets' picks.
+
+    Attributes:
+        thresholds: [P, K-1] threshold vectors, sorted by val mean cost.
+        fit: val accuracy / mean cost of each candidate.
+        report: test accuracy / mean cost of the same candidates (None without a report split).
+        efficiency: acc_at_25..100 and acc_cost_auc, policies chosen on val, accuracy reported on test.
+        trials: number of Optuna trials evaluated.
+    """
+
+    score: str
+    thresholds: np.ndarray
+    fit: PolicyEvaluation
+    report: PolicyEvaluation | None
+    efficiency: Efficiency
+    trials: int
+    costs: np.ndarray
+
+    def chosen(self, share: int) -> int:
+        """Index of the candidate chosen on val for a budget of `share` % of the last exit's cost (-1 if none)."""
+        return select_by_budget(self.fit.mean_cost, self.fit.accuracy, share / 100.0 * float(self.costs[-1]))
+
+
+def quantile_thresholds(sorted_scores: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Map quantile parameters q [M, K-1] in [0, 1] to thresholds, per exit, from sorted val scores [K-1, N].
+
+    Position i = floor(q * (N + 1)): i = 0 gives -inf (every sample passes), i = N + 1 gives +inf (none passes),
+    otherwise the i-th smallest score (samples with that score or higher pass).
+    """
+    k1, n = sorted_scores.shape
+    idx = np.clip(np.floor(np.asarray(q) * (n + 1)).astype(np.int64), 0, n + 1)
+    padded = np.concatenate(
+        [np.full((k1, 1), -np.inf), sorted_scores, np.full((k1, 1), np.inf)], axis=1
+    )  # [K-1, N+2]
+    return padded[np.arange(k1)[None, :], idx]
+
+
+def search_thresholds(
+    fit_scores: np.ndarray,
+    fit_correct: np.ndarray,
+    costs: np.ndarray,
+    *,
+    report_scores: np.ndarray | None = None,
+    report_correct: np.ndarray | None = None,
+    trials: int = 300,
+    sampler: str = "nsga2",
+    seed: int = 0,
+    batch_size: int = 50,
+    score: str = "msp",
+) -> SearchResult:
+    """Multi-objective search (max val accuracy, min val mean cost) over per-exit thresholds.
+
+    Args:
+        fit_scores, fit_correct: validation scores and correctness [K, N].
+        costs: cumulative cost per exit [K].
+        report_scores, report_correct: the same for the test split [K, N'], only evaluated, never searched on.
+        trials: Optuna trials (evaluated `batch_size` at a time).
+        sampler: "nsga2" (default) or "tpe".
+    """
+    import optuna
+
+    fit_scores = np.asarray(fit_scores, dtype=np.float64)
+    fit_correct = np.asarray(fit_correct, dtype=bool)
+    costs = np.asarray(costs, dtype=np.float64)
+    k = fit_scores.shape[0]
+    if k < 2:  # a single exit has nothing to search
+        thresholds = np.zeros((1, 0))
+        return _result(score, thresholds, fit_scores, fit_correct, costs, report_scores, report_correct, 0)
+
+    sorted_scores = np.sort(fit_scores[:-1], axis=1)
+    names = [f"q_exit{i + 1}" for i in range(k - 1)]
+    optuna.logging.set_verbosity(logging.WARNING)
+    if sampler == "nsga2":
+        opt_sampler = optuna.samplers.NSGAIISampler(population_size=batch_size, seed=seed)
+    elif sampler == "tpe":
+        opt_sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=min(batch_size, trials))
+    else:
+        raise ValueError(f"unknown sampler {sampler!r} (nsga2 or tpe)")
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=opt_sampler)
+    # Seed with shared-threshold policies over the val score range: the search starts where the global sweep is.
+    for level in np.linspace(0.0, 1.0, min(11, trials)):
+        tvalue = np.quantile(fit_scores[:-1], level)
+        # position of the first score >= tvalue in each exit's padded sorted scores (see quantile_thresholds)
+        qs = [(np.searchsorted(row, tvalue) + 1.5) / (row.size + 1) for row in sorted_scores]
+        study.enqueue_trial({name: float(min(max(v, 0.0), 1.0)) for name, v in zip(names, qs)})
+
+    distributions = {name: optuna.distributions.FloatDistribution(0.0, 1.0) for name in names}
+    done = 0
+    while done < trials:
+        batch = [study.ask(distributions) for _ in range(min(batch_size, trials - done))]
+        q = np.array([[t.params[name] for name in names] for t in batch])
+        result = evaluate_thresholds(fit_scores, fit_correct, costs, quantile_thresholds(sorted_scores, q))
+        for t, acc, cost in zip(batch, result.accuracy, result.mean_cost):
+            study.tell(t, [float(acc), float(cost)])
+        done += len(batch)
+
+    pareto = study.best_trials
+    q = np.array([[t.params[name] for name in names] for t in pareto]).reshape(-1, k - 1)
+    thresholds = np.concatenate(
+        [quantile_thresholds(sorted_scores, q), np.full((1, k - 1), -np.inf), np.full((1, k - 1), np.inf)]
+    )
+    thresholds = np.unique(thresholds, axis=0)
+    return _result(score, thresholds, fit_scores, fit_correct, costs, report_scores, report_correct, trials)
+
+
+def _result(score, thresholds, fit_scores, fit_correct, costs, report_scores, report_correct, trials) -> SearchResult:
+    fit = evaluate_thresholds(fit_scores, fit_correct, costs, thresholds)
+    order = np.lexsort((-fit.accuracy, fit.mean_cost))
+    thresholds = thresholds[order]
+    fit = PolicyEvaluation(*(np.asarray(a)[order] for a in fit))
+    report = None
+    if report_scores is not None:
+        report = evaluate_thresholds(report_scores, np.asarray(report_correct, dtype=bool), costs, thresholds)
+    eff = efficiency(
+        costs,
+        fit.mean_cost,
+        fit.accuracy,
+        None if report is None else report.mean_cost,
+        None if report is None else report.accuracy,
+    )
+    return SearchResult(score, thresholds, fit, report, eff, trials, costs)
+
+
+def sweep_efficiency(
+    fit_scores: np.ndarray,
+    fit_correct: np.ndarray,
+    costs: np.ndarray,
+    report_scores: np.ndarray | None = None,
+    report_correct: np.ndarray | None = None,
+):
+    """Global-threshold sweep on the fit split; with a report split, the val-chosen thresholds reported there.
+
+    Returns (efficiency, report_frontier): `report_frontier` is the upper frontier of the report split's own sweep
+    (the descriptive accuracy-vs-cost curve; in-sample by nature).
+    """
+    fit_curve = global_sweep(fit_scores, fit_correct, costs)
+    if report_scores is None:
+        eff = efficiency(costs, fit_curve.mean_cost, fit_curve.accuracy)
+        return eff, frontier(fit_curve.mean_cost, fit_curve.accuracy)
+    report_curve = global_sweep(report_scores, report_correct, costs)
+    report_acc, report_cost = sweep_at(report_curve, fit_curve.threshold)
+    eff = efficiency(costs, fit_curve.mean_cost, fit_curve.accuracy, report_cost, report_acc)
+    return eff, frontier(report_curve.mean_cost, report_curve.accuracy)
+
+
+def search_policies(
+    val,
+    test,
+    *,
+    trials: int = 300,
+    score: str = "msp",
+    calibrate: str = "none",
+    sampler: str = "nsga2",
+    seed: int = 0,
+) -> dict:
+    """Per-exit search on `val`, reported on `test`, beside the global sweep chosen the same way.
+
+    Both are honest held-out numbers: every threshold is chosen on `val`. Returns a JSON-ready summary (NaN kept as
+    float; pass it through `evaluation.jsonable` for strict JSON) with, per budget, the chosen policy's thresholds,
+    val and test accuracy and mean cost, and a `policies` list suitable for a policy file.
+    """
+    from eeopt.evaluation import prepare
+    from eeopt.scores import compute_score
+
+    test_c, val_c, _ = prepare(test, val, calibrate)
+    fit_scores, report_scores = compute_score(score, val_c), compute_score(score, test_c)
+    costs = val.costs
+    result = search_thresholds(
+        fit_scores, val_c.correct, costs, report_scores=report_scores, report_correct=test_c.correct,
+        trials=trials, sampler=sampler, seed=seed, score=score,
+    )
+    fit_curve = global_sweep(fit_scores, val_c.correct, costs)
+    report_curve = global_sweep(report_scores, test_c.correct, costs)
+    report_acc, report_cost = sweep_at(report_curve, fit_curve.threshold)
+    sweep_eff = efficiency(costs, fit_curve.mean_cost, fit_curve.accuracy, report_cost, report_acc)
+
+    budgets, sweep_budgets, policies = [], [], []
+    for share in BUDGETS:
+        budget = share / 100.0 * float(costs[-1])
+        i = result.chosen(share)
+        j = select_by_budget(fit_curve.mean_cost, fit_curve.accuracy, budget)
+        thresholds = [float(t) for t in result.thresholds[i]] if i >= 0 else None
+        budgets.append({
+            "budget": share,
+            "thresholds": thresholds,
+            "val_accuracy": float(result.fit.accuracy[i]) if i >= 0 else float("nan"),
+            "val_mean_cost": float(result.fit.mean_cost[i]) if i >= 0 else float("nan"),
+            "test_accuracy": float(result.report.accuracy[i]) if i >= 0 else float("nan"),
+            "test_mean_cost": float(result.report.mean_cost[i]) if i >= 0 else float("nan"),
+        })
+        sweep_budgets.append({
+            "budget": share,
+            "threshold": float(fit_curve.threshold[j]) if j >= 0 else None,
+            "val_accuracy": float(fit_curve.accuracy[j]) if j >= 0 else float("nan"),
+            "val_mean_cost": float(fit_curve.mean_cost[j]) if j >= 0 else float("nan"),
+            "test_accuracy": float(report_acc[j]) if j >= 0 else float("nan"),
+            "test_mean_cost": float(report_cost[j]) if j >= 0 else float("nan"),
+        })
+        if thresholds is not None:
+            policies.append({"budget": share, "score": score, "calibration": calibrate, "thresholds": thresholds})
+    return {
+        "score": score,
+        "calibration": calibrate,
+        "trials": trials,
+        "sampler": sampler,
+        "costs": [float(c) for c in costs],
+        "per_exit_search": {
+            **result.efficiency.to_dict(),
+            "budgets": budgets,
+            "pareto": [
+                [float(a), float(b), float(c), float(d)]
+                for a, b, c, d in zip(result.fit.mean_cost, result.fit.accuracy,
+                                      result.report.mean_cost, result.report.accuracy)
+            ],
+        },
+        "global_sweep": {**sweep_eff.to_dict(), "budgets": sweep_budgets},
+        "policies": policies,
+    }
+
+
+BUDGETS = (25, 50, 75, 100)
