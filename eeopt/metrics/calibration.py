@@ -20,7 +20,7 @@ class ReliabilityBins(NamedTuple):
     """Equal-width binning of confidence for reliability diagrams.
 
     Attributes:
-        edges: float [n_bins + 1], ``linspace(0, 1, n_bins + 1)``; bin b is ``(edges[b], edges[b + 1]]``.
+        edges: float [n_bins + 1], ``arange(n_bins + 1) / n_bins``; bin b is ``(edges[b], edges[b + 1]]``.
         count: int [n_bins], samples per bin.
         mean_confidence: float [n_bins], mean confidence per bin, NaN in empty bins.
         accuracy: float [n_bins], share of correct samples per bin, NaN in empty bins.
@@ -120,7 +120,9 @@ def nll(probs: ArrayLike, labels: ArrayLike, eps: float = 1e-12) -> float:
 
 # --------------------------------------------------------------------------------------------------- helpers
 def _bin(conf: np.ndarray, corr: np.ndarray, n_bins: int) -> ReliabilityBins:
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    # b / n_bins correctly rounded (linspace can be an ulp off), so a confidence equal to the float nearest b / n
+    # (e.g. 0.6 for 9/15) lands in the lower bin as the definition says
+    edges = np.arange(n_bins + 1) / n_bins
     # side="left" gives i with edges[i-1] < c <= edges[i]: right-closed bins; c == 0 -> i = 0 -> first bin
     idx = np.clip(np.searchsorted(edges, conf, side="left") - 1, 0, n_bins - 1)
     count = np.bincount(idx, minlength=n_bins)
