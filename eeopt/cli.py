@@ -129,6 +129,186 @@ def exits_synthesize(
                    f"{', '.join(f'{a:.3f}' for a in out.accuracy)})")
 
 
+# ------------------------------------------------------------------------------------------------------ train
+SetOpt = Annotated[
+    Optional[list[str]], typer.Option("--set", help="Override a config field: --set training.epochs=1 (repeatable).")
+]
+
+
+@app.command("train")
+def train_cmd(
+    config: Annotated[Path, typer.Argument(help="Train config (YAML); a study file works too (its fixed part).")],
+    output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="Folder for model.pt, val.npz, test.npz.")],
+    overrides: SetOpt = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Train one multi-exit model with fixed hyperparameters; write its exit outputs for `eeopt exits`."""
+    from eeopt.registries import check_train_config
+
+    cfg = _load_train_config(config, overrides or [])
+    check_train_config(cfg, source=str(config))
+    from eeopt.training import train
+
+    result = train(cfg, output_dir, progress=not quiet)
+    acc = ", ".join(f"{a:.3f}" for a in result.test.accuracy)
+    typer.echo(f"test accuracy per exit: {acc}")
+    typer.echo(f"wrote {output_dir / 'model.pt'}, {output_dir / 'val.npz'}, {output_dir / 'test.npz'}")
+    typer.echo(f"next: eeopt exits evaluate {output_dir / 'test.npz'} --fit-on {output_dir / 'val.npz'}")
+
+
+def _load_train_config(path: Path, overrides: list[str]):
+    """A train config; a study file is accepted too (its search space and study settings are ignored)."""
+    import yaml
+
+    from eeopt.config import load_config
+
+    try:
+        is_study = path.is_file() and "study" in (yaml.safe_load(path.read_text()) or {})
+    except yaml.YAMLError:
+        is_study = False
+    if is_study:
+        return load_config(path, overrides, study=True).train_config()
+    return load_config(path, overrides)
+
+
+# ------------------------------------------------------------------------------------------------------ study
+study_app = typer.Typer(help="Studies: Optuna search over training and exit policies, run by Ray Tune, "
+                             "recorded in MLflow.", no_args_is_help=True)
+app.add_typer(study_app, name="study")
+StudyArg = Annotated[Path, typer.Argument(help="Study file (YAML).")]
+
+
+@study_app.command("run")
+def study_run(
+    study_file: StudyArg,
+    overrides: SetOpt = None,
+    trials: Annotated[Optional[int], typer.Option("--trials", min=1, help="Override study.trials (the total).")] = None,
+) -> None:
+    """Run or continue a study until it holds study.trials finished trials."""
+    from eeopt import display
+    from eeopt.study import Study
+
+    study = Study.from_yaml(study_file, overrides or [], trials=trials)
+    summary = study.run()
+    display.print_study_summary(summary, study)
+    if summary.interrupted:
+        raise typer.Exit(130)
+
+
+@study_app.command("status")
+def study_status(study_file: StudyArg, overrides: SetOpt = None,
+                 as_json: JsonFlag = False) -> None:
+    """Trial counts and the best trials of a study."""
+    from eeopt import display
+    from eeopt.study import Study
+
+    study = Study.from_yaml(study_file, overrides or [])
+    summary = study.summary()
+    if as_json:
+        import dataclasses
+
+        from eeopt.evaluation import jsonable
+
+        typer.echo(json.dumps(jsonable(dataclasses.asdict(summary)), indent=2))
+        return
+    display.print_study_summary(summary, study)
+
+
+@study_app.command("list")
+def study_list(
+    storage: Annotated[str, typer.Option("--storage", help="Optuna storage URL, e.g. sqlite:///eeopt.db")],
+    as_json: JsonFlag = False,
+) -> None:
+    """Every study in an Optuna storage."""
+    from eeopt import display
+    from eeopt.study import list_studies
+
+    rows = list_studies(storage)
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    display.print_rows(rows, title=f"studies in {storage}")
+
+
+@study_app.command("export")
+def study_export(
+    study_file: StudyArg,
+    fmt: Annotated[str, typer.Option("--format", help="csv or json.")] = "csv",
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="File to write (default: stdout).")] = None,
+    overrides: SetOpt = None,
+) -> None:
+    """One row per trial: params, val/test metrics, MLflow run id."""
+    from eeopt.errors import ConfigError
+    from eeopt.study import Study
+
+    if fmt not in ("csv", "json"):
+        raise ConfigError(f"--format: expected csv or json, got {fmt!r}")
+    rows = Study.from_yaml(study_file, overrides or []).export()
+    from eeopt.evaluation import jsonable
+
+    if fmt == "json":
+        text = json.dumps(jsonable(rows), indent=2)
+    else:
+        import csv
+        import io
+
+        columns: list[str] = []
+        for row in rows:
+            columns += [c for c in row if c not in columns]
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+        text = buf.getvalue()
+    if output is None:
+        typer.echo(text, nl=False if fmt == "csv" else True)
+    else:
+        output.write_text(text)
+        typer.echo(f"wrote {len(rows)} trials to {output}", err=True)
+
+
+# ------------------------------------------------------------------------------------------------------ uis
+@app.command("ui")
+def ui_cmd(
+    study_file: StudyArg,
+    port: Annotated[int, typer.Option("--port")] = 5000,
+    overrides: SetOpt = None,
+) -> None:
+    """Start the MLflow UI on 127.0.0.1 for this study's tracking store."""
+    import subprocess
+
+    from eeopt.study import Study
+
+    study = Study.from_yaml(study_file, overrides or [])
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", study.tracking_uri,
+           "--host", "127.0.0.1", "--port", str(port)]
+    typer.echo(f"MLflow UI for study {study.name}: http://127.0.0.1:{port}  (Ctrl-C to stop)", err=True)
+    raise typer.Exit(subprocess.call(cmd))
+
+
+@app.command("dashboard")
+def dashboard_cmd(
+    study_file: StudyArg,
+    port: Annotated[int, typer.Option("--port")] = 8080,
+    overrides: SetOpt = None,
+) -> None:
+    """Start optuna-dashboard on 127.0.0.1 for this study's Optuna storage."""
+    import shutil
+    import subprocess
+
+    from eeopt.errors import EeoptError
+    from eeopt.study import Study
+
+    study = Study.from_yaml(study_file, overrides or [])
+    exe = shutil.which("optuna-dashboard") or str(Path(sys.executable).with_name("optuna-dashboard"))
+    if not Path(exe).exists():
+        raise EeoptError("optuna-dashboard is not installed: pip install 'eeopt[dashboard]'")
+    typer.echo(f"optuna-dashboard for study {study.name}: http://127.0.0.1:{port}  (Ctrl-C to stop)", err=True)
+    from eeopt.study.storage import normalize_url
+
+    raise typer.Exit(subprocess.call([exe, normalize_url(study.storage_url), "--host", "127.0.0.1", "--port", str(port)]))
+
+
 # ------------------------------------------------------------------------------------------------------ entry
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; every eeopt or usage error becomes one line on stderr and exit status 2."""

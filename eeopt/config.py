@@ -197,6 +197,7 @@ class StudySettings(_Strict):
     seed: int = 0
     objectives: dict[str, Direction] = Field(default_factory=lambda: {"val/acc_cost_auc": "maximize"}, min_length=1)
     storage: str | None = Field(None, description="SQLAlchemy URL; None: sqlite:///eeopt.db beside the study file")
+    runs_dir: str | None = Field(None, description="trial outputs (models, exit outputs); None: runs/ beside the study file")
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     ray: RayConfig = Field(default_factory=RayConfig)

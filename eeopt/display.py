@@ -74,8 +74,8 @@ def print_search(summary: dict[str, Any]) -> None:
                       fmt(sweep["threshold"], 3), end_section=True)
     console.print(table)
     console.print(
-        f"acc_cost_auc (test): per-exit {fmt(summary['per_exit_search']['acc_cost_auc'])}"
-        f"  global {fmt(summary['global_sweep']['acc_cost_auc'])}   (cost shown as % of the last exit's cost)"
+        f"acc_cost_auc (test): per-exit {fmt(summary['per_exit_search']['test']['acc_cost_auc'])}"
+        f"  global {fmt(summary['global_sweep']['test']['acc_cost_auc'])}   (cost shown as % of the last exit's cost)"
     )
 
 
@@ -83,3 +83,32 @@ def _share(cost: float, last: float) -> str:
     if cost is None or (isinstance(cost, float) and math.isnan(cost)):
         return "-"
     return f"{100.0 * cost / last:.1f}%"
+
+
+def print_rows(rows: list[dict[str, Any]], title: str = "") -> None:
+    """A plain table of dict rows (columns from the first row)."""
+    if not rows:
+        console.print(f"{title}: none")
+        return
+    table = Table(title=title, title_justify="left")
+    for col in rows[0]:
+        table.add_column(str(col))
+    for row in rows:
+        table.add_row(*(fmt(v) if not isinstance(v, (list, dict)) else str(v) for v in row.values()))
+    console.print(table)
+
+
+def print_study_summary(summary, study) -> None:
+    """Counts, best trials (or the Pareto front) and where to look next."""
+    console.print(
+        f"study {summary.name}: {summary.completed} complete, {summary.pruned} pruned, {summary.failed} failed, "
+        f"{summary.running} running, {summary.waiting} queued (target {summary.target} finished)"
+    )
+    if summary.interrupted:
+        console.print("interrupted: running trials were requeued; run the same command again to continue")
+    if summary.best:
+        title = "best trial" if len(study.objectives) == 1 else "Pareto front"
+        keys = ["number", *[k for k in summary.best[0] if k.startswith(("objective/", "param/"))], "mlflow_run_id"]
+        print_rows([{k: row.get(k) for k in keys} for row in summary.best], title=title)
+    for line in study.where_to_look():
+        console.print(f"  {line}")

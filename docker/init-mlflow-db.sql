@@ -1,0 +1,2 @@
+-- A second database on the same server for the MLflow tracking server's backend store.
+CREATE DATABASE mlflow OWNER eeopt;
