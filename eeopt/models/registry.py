@@ -1,0 +1,114 @@
+"""Backbone registry: `register_backbone` / `create_backbone` / `list_backbones` (timm's `register_model` pattern).
+
+A backbone is an `nn.Module` that early exits can be attached to:
+
+- ``stem``: the layers before the first residual block;
+- ``blocks``: an `nn.ModuleList`, one entry per residual block. Blocks are the unit of exit placement (numbered
+  from 1 in configs, indexed from 0 in code);
+- ``block_channels``: the output channels of each block; ``num_features`` is the last one;
+- ``in_channels`` and ``image_size``: the input it was built for (used to probe feature-map sizes and count FLOPs);
+- ``forward(x)``: stem then every block; returns the last block's feature map.
+
+`Backbone` below implements ``forward`` and ``num_features``; subclass it (or provide the same attributes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from torch import Tensor, nn
+
+from eeopt.errors import ConfigError
+
+BackboneFactory = Callable[..., nn.Module]
+_BACKBONES: dict[str, BackboneFactory] = {}
+
+
+class Backbone(nn.Module):
+    """Base class of early-exit backbones; subclasses set `stem`, `blocks` and `block_channels` in `__init__`."""
+
+    stem: nn.Module
+    blocks: nn.ModuleList
+    block_channels: list[int]
+    in_channels: int
+    image_size: tuple[int, int]
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.blocks)
+
+    @property
+    def num_features(self) -> int:
+        """Channels of the last block's feature map."""
+        return self.block_channels[-1]
+
+    def forward(self, x: Tensor) -> Tensor:
+        """[B, C_in, H, W] -> the last block's feature map [B, num_features, H', W']."""
+        x = self.stem(x)
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+
+def register_backbone(name: str) -> Callable[[BackboneFactory], BackboneFactory]:
+    """Decorator: register `fn(in_channels, image_size, width, **kwargs) -> backbone` under `name`.
+
+    `name` is the stable snake_case key used in YAML (`model.backbone`) and MLflow.
+
+    Raises:
+        ValueError: `name` is already registered.
+    """
+
+    def deco(fn: BackboneFactory) -> BackboneFactory:
+        if name in _BACKBONES:
+            raise ValueError(f"backbone {name!r} is already registered")
+        _BACKBONES[name] = fn
+        return fn
+
+    return deco
+
+
+def list_backbones() -> list[str]:
+    """Names of all registered backbones, sorted."""
+    return sorted(_BACKBONES)
+
+
+def create_backbone(
+    name: str, in_channels: int, image_size: tuple[int, int] | int, width: int, **kwargs: Any
+) -> nn.Module:
+    """Build the registered backbone `name` for inputs [in_channels, *image_size]; `kwargs` go to its factory
+    (`model.backbone_kwargs` in a config) and override the variant's own architecture settings.
+
+    Raises:
+        ConfigError: unknown name (the message lists the registered ones), or settings the factory rejects.
+        TypeError: the factory returned something without the backbone interface (a bug in that factory).
+    """
+    try:
+        factory = _BACKBONES[name]
+    except KeyError:
+        raise ConfigError(
+            f"model.backbone: unknown backbone {name!r} (choose from {', '.join(list_backbones())})"
+        ) from None
+    if isinstance(image_size, int):
+        image_size = (image_size, image_size)
+    image_size = (int(image_size[0]), int(image_size[1]))
+    if in_channels < 1 or min(image_size) < 1:
+        raise ConfigError(f"model.backbone: {name} needs a positive input shape, got {in_channels}x{image_size}")
+    backbone = factory(in_channels, image_size, width, **kwargs)
+    _check_interface(name, backbone)
+    return backbone
+
+
+def _check_interface(name: str, backbone: Any) -> None:
+    if not isinstance(backbone, nn.Module):
+        raise TypeError(f"backbone factory {name!r} returned {type(backbone).__name__}, not an nn.Module")
+    for attr in ("stem", "blocks", "block_channels"):
+        if not hasattr(backbone, attr):
+            raise TypeError(f"backbone {name!r} has no `{attr}` attribute (see eeopt.models.registry)")
+    if not isinstance(backbone.blocks, nn.ModuleList) or len(backbone.blocks) == 0:
+        raise TypeError(f"backbone {name!r}: `blocks` must be a non-empty nn.ModuleList")
+    if len(backbone.block_channels) != len(backbone.blocks):
+        raise TypeError(
+            f"backbone {name!r}: {len(backbone.block_channels)} block_channels for {len(backbone.blocks)} blocks"
+        )
