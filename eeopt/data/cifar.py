@@ -1,0 +1,140 @@
+"""`cifar10` and `cifar100`: the "python version" pickled batches of https://www.cs.toronto.edu/~kriz/cifar.html.
+
+- cifar10: `cifar-10-batches-py/data_batch_1` .. `data_batch_5` and `test_batch`, dicts with b'data' (uint8
+  [N, 3072], channel-major 3x32x32) and b'labels';
+- cifar100: `cifar-100-python/train` and `test`, with b'data' and b'fine_labels' (100 classes).
+
+The files are found in `data.root` or `data.root/<standard folder>` (without `data.root`: `$EEOPT_DATA_DIR`).
+They are unpickled by `load_batch`, which only allows the few globals such a file needs (NumPy arrays, bytes), so a
+crafted pickle cannot run code. Nothing is downloaded: extract the official tar.gz into data.root.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from eeopt.config import DataConfig
+from eeopt.data.base import RawData, register_dataset
+from eeopt.errors import DataError
+
+_URLS = {
+    "cifar10": "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+    "cifar100": "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+}
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Unpickler that resolves only the globals a CIFAR batch (or a NumPy array) is made of."""
+
+    _ALLOWED: ClassVar[frozenset[tuple[str, str]]] = frozenset({
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),  # how Python 3 pickles bytes at protocol < 3
+    })
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a CIFAR batch")
+        if name == "_reconstruct":
+            return np.ndarray.__reduce__(np.zeros(0))[0]  # numpy's own _reconstruct, whatever its module path
+        if name == "encode":
+            import codecs
+
+            return codecs.encode
+        return getattr(np, name)
+
+
+def load_batch(path: str | os.PathLike, label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """One pickled batch -> (images uint8 [N, 32, 32, 3], labels int64 [N]).
+
+    Raises:
+        DataError: unreadable file, not a pickle, a disallowed global, not a dict with b'data' and `label_key`, or
+            arrays of the wrong shape; the message names the file.
+    """
+    path = Path(path)
+    try:
+        blob = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        batch = _RestrictedUnpickler(io.BytesIO(blob), encoding="bytes").load()
+    except Exception as exc:  # noqa: BLE001  (whatever a bad pickle raises, it is a bad file)
+        raise DataError(f"{path}: not a CIFAR python batch (unpickling failed: {exc})") from None
+    want = f"a dict with keys b'data' and {label_key!r}"
+    if not isinstance(batch, dict) or b"data" not in batch or label_key not in batch:
+        got = f"keys {sorted(batch)[:6]}" if isinstance(batch, dict) else type(batch).__name__
+        raise DataError(f"{path}: expected {want}, got {got}")
+    data = np.asarray(batch[b"data"])
+    labels = np.asarray(batch[label_key])
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        raise DataError(f"{path}: expected b'data' as uint8 [N, 3072], got {data.dtype} {list(data.shape)}")
+    if labels.ndim != 1 or len(labels) != len(data) or not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(
+            f"{path}: expected {label_key!r} as {len(data)} integer labels (one per image), got "
+            f"{labels.dtype} {list(labels.shape)}"
+        )
+    return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels.astype(np.int64)
+
+
+def _find_folder(cfg: DataConfig, name: str, standard: str, first_file: str) -> Path:
+    base = cfg.root or os.environ.get("EEOPT_DATA_DIR")
+    if base is None:
+        raise DataError(
+            f"{name}: set data.root (or $EEOPT_DATA_DIR) to the folder holding {standard}/ "
+            f"(extract {_URLS[name]} there)"
+        )
+    base_path = Path(base).expanduser()
+    candidates = [base_path, base_path / standard]
+    for folder in candidates:
+        if (folder / first_file).is_file():
+            return folder
+    hint = "; data.download is not supported for CIFAR" if cfg.download else ""
+    raise DataError(
+        f"{name}: {first_file} not found in {' or '.join(str(c) for c in candidates)}; extract {_URLS[name]} "
+        f"into {base_path}{hint}"
+    )
+
+
+def _load(cfg: DataConfig, name: str, standard: str, train_files: list[str], test_file: str,
+          label_key: bytes, num_classes: int) -> RawData:
+    folder = _find_folder(cfg, name, standard, train_files[0])
+    parts = {}
+    for filename in [*train_files, test_file]:
+        path = folder / filename
+        if not path.is_file():
+            raise DataError(f"{path}: not found; expected the {name} batch {filename} next to {train_files[0]}")
+        parts[filename] = load_batch(path, label_key)
+        if len(parts[filename][1]) and parts[filename][1].max() >= num_classes:
+            raise DataError(f"{path}: labels must lie in 0..{num_classes - 1}, found {parts[filename][1].max()}")
+    train_images = np.concatenate([parts[f][0] for f in train_files])
+    train_labels = np.concatenate([parts[f][1] for f in train_files])
+    return RawData(
+        train_images=train_images,
+        train_labels=train_labels,
+        test_images=parts[test_file][0],
+        test_labels=parts[test_file][1],
+        num_classes=num_classes,
+        sources=(str(folder),),
+        hflip=True,
+    )
+
+
+@register_dataset("cifar10")
+def load_cifar10(cfg: DataConfig) -> RawData:
+    """CIFAR-10: 50000 train and 10000 test RGB images [N, 32, 32, 3], 10 classes."""
+    train = [f"data_batch_{i}" for i in range(1, 6)]
+    return _load(cfg, "cifar10", "cifar-10-batches-py", train, "test_batch", b"labels", 10)
+
+
+@register_dataset("cifar100")
+def load_cifar100(cfg: DataConfig) -> RawData:
+    """CIFAR-100: 50000 train and 10000 test RGB images [N, 32, 32, 3], 100 fine classes."""
+    return _load(cfg, "cifar100", "cifar-100-python", ["train"], "test", b"fine_labels", 100)
