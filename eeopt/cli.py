@@ -312,13 +312,16 @@ def dashboard_cmd(
 # ------------------------------------------------------------------------------------------------------ entry
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; every eeopt or usage error becomes one line on stderr and exit status 2."""
-    import click
+    try:  # typer >= 0.26 vendors click; older versions use the click package
+        from typer import _click as click
+    except ImportError:  # pragma: no cover
+        import click
 
     from eeopt.errors import EeoptError
 
     debug = os.environ.get("EEOPT_DEBUG", "") not in ("", "0")
     try:
-        app(args=argv, standalone_mode=False, prog_name="eeopt")
+        code = app(args=argv, standalone_mode=False, prog_name="eeopt")  # typer.Exit(n) comes back as n
     except EeoptError as exc:
         if debug:
             raise
@@ -335,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     except (click.exceptions.Abort, KeyboardInterrupt):
         typer.echo("interrupted", err=True)
         return 130
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":

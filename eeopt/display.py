@@ -26,24 +26,21 @@ def fmt(value: Any, digits: int = 4) -> str:
 
 
 def print_report(report, outputs=None) -> None:
-    """Per-exit metrics table, the mean row, and the efficiency numbers of an `EvaluationReport`."""
+    """Metrics (rows) by exit (columns) with the mean over exits, then the efficiency numbers."""
     names = [k for k in report.exits[0] if k != "exit"]
     title = f"score={report.score}  calibration={report.calibration}"
     if outputs is not None:
-        title = f"{outputs.source}: K={outputs.num_exits} exits, N={outputs.num_samples}, C={outputs.num_classes}  " + title
+        title = f"{outputs.source}: K={outputs.num_exits}, N={outputs.num_samples}, C={outputs.num_classes}\n" + title
     table = Table(title=title, title_justify="left")
-    table.add_column("exit", justify="right")
-    if outputs is not None:
-        table.add_column("cost", justify="right")
-    for name in names:
-        table.add_column(_SHORT.get(name, name), justify="right")
+    table.add_column("metric")
     for row in report.exits:
-        cells = [str(row["exit"])]
-        if outputs is not None:
-            cells.append(fmt(float(outputs.costs[row["exit"] - 1])))
-        table.add_row(*cells, *(fmt(row[n]) for n in names))
-    mean_cells = ["mean"] + ([""] if outputs is not None else [])
-    table.add_row(*mean_cells, *(fmt(report.mean.get(n)) for n in names), style="bold")
+        table.add_column(f"exit{row['exit']}", justify="right")
+    table.add_column("mean", justify="right", style="bold")
+    if outputs is not None:
+        last = float(outputs.costs[-1])
+        table.add_row("cost (%)", *(f"{100 * c / last:.1f}" for c in outputs.costs), "", end_section=True)
+    for name in names:
+        table.add_row(name, *(fmt(row[name]) for row in report.exits), fmt(report.mean.get(name)))
     console.print(table)
     eff = report.efficiency
     console.print(

@@ -32,7 +32,8 @@ class EvaluationReport:
     """Per-exit metrics (exits numbered from 1), their mean over exits, and the global-sweep efficiency.
 
     `efficiency` holds acc_at_25..100 and acc_cost_auc (thresholds chosen on the fit split when there is one, else
-    in-sample on the evaluated split), `mean_cost_at` the evaluated split's mean cost of each budget's choice, and
+    in-sample on the evaluated split), mean_cost_at_25..100 the evaluated split's mean cost of each budget's choice,
+    and
     `curve` the evaluated split's accuracy-vs-mean-cost frontier.
     """
 
@@ -139,7 +140,7 @@ def evaluate_exits(
         ExitOutputsError: the splits do not come from the same model, or the score needs arrays they lack.
         ConfigError: unknown calibrator, or calibration without `fit_on`.
     """
-    from eeopt.search import sweep_efficiency
+    from eeopt.search import efficiency_metrics, sweep_efficiency
 
     raw_scores = compute_score(score, outputs)
     calibrated, fit_cal, calibrator = prepare(outputs, fit_on, calibrate)
@@ -161,8 +162,7 @@ def evaluate_exits(
     else:
         eff, curve = sweep_efficiency(scores, calibrated.correct, outputs.costs)
         source = "evaluated split (in-sample)"
-    efficiency = eff.to_dict()
-    efficiency["mean_cost_at"] = {f"acc_at_{s}": eff.cost_at[s] for s in sorted(eff.cost_at)}
+    efficiency = efficiency_metrics(eff)
     efficiency["curve"] = [[float(c), float(a)] for c, a in zip(curve.cost, curve.accuracy)]
     return EvaluationReport(
         exits=rows,

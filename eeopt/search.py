@@ -14,7 +14,7 @@ import logging
 import numpy as np
 
 from eeopt.metrics.efficiency import Efficiency, efficiency, frontier, global_sweep, select_by_budget, sweep_at
-from eeopt.policies import PolicyEvaluation, evaluate_thresholds
+from eeopt.policies import PolicyEvaluation, ThresholdPolicy, evaluate_thresholds
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,9 +176,10 @@ def search_policies(
 ) -> dict:
     """Per-exit search on `val`, reported on `test`, beside the global sweep chosen the same way.
 
-    Both are honest held-out numbers: every threshold is chosen on `val`. Returns a JSON-ready summary (NaN kept as
-    float; pass it through `evaluation.jsonable` for strict JSON) with, per budget, the chosen policy's thresholds,
-    val and test accuracy and mean cost, and a `policies` list suitable for a policy file.
+    Every threshold is chosen on `val`: the "val" numbers are in-sample, the "test" numbers held out. Returns a
+    summary dict (NaN kept as float; `evaluation.jsonable` makes it strict JSON) with, for each method, "val" and
+    "test" efficiency (acc_at_25..100, acc_cost_auc, mean_cost_at_25..100), per-budget choices (thresholds, val and
+    test accuracy and mean cost), and a `policies` list suitable for a policy file.
     """
     from eeopt.evaluation import prepare
     from eeopt.scores import compute_score
@@ -192,51 +193,63 @@ def search_policies(
     )
     fit_curve = global_sweep(fit_scores, val_c.correct, costs)
     report_curve = global_sweep(report_scores, test_c.correct, costs)
-    report_acc, report_cost = sweep_at(report_curve, fit_curve.threshold)
-    sweep_eff = efficiency(costs, fit_curve.mean_cost, fit_curve.accuracy, report_cost, report_acc)
+    sweep_test_acc, sweep_test_cost = sweep_at(report_curve, fit_curve.threshold)
 
-    budgets, sweep_budgets, policies = [], [], []
-    for share in BUDGETS:
-        budget = share / 100.0 * float(costs[-1])
-        i = result.chosen(share)
-        j = select_by_budget(fit_curve.mean_cost, fit_curve.accuracy, budget)
-        thresholds = [float(t) for t in result.thresholds[i]] if i >= 0 else None
-        budgets.append({
-            "budget": share,
-            "thresholds": thresholds,
-            "val_accuracy": float(result.fit.accuracy[i]) if i >= 0 else float("nan"),
-            "val_mean_cost": float(result.fit.mean_cost[i]) if i >= 0 else float("nan"),
-            "test_accuracy": float(result.report.accuracy[i]) if i >= 0 else float("nan"),
-            "test_mean_cost": float(result.report.mean_cost[i]) if i >= 0 else float("nan"),
-        })
-        sweep_budgets.append({
-            "budget": share,
-            "threshold": float(fit_curve.threshold[j]) if j >= 0 else None,
-            "val_accuracy": float(fit_curve.accuracy[j]) if j >= 0 else float("nan"),
-            "val_mean_cost": float(fit_curve.mean_cost[j]) if j >= 0 else float("nan"),
-            "test_accuracy": float(report_acc[j]) if j >= 0 else float("nan"),
-            "test_mean_cost": float(report_cost[j]) if j >= 0 else float("nan"),
-        })
-        if thresholds is not None:
-            policies.append({"budget": share, "score": score, "calibration": calibrate, "thresholds": thresholds})
+    per_exit = _method_summary(costs, result.fit.mean_cost, result.fit.accuracy,
+                               result.report.mean_cost, result.report.accuracy,
+                               [ThresholdPolicy(score, row).to_dict()["thresholds"] for row in result.thresholds],
+                               "thresholds")
+    per_exit["pareto"] = [
+        [float(a), float(b), float(c), float(d)]
+        for a, b, c, d in zip(result.fit.mean_cost, result.fit.accuracy, result.report.mean_cost, result.report.accuracy)
+    ]
+    sweep = _method_summary(costs, fit_curve.mean_cost, fit_curve.accuracy, sweep_test_cost, sweep_test_acc,
+                            [ThresholdPolicy(score, [t]).to_dict()["thresholds"][0] for t in fit_curve.threshold],
+                            "threshold")
+    policies = [
+        {"budget": b["budget"], "score": score, "calibration": calibrate, "thresholds": b["thresholds"]}
+        for b in per_exit["budgets"] if b["thresholds"] is not None
+    ]
     return {
         "score": score,
         "calibration": calibrate,
         "trials": trials,
         "sampler": sampler,
         "costs": [float(c) for c in costs],
-        "per_exit_search": {
-            **result.efficiency.to_dict(),
-            "budgets": budgets,
-            "pareto": [
-                [float(a), float(b), float(c), float(d)]
-                for a, b, c, d in zip(result.fit.mean_cost, result.fit.accuracy,
-                                      result.report.mean_cost, result.report.accuracy)
-            ],
-        },
-        "global_sweep": {**sweep_eff.to_dict(), "budgets": sweep_budgets},
+        "per_exit_search": per_exit,
+        "global_sweep": sweep,
         "policies": policies,
     }
+
+
+def _method_summary(costs, fit_cost, fit_acc, report_cost, report_acc, policies, policy_key: str) -> dict:
+    """val (in-sample) and test (val-chosen) efficiency plus the per-budget choices of one threshold method.
+
+    `policies[i]` is candidate i's JSON-safe threshold(s) (infinities as "inf"/"-inf", as in policy files).
+    """
+    val_eff = efficiency(costs, fit_cost, fit_acc)
+    test_eff = efficiency(costs, fit_cost, fit_acc, report_cost, report_acc)
+    budgets = []
+    for share in BUDGETS:
+        i = select_by_budget(fit_cost, fit_acc, share / 100.0 * float(costs[-1]))
+        pick = (lambda a: float(a[i])) if i >= 0 else (lambda a: float("nan"))
+        budgets.append({
+            "budget": share,
+            policy_key: policies[i] if i >= 0 else None,
+            "val_accuracy": pick(fit_acc),
+            "val_mean_cost": pick(fit_cost),
+            "test_accuracy": pick(report_acc),
+            "test_mean_cost": pick(report_cost),
+        })
+    return {"val": efficiency_metrics(val_eff), "test": efficiency_metrics(test_eff), "budgets": budgets}
+
+
+def efficiency_metrics(eff: Efficiency) -> dict:
+    """acc_at_25..100, acc_cost_auc and mean_cost_at_25..100 of an `Efficiency`, as a flat dict."""
+    out = eff.to_dict()
+    for share in BUDGETS:
+        out[f"mean_cost_at_{share}"] = float(eff.cost_at[share])
+    return out
 
 
 BUDGETS = (25, 50, 75, 100)

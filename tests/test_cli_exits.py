@@ -1,0 +1,144 @@
+"""`eeopt exits ...` end to end on files the tests write, through the real entry point."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from eeopt.cli import main
+from eeopt.outputs import ExitOutputs
+from eeopt.synthetic import synthetic_exit_outputs
+
+
+@pytest.fixture
+def files(tmp_path):
+    val = synthetic_exit_outputs(4, 1500, 10, seed=1, with_scores=True)
+    test = synthetic_exit_outputs(4, 1200, 10, seed=2, with_scores=True)
+    return val.save(tmp_path / "val.npz"), test.save(tmp_path / "test.npz")
+
+
+def _json(capsys, argv):
+    assert main(argv) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_evaluate_json_shape_and_values(files, capsys):
+    val_path, test_path = files
+    out = _json(capsys, ["exits", "evaluate", str(test_path), "--json"])
+    test = ExitOutputs.load(test_path)
+    assert [row["exit"] for row in out["exits"]] == [1, 2, 3, 4]
+    keys = {"accuracy", "ece", "mce", "brier", "nll", "auroc", "aupr_error", "fpr95", "aurc", "eaurc", "eefp"}
+    assert keys <= set(out["exits"][0]) and keys <= set(out["mean"])
+    np.testing.assert_allclose([row["accuracy"] for row in out["exits"]], test.accuracy)
+    assert out["exits"][-1]["eefp"] is None  # undefined at the last exit -> null
+    eff = out["efficiency"]
+    for key in ("acc_at_25", "acc_at_50", "acc_at_75", "acc_at_100", "acc_cost_auc"):
+        assert eff[key] is None or 0.0 <= eff[key] <= 1.0
+    # in-sample acc_at_100 is the best accuracy of any global threshold, at least the last exit's accuracy
+    assert eff["acc_at_100"] >= test.accuracy[-1] - 1e-12
+    curve = np.array(eff["curve"])
+    assert np.all(np.diff(curve[:, 0]) > 0) and np.all(np.diff(curve[:, 1]) > 0)
+    assert out["thresholds_from"].endswith("(in-sample)")
+
+
+def test_evaluate_with_calibration_fitted_on_val(files, capsys):
+    val_path, test_path = files
+    out = _json(capsys, ["exits", "evaluate", str(test_path), "--fit-on", str(val_path),
+                         "--calibrate", "temperature", "--score", "entropy", "--json"])
+    assert out["calibration"] == "temperature" and out["score"] == "entropy"
+    assert len(out["kendall_tau"]) == 4 and all(-1 <= t <= 1 for t in out["kendall_tau"])
+    assert out["thresholds_from"] == str(val_path)
+
+
+def test_evaluate_human_table(files, capsys):
+    _, test_path = files
+    assert main(["exits", "evaluate", str(test_path)]) == 0
+    text = capsys.readouterr().out
+    assert "exit" in text and "auroc" in text and "acc_at_50" in text
+
+
+def test_search_json_reports_val_chosen_policies_on_test(files, capsys):
+    val_path, test_path = files
+    out = _json(capsys, ["exits", "search", "--fit-on", str(val_path), "--evaluate-on", str(test_path),
+                         "--trials", "100", "--json"])
+    test = ExitOutputs.load(test_path)
+    budgets = out["per_exit_search"]["budgets"]
+    assert [b["budget"] for b in budgets] == [25, 50, 75, 100]
+    from eeopt.policies import ThresholdPolicy, evaluate_thresholds
+    from eeopt.scores import compute_score
+
+    for b in budgets:
+        if b["thresholds"] is None:
+            continue
+        # the reported test numbers are those of the val-chosen thresholds applied to test, recomputed here
+        policy = ThresholdPolicy.from_dict({"score": "msp", "thresholds": b["thresholds"]})
+        res = evaluate_thresholds(compute_score("msp", test), test.correct, test.costs, np.array(policy.thresholds))
+        assert b["test_accuracy"] == pytest.approx(float(res.accuracy[0]))
+        assert b["test_mean_cost"] == pytest.approx(float(res.mean_cost[0]))
+        assert b["val_mean_cost"] <= b["budget"] / 100 * test.costs[-1] * (1 + 1e-9)
+    assert "global_sweep" in out and out["global_sweep"]["test"]["acc_cost_auc"] is not None
+
+
+def test_search_writes_policy_file(files, tmp_path, capsys):
+    val_path, test_path = files
+    policy = tmp_path / "policy.json"
+    assert main(["exits", "search", "--fit-on", str(val_path), "--evaluate-on", str(test_path),
+                 "--trials", "50", "--save-policy", str(policy)]) == 0
+    saved = json.loads(policy.read_text())
+    assert saved and all(len(p["thresholds"]) == 3 for p in saved)
+    assert "per-exit" in capsys.readouterr().out
+
+
+def _bad(tmp_path, name, **arrays):
+    path = tmp_path / name
+    np.savez(path, **arrays)
+    return path
+
+
+@pytest.mark.parametrize(
+    "make, expected",
+    [
+        (lambda t: t / "missing.npz", "missing.npz: no such file"),
+        (lambda t: _bad(t, "shape.npz", logits=np.zeros((3, 4)), labels=np.zeros(4, int), costs=np.ones(3)),
+         "logits must have shape"),
+        (lambda t: _bad(t, "nan.npz", logits=np.full((2, 4, 3), np.nan), labels=np.zeros(4, int), costs=np.ones(2)),
+         "logits contains NaN"),
+        (lambda t: _bad(t, "labels.npz", logits=np.zeros((2, 4, 3)), labels=np.array([0, 1, 2, 3]), costs=np.ones(2)),
+         "labels out of range"),
+    ],
+)
+def test_bad_input_exit_2_one_line(tmp_path, capsys, make, expected):
+    path = make(tmp_path)
+    assert main(["exits", "evaluate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert expected in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_mismatched_val_test_classes(tmp_path, capsys, files):
+    val_path, _ = files
+    other = synthetic_exit_outputs(4, 100, 7, seed=3).save(tmp_path / "other.npz")
+    assert main(["exits", "evaluate", str(other), "--fit-on", str(val_path)]) == 2
+    assert "7 classes" in capsys.readouterr().err
+
+
+def test_calibrate_without_fit_on_and_unknown_names(files, capsys):
+    _, test_path = files
+    assert main(["exits", "evaluate", str(test_path), "--calibrate", "temperature"]) == 2
+    assert "--fit-on" in capsys.readouterr().err
+    assert main(["exits", "evaluate", str(test_path), "--score", "nope"]) == 2
+    assert "unknown score 'nope'" in capsys.readouterr().err
+    assert main(["exits", "evaluate", str(test_path), "--bogus"]) == 2
+    assert "No such option" in capsys.readouterr().err
+
+
+def test_console_script_exit_status_and_fast_help(tmp_path):
+    exe = [sys.executable, "-m", "eeopt.cli"]
+    done = subprocess.run(exe + ["exits", "evaluate", str(tmp_path / "nope.npz")], capture_output=True, text=True)
+    assert done.returncode == 2 and done.stderr.strip().count("\n") == 0 and "no such file" in done.stderr
+    # --help must not import the heavy libraries
+    code = "import sys; from eeopt.cli import main; main(['--help']); " \
+           "print(sorted(m for m in ('torch', 'ray', 'mlflow', 'optuna', 'sklearn') if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.stdout.strip().endswith("[]"), done.stdout[-300:]
