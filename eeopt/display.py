@@ -63,7 +63,7 @@ def print_search(summary: dict[str, Any]) -> None:
     for ours, sweep in zip(summary["per_exit_search"]["budgets"], summary["global_sweep"]["budgets"]):
         budget = f"{ours['budget']}%"
         thr = ours["thresholds"]
-        thr_text = "-" if thr is None else " ".join(fmt(t, 3) for t in thr)
+        thr_text = "-" if thr is None else " ".join(fmt(t, 2) if not isinstance(t, str) else t for t in thr)
         table.add_row(budget, "per-exit", fmt(ours["val_accuracy"]), _share(ours["val_mean_cost"], last),
                       fmt(ours["test_accuracy"]), _share(ours["test_mean_cost"], last), thr_text)
         table.add_row("", "global", fmt(sweep["val_accuracy"]), _share(sweep["val_mean_cost"], last),

@@ -19,7 +19,7 @@ from eeopt.policies import PolicyEvaluation, ThresholdPolicy, evaluate_threshold
 
 @dataclasses.dataclass(frozen=True)
 class SearchResult:
-    """Candidate policies (val Pareto front plus both extremes), their val and test numbers, and the budgets' picks.
+    """The val Pareto front of the searched policies (and of the global sweep's), with val and test numbers.
 
     Attributes:
         thresholds: [P, K-1] threshold vectors, sorted by val mean cost.
@@ -117,16 +117,31 @@ def search_thresholds(
 
     pareto = study.best_trials
     q = np.array([[t.params[name] for name in names] for t in pareto]).reshape(-1, k - 1)
-    thresholds = np.concatenate(
-        [quantile_thresholds(sorted_scores, q), np.full((1, k - 1), -np.inf), np.full((1, k - 1), np.inf)]
-    )
+    # Shared thresholds are per-exit policies too: the exact global-sweep frontier joins the candidates, so the
+    # search is never worse on val than the sweep and only adds what per-exit thresholds find beyond it.
+    sweep = global_sweep(fit_scores, fit_correct, costs)
+    shared = sweep.threshold[_frontier_index(sweep.mean_cost, sweep.accuracy)]
+    thresholds = np.concatenate([
+        quantile_thresholds(sorted_scores, q),
+        np.repeat(shared[:, None], k - 1, axis=1),
+        np.full((1, k - 1), -np.inf),
+        np.full((1, k - 1), np.inf),
+    ])
     thresholds = np.unique(thresholds, axis=0)
     return _result(score, thresholds, fit_scores, fit_correct, costs, report_scores, report_correct, trials)
 
 
+def _frontier_index(cost: np.ndarray, acc: np.ndarray) -> np.ndarray:
+    """Indices of the Pareto-optimal points (no other point is cheaper-or-equal and more accurate)."""
+    order = np.lexsort((-acc, cost))
+    best = np.maximum.accumulate(acc[order])
+    keep = np.r_[True, best[1:] > best[:-1]]
+    return order[keep]
+
+
 def _result(score, thresholds, fit_scores, fit_correct, costs, report_scores, report_correct, trials) -> SearchResult:
     fit = evaluate_thresholds(fit_scores, fit_correct, costs, thresholds)
-    order = np.lexsort((-fit.accuracy, fit.mean_cost))
+    order = _frontier_index(fit.mean_cost, fit.accuracy)  # the val Pareto front, by increasing cost
     thresholds = thresholds[order]
     fit = PolicyEvaluation(*(np.asarray(a)[order] for a in fit))
     report = None
