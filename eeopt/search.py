@@ -45,11 +45,12 @@ class SearchResult:
 def quantile_thresholds(sorted_scores: np.ndarray, q: np.ndarray) -> np.ndarray:
     """Map quantile parameters q [M, K-1] in [0, 1] to thresholds, per exit, from sorted val scores [K-1, N].
 
-    Position i = floor(q * (N + 1)): i = 0 gives -inf (every sample passes), i = N + 1 gives +inf (none passes),
-    otherwise the i-th smallest score (samples with that score or higher pass).
+    Position i = min(floor(q * (N + 2)), N + 1), so every position has the same share of [0, 1]: i = 0 gives -inf
+    (every sample passes), i = N + 1 gives +inf (none passes), otherwise the i-th smallest score (samples with that
+    score or higher pass).
     """
     k1, n = sorted_scores.shape
-    idx = np.clip(np.floor(np.asarray(q) * (n + 1)).astype(np.int64), 0, n + 1)
+    idx = np.clip(np.floor(np.asarray(q) * (n + 2)).astype(np.int64), 0, n + 1)
     padded = np.concatenate(
         [np.full((k1, 1), -np.inf), sorted_scores, np.full((k1, 1), np.inf)], axis=1
     )  # [K-1, N+2]
@@ -102,7 +103,7 @@ def search_thresholds(
     for level in np.linspace(0.0, 1.0, min(11, trials)):
         tvalue = np.quantile(fit_scores[:-1], level)
         # position of the first score >= tvalue in each exit's padded sorted scores (see quantile_thresholds)
-        qs = [(np.searchsorted(row, tvalue) + 1.5) / (row.size + 1) for row in sorted_scores]
+        qs = [(np.searchsorted(row, tvalue) + 1.5) / (row.size + 2) for row in sorted_scores]
         study.enqueue_trial({name: float(min(max(v, 0.0), 1.0)) for name, v in zip(names, qs)})
 
     distributions = {name: optuna.distributions.FloatDistribution(0.0, 1.0) for name in names}
