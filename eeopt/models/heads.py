@@ -119,17 +119,21 @@ class FailureHead(nn.Module):
     """Predicts whether its exit's prediction is correct: [B, C, H, W] features + [B, K] logits -> [B] raw logits.
 
     The exit's probabilities enter detached (`detach_probs`): the failure loss then trains the failure head and the
-    backbone features, but cannot bend the classifier's outputs to make its own job easier.
+    backbone features, but cannot bend the classifier's outputs to make its own job easier. They enter sorted
+    (largest first), so confidence-like signals (top-1, margin, spread) are the same input whatever the class, and
+    the pooled features are layer-normalised: both make the head learn in a few epochs even at weak early exits.
     """
 
     def __init__(self, channels: int, num_classes: int, hidden: int = 32, detach_probs: bool = True):
         super().__init__()
         self.detach_probs = detach_probs
+        self.norm = nn.LayerNorm(channels)
         self.mlp = nn.Sequential(nn.Linear(channels + num_classes, hidden), nn.ReLU(), nn.Linear(hidden, 1))
 
     def forward(self, features: Tensor, logits: Tensor) -> Tensor:
         probs = logits.softmax(dim=1)
         if self.detach_probs:
             probs = probs.detach()
-        z = torch.cat([features.mean(dim=(2, 3)), probs], dim=1)
+        ranked = probs.sort(dim=1, descending=True).values
+        z = torch.cat([self.norm(features.mean(dim=(2, 3))), ranked], dim=1)
         return self.mlp(z).squeeze(1)
