@@ -313,9 +313,9 @@ def dashboard_cmd(
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; every eeopt or usage error becomes one line on stderr and exit status 2."""
     try:  # typer >= 0.26 vendors click; older versions use the click package
-        from typer import _click as click
+        from typer._click.exceptions import UsageError
     except ImportError:  # pragma: no cover
-        import click
+        from click.exceptions import UsageError
 
     from eeopt.errors import EeoptError
 
@@ -327,15 +327,15 @@ def main(argv: list[str] | None = None) -> int:
             raise
         typer.echo(f"error: {exc}", err=True)
         return 2
-    except click.exceptions.UsageError as exc:
+    except UsageError as exc:
         if debug:
             raise
         hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
         typer.echo(f"error: {exc.format_message()}{hint}", err=True)
         return 2
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         return exc.exit_code
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except (typer.Abort, KeyboardInterrupt):
         typer.echo("interrupted", err=True)
         return 130
     return code if isinstance(code, int) else 0

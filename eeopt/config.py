@@ -124,6 +124,23 @@ class TrainConfig(_Strict):
     calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
 
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainConfig:
+        t = self.training
+        if t.failure_loss != "none" and not self.model.failure_head:
+            raise ValueError(f"training.failure_loss: {t.failure_loss} trains failure heads; set model.failure_head: true")
+        if self.policy.score == "learned" and not self.model.failure_head:
+            raise ValueError("policy.score: 'learned' needs the scores of failure heads; set model.failure_head: true")
+        if t.mode != "joint":
+            if t.backbone_epochs == 0 and t.backbone_checkpoint is None:
+                raise ValueError(
+                    f"training.backbone_epochs: mode {t.mode} first trains the backbone; set backbone_epochs > 0 "
+                    "or training.backbone_checkpoint to a model.pt of a previous run"
+                )
+            if t.backbone_epochs > 0 and t.backbone_checkpoint is not None:
+                raise ValueError("training.backbone_checkpoint: set either backbone_epochs or backbone_checkpoint, not both")
+        return self
+
 
 # --------------------------------------------------------------------------------------------------- study config
 class FloatDistribution(_Strict):

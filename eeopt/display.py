@@ -105,7 +105,13 @@ def print_study_summary(summary, study) -> None:
         console.print("interrupted: running trials were requeued; run the same command again to continue")
     if summary.best:
         title = "best trial" if len(study.objectives) == 1 else "Pareto front"
-        keys = ["number", *[k for k in summary.best[0] if k.startswith(("objective/", "param/"))], "mlflow_run_id"]
-        print_rows([{k: row.get(k) for k in keys} for row in summary.best], title=title)
+        keys = [k for k in summary.best[0] if k.startswith(("objective/", "param/"))] + ["mlflow_run_id"]
+        table = Table(title=title, title_justify="left")
+        table.add_column("")
+        for row in summary.best:
+            table.add_column(f"trial {row['number']}", justify="right")
+        for key in keys:
+            table.add_row(key.removeprefix("param/"), *(fmt(row.get(key)) for row in summary.best))
+        console.print(table)
     for line in study.where_to_look():
         console.print(f"  {line}")

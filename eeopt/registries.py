@@ -22,5 +22,3 @@ def check_train_config(cfg: TrainConfig, source: str = "config") -> None:
     for path, value, known in checks:
         if value not in known:
             raise ConfigError(f"{source}: {path}: unknown {value!r} (choose from {', '.join(known)})")
-    if cfg.policy.score == "learned" and not cfg.model.failure_head:
-        raise ConfigError(f"{source}: policy.score: 'learned' needs model.failure_head: true")

@@ -157,10 +157,12 @@ class Study:
 
         settings = self.config.study
         objective = objective or settings.objective
-        if isinstance(objective, str):
-            from eeopt.study.trial import load_objective
+        from eeopt.study.trial import check_objective_names, load_objective
 
+        if isinstance(objective, str):
             load_objective(objective)  # fail before Ray starts
+        elif objective is None:
+            check_objective_names(self.objectives)
         _check_names(self.config)
         study = self.optuna_study()
         with warnings.catch_warnings():
@@ -316,7 +318,7 @@ class _Reporter:
 
         self.study = study
         self.enabled = enabled
-        self.console = Console(stderr=True, highlight=False)
+        self.console = Console(stderr=True, highlight=False, soft_wrap=True)
         self.lock = threading.Lock()
         self.t0 = time.time()
 

@@ -127,6 +127,23 @@ def objective_values(
     return values
 
 
+def check_objective_names(names: Sequence[str]) -> None:
+    """Raise `ConfigError` for an objective that no trial can report (checked before anything runs)."""
+    import re
+
+    from eeopt.evaluation import EFFICIENCY_METRICS, EXIT_METRICS
+
+    exit_names = "|".join(EXIT_METRICS)
+    eff_names = "|".join((*EFFICIENCY_METRICS, "mean_cost", *(f"mean_cost_at_{s}" for s in (25, 50, 75, 100))))
+    pattern = re.compile(rf"val/((exit[1-9]\d*|mean)/({exit_names})|(sweep/)?({eff_names}))")
+    for name in names:
+        if not pattern.fullmatch(name):
+            raise ConfigError(
+                f"study.objectives: unknown metric {name!r} (e.g. val/acc_cost_auc, val/acc_at_50, val/mean_cost, "
+                f"val/mean/auroc, val/exit2/eefp, val/sweep/acc_cost_auc)"
+            )
+
+
 def load_objective(ref: str) -> ObjectiveFn:
     """Import 'package.module:function'. This is the only thing a study file can make eeopt import."""
     module_name, _, attr = ref.partition(":")

@@ -9,10 +9,13 @@ import logging
 import math
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
-from ray.tune.search import Searcher
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's own console tables would drown eeopt's progress lines
+
+from ray.tune.search import Searcher  # noqa: E402
 
 from eeopt.study import storage as storage_mod
 from eeopt.study import tracking
@@ -58,6 +61,14 @@ class StudySearcher(Searcher):
         self.best: float | None = None
         self._last_heartbeat = 0.0
 
+    # Tune pickles its search algorithm to snapshot the experiment. eeopt never restores a Tune run (the Optuna
+    # storage is the study's state), so the snapshot carries nothing: no database handles, no locks.
+    def __getstate__(self) -> dict:
+        return {}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+
     # -------------------------------------------------------------------------------------------- quota
     def _occupied(self, up_to: int | None = None) -> int:
         from optuna.trial import TrialState
@@ -75,7 +86,8 @@ class StudySearcher(Searcher):
             self.stop_reason = "failures"
         if self.stop_reason is not None or self._occupied() >= settings.trials:
             return Searcher.FINISHED if not self.running else None
-        with storage_mod.translate_errors(self.study.storage_url):
+        with storage_mod.translate_errors(self.study.storage_url), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "heartbeat is supposed to be used with Study.optimize": we beat it
             trial = self.optuna_study.ask(self.distributions)
         if self._occupied(up_to=trial.number) > settings.trials:
             # Another worker took the last slot between our count and our ask: give the trial back to the queue.

@@ -340,10 +340,6 @@ def train(
     """
     tc = cfg.training
     stages = plan_stages(tc)
-    if tc.failure_loss != "none" and not cfg.model.failure_head:
-        raise ConfigError(
-            f"training.failure_loss: {tc.failure_loss} trains failure heads; set model.failure_head: true"
-        )
     out = Path(output_dir) if output_dir is not None else None
     console = Console(stderr=True)
     device = resolve_device(tc.device)

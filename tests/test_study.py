@@ -1,0 +1,152 @@
+"""Studies end to end with real Optuna storage, real MLflow store and real Ray (local, 2 CPUs).
+
+One Ray instance serves the module (starting Ray costs ~6 s); each test runs a tiny study on digits.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from eeopt.cli import main
+from eeopt.study import Study
+
+pytestmark = pytest.mark.slow
+
+BASE = {
+    "seed": 0,
+    "data": {"name": "digits", "train_subset": 600},
+    "model": {"backbone": "tinyresnet", "width": 8, "exits": [1, 3]},
+    "training": {"epochs": 1, "batch_size": 64, "lr": 0.003},
+    "policy": {"trials": 30},
+    "search_space": {"training.lr": {"type": "float", "low": 0.001, "high": 0.01, "log": True}},
+    "study": {"name": "tiny", "trials": 2, "sampler": "random",
+              "resources": {"cpus_per_trial": 1, "max_concurrent": 2}, "max_failures": 3},
+}
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+def _write(folder, data, name="study.yaml"):
+    path = folder / name
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _mlflow_runs(study: Study):
+    import mlflow
+
+    client = mlflow.MlflowClient(study.tracking_uri)
+    exp = client.get_experiment_by_name(study.experiment_name)
+    return client.search_runs([exp.experiment_id], max_results=1000)
+
+
+def test_study_runs_then_continues(tmp_path, ray_local, capsys):
+    path = _write(tmp_path, BASE)
+    study = Study.from_yaml(path)
+    summary = study.run(progress=False)
+    assert summary.completed == 2 and summary.failed == 0 and summary.running == 0
+
+    storage = optuna.load_study(study_name="tiny", storage=study.storage_url)
+    trials = storage.get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
+    assert all(0.0 < t.values[0] <= 1.0 for t in trials)
+
+    runs = _mlflow_runs(study)
+    parents = [r for r in runs if r.data.tags.get("eeopt.role") == "study"]
+    children = [r for r in runs if r.data.tags.get("eeopt.role") == "trial"]
+    assert len(parents) == 1 and len(children) == 2
+    for child in children:
+        assert child.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+        assert child.info.status == "FINISHED"
+        metrics = child.data.metrics
+        for key in ("val/acc_cost_auc", "test/acc_cost_auc", "val/acc_at_50", "test/acc_at_100", "val/mean_cost",
+                    "val/exit1/ece", "test/exit2/auroc", "val/mean/eefp", "test/sweep/acc_cost_auc"):
+            assert key in metrics, key
+        assert "training.lr" in child.data.params and "sampled.training.lr" in child.data.params
+        number = int(child.data.tags["optuna.trial_number"])
+        optuna_trial = trials[number]
+        # either side leads to the other, and the objective is the logged val metric
+        assert optuna_trial.user_attrs["mlflow_run_id"] == child.info.run_id
+        assert optuna_trial.values[0] == pytest.approx(metrics["val/acc_cost_auc"])
+    client_arts = {a.path for a in __import__("mlflow").MlflowClient(study.tracking_uri).list_artifacts(children[0].info.run_id)}
+    assert {"val.npz", "test.npz", "config.yaml", "pareto.json", "plots"} <= client_arts
+
+    # Run again with a larger total: the study continues (2 kept, 1 new), it does not restart.
+    summary = Study.from_yaml(path, trials=3).run(progress=False)
+    assert summary.completed == 3
+    numbers = sorted(t.number for t in optuna.load_study(study_name="tiny", storage=study.storage_url).get_trials())
+    assert numbers == [0, 1, 2]
+    runs = _mlflow_runs(study)
+    assert sum(r.data.tags.get("eeopt.role") == "study" for r in runs) == 2
+    assert sum(r.data.tags.get("eeopt.role") == "trial" for r in runs) == 3
+
+    # Already complete: a rerun adds nothing.
+    assert Study.from_yaml(path, trials=3).run(progress=False).completed == 3
+
+    # Export lists every trial with params, metrics and the MLflow run id.
+    assert main(["study", "export", str(path), "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == 3 and all(r["mlflow_run_id"] and "test/acc_at_50" in r for r in rows)
+    assert main(["study", "list", "--storage", study.storage_url, "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert listed[0]["name"] == "tiny" and listed[0]["complete"] == 3
+
+
+def test_failing_trial_is_recorded_and_the_study_goes_on(tmp_path, ray_local):
+    cfg = dict(BASE, study=dict(BASE["study"], name="faulty", trials=1))
+    cfg["training"] = dict(BASE["training"], optimizer="sgd")
+    path = _write(tmp_path, cfg)
+    study = Study.from_yaml(path)
+    # Queue a diverging trial first, then a sane one: the first fails, the study goes on to finish one.
+    optuna_study = study.optuna_study()
+    optuna_study.enqueue_trial({"training.lr": 1e12}, skip_if_exists=False)
+    summary = study.run(progress=False)
+    assert summary.completed == 1 and summary.failed == 1
+    trials = optuna.load_study(study_name="faulty", storage=study.storage_url).get_trials()
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert len(failed) == 1 and "diverged" in failed[0].user_attrs["eeopt_error"]
+    runs = {r.info.run_id: r for r in _mlflow_runs(study)}
+    failed_run = runs[failed[0].user_attrs["mlflow_run_id"]]
+    assert failed_run.info.status == "FAILED" and "diverged" in failed_run.data.tags["eeopt.error"]
+
+
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        ({"search_space": {"training.nope": {"type": "float", "low": 0, "high": 1}}}, "search_space.training.nope"),
+        ({"search_space": {"training.lr": {"type": "float", "low": 1, "high": 0.1}}}, "empty range"),
+        ({"search_space": {"training.head": {"type": "categorical", "choices": ["linear"]}}}, "no such config field"),
+        ({"data": {"name": "mnist-typo"}}, "data.name: unknown 'mnist-typo'"),
+        ({"model": {"backbone": "resnet9000"}}, "model.backbone: unknown 'resnet9000'"),
+        ({"search_space": {"model.backbone": {"type": "categorical", "choices": ["tinyresnet", "vgg"]}}},
+         "search_space.model.backbone: model.backbone: unknown 'vgg'"),
+        ({"calibration": {"method": "platt"}}, "calibration.method: unknown 'platt'"),
+        ({"study": {"name": "x", "objectives": {"val/no_such_metric": "maximize"}}},
+         "study.objectives: unknown metric 'val/no_such_metric'"),
+        ({"study": {"name": "x", "objective": "no_such_pkg.mod:fn"}}, "cannot import 'no_such_pkg.mod:fn'"),
+        ({"study": {"name": "x", "resources": {"max_concurrent": 0}}}, "study.resources.max_concurrent"),
+    ],
+)
+def test_bad_study_files_fail_before_anything_is_written(tmp_path, capsys, change, expected):
+    cfg = {**BASE, **{k: v for k, v in change.items() if k != "search_space"}}
+    if "search_space" in change:
+        cfg["search_space"] = change["search_space"]
+    path = _write(tmp_path, cfg)
+    assert main(["study", "run", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert expected in err and err.count("\n") == 1, err
+    assert not (tmp_path / "eeopt.db").exists() and not (tmp_path / "mlflow.db").exists()
