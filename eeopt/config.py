@@ -101,6 +101,14 @@ class TrainingConfig(_Strict):
     def _modes(self) -> TrainingConfig:
         if self.failure_loss != "none" and self.failure_weight == 0:
             raise ValueError("failure_weight must be > 0 when failure_loss is set")
+        if self.mode != "joint":
+            if self.backbone_epochs == 0 and self.backbone_checkpoint is None:
+                raise ValueError(
+                    f"mode {self.mode} first trains the backbone; set training.backbone_epochs > 0 "
+                    "or training.backbone_checkpoint to a model.pt of a previous run"
+                )
+            if self.backbone_epochs > 0 and self.backbone_checkpoint is not None:
+                raise ValueError("set either training.backbone_epochs or training.backbone_checkpoint, not both")
         return self
 
 
@@ -131,14 +139,6 @@ class TrainConfig(_Strict):
             raise ValueError(f"training.failure_loss: {t.failure_loss} trains failure heads; set model.failure_head: true")
         if self.policy.score == "learned" and not self.model.failure_head:
             raise ValueError("policy.score: 'learned' needs the scores of failure heads; set model.failure_head: true")
-        if t.mode != "joint":
-            if t.backbone_epochs == 0 and t.backbone_checkpoint is None:
-                raise ValueError(
-                    f"training.backbone_epochs: mode {t.mode} first trains the backbone; set backbone_epochs > 0 "
-                    "or training.backbone_checkpoint to a model.pt of a previous run"
-                )
-            if t.backbone_epochs > 0 and t.backbone_checkpoint is not None:
-                raise ValueError("training.backbone_checkpoint: set either backbone_epochs or backbone_checkpoint, not both")
         return self
 
 
@@ -271,9 +271,8 @@ class StudyConfig(TrainConfig):
                     raise ValueError(f"search_space.{path}: no such config field") from None
                 except ValidationError as exc:
                     err = exc.errors()[0]
-                    raise ValueError(
-                        f"search_space.{path}: value {value!r} does not fit the field ({err['msg']})"
-                    ) from None
+                    msg = err["msg"].removeprefix("Value error, ")
+                    raise ValueError(f"search_space.{path}: value {value!r} does not fit the field ({msg})") from None
         return self
 
 

@@ -59,6 +59,7 @@ def test_file_errors(tmp_path):
 
 STUDY = {
     "data": {"name": "digits"},
+    "model": {"failure_head": True},
     "study": {"name": "s1", "trials": 4},
     "search_space": {
         "training.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
@@ -111,6 +112,19 @@ def test_bad_search_spaces_fail_naming_the_path(tmp_path, space, expected):
 def test_bad_study_settings(study, expected):
     with pytest.raises(ConfigError, match=expected):
         validate_config({"study": study}, study=True)
+
+
+def test_cross_field_rules(tmp_path):
+    raw = {k: v for k, v in STUDY.items() if k != "model"}  # failure losses in the space, no failure head
+    with pytest.raises(ConfigError, match=r"search_space.training.failure_loss: value 'bce' does not fit the field "
+                                          r"\(training.failure_loss: bce trains failure heads"):
+        load_config(_write(tmp_path, raw), study=True)
+    with pytest.raises(ConfigError, match="policy.score: 'learned' needs"):
+        validate_config({"policy": {"score": "learned"}})
+    with pytest.raises(ConfigError, match="training: mode frozen first trains the backbone"):
+        validate_config({"training": {"mode": "frozen"}})
+    with pytest.raises(ConfigError, match="either training.backbone_epochs or training.backbone_checkpoint"):
+        validate_config({"training": {"mode": "two_stage", "backbone_epochs": 1, "backbone_checkpoint": "m.pt"}})
 
 
 def test_apply_overrides_does_not_mutate_and_flatten():

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 import torch
 import torch.nn.functional as F
 import yaml
@@ -151,12 +152,12 @@ def test_modes_plan_their_stages_and_reject_impossible_settings():
     ]
     assert [s.name for s in plan_stages(tc(mode="two_stage", epochs=1, backbone_epochs=1))] == ["backbone", "joint"]
     assert [s.name for s in plan_stages(tc(mode="frozen", backbone_checkpoint="m.pt"))] == ["heads"]
-    with pytest.raises(ConfigError, match="backbone_epochs"):
-        plan_stages(tc(mode="frozen", backbone_epochs=0))
-    with pytest.raises(ConfigError, match="backbone_epochs"):
-        plan_stages(tc(mode="two_stage"))
-    with pytest.raises(ConfigError, match="not both"):
-        plan_stages(tc(mode="frozen", backbone_epochs=1, backbone_checkpoint="m.pt"))
+    with pytest.raises(ValidationError, match="backbone_epochs"):
+        tc(mode="frozen", backbone_epochs=0)
+    with pytest.raises(ValidationError, match="backbone_epochs"):
+        tc(mode="two_stage")
+    with pytest.raises(ValidationError, match="not both"):
+        tc(mode="frozen", backbone_epochs=1, backbone_checkpoint="m.pt")
     assert plan_stages(tc(mode="joint", epochs=0)) == []
 
 

@@ -73,21 +73,11 @@ class Stage:
 def plan_stages(tc: TrainingConfig) -> list[Stage]:
     """The stages of `training.mode`, without the ones that have no epochs.
 
-    Raises:
-        ConfigError: frozen/two_stage without a way to get a trained backbone, or with two of them.
+    `TrainingConfig` guarantees frozen/two_stage have exactly one way to get a trained backbone.
     """
     if tc.mode == "joint":
         stages = [Stage("joint", tc.epochs, GROUPS, "exits")]
     else:
-        if tc.backbone_epochs == 0 and tc.backbone_checkpoint is None:
-            raise ConfigError(
-                f"training.backbone_epochs: mode {tc.mode} first trains the backbone; set backbone_epochs > 0 "
-                "or training.backbone_checkpoint to a model.pt of a previous run"
-            )
-        if tc.backbone_epochs > 0 and tc.backbone_checkpoint is not None:
-            raise ConfigError(
-                "training.backbone_checkpoint: set either backbone_epochs or backbone_checkpoint, not both"
-            )
         stages = []
         if tc.backbone_checkpoint is None:
             stages.append(Stage("backbone", tc.backbone_epochs, ("backbone", "final_head"), "final"))
