@@ -236,7 +236,6 @@ def _write_fashion(folder: Path, arrays: dict, gz: bool) -> dict[str, Path]:
     return paths
 
 
-@pytest.mark.skipif(not DEBIAN.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
 def test_fashion_mnist_from_debian_files():
     ds = load_dataset(DataConfig(name="fashion-mnist", normalize=False), 0)  # found by the default lookup
     assert ds.info["sources"][0].startswith(str(DEBIAN))

@@ -256,18 +256,16 @@ def test_failure_losses_train_failure_heads_that_rank_errors_below_correct_predi
 
 
 def test_failure_loss_needs_failure_heads_and_frozen_needs_early_heads(digits):
-    with pytest.raises(ConfigError, match="failure_head"):
-        train(_cfg(failure_loss="bce"), progress=False, dataset=digits)
+    with pytest.raises(ValidationError, match="failure_head"):  # the schema rejects it before training starts
+        _cfg(failure_loss="bce")
     with pytest.raises(ConfigError, match="train nothing"):
         train(_cfg(mode="frozen", backbone_epochs=1, model={"exits": [5]}), progress=False, dataset=digits)
 
 
 def test_a_diverging_run_stops_at_once(digits):
-    started = time.perf_counter()
     message = r"training diverged: loss (nan|inf).*epoch 1, step \d+.*lower training.lr"
     with pytest.raises(TrainingDiverged, match=message):
-        train(_cfg(optimizer="sgd", lr=1e6, epochs=3), progress=False, dataset=digits)
-    assert time.perf_counter() - started < 10
+        train(_cfg(optimizer="sgd", lr=1e6, epochs=3), progress=False, dataset=digits)  # stops in epoch 1 of 3
 
 
 def test_a_nan_loss_raises_on_the_first_step(digits, monkeypatch):
@@ -339,7 +337,6 @@ def test_outputs_history_and_files(digits, tmp_path, capsys):
 
 # ------------------------------------------------------------------------------------------------ slow
 @pytest.mark.slow
-@pytest.mark.skipif(not FASHION_ROOT.is_dir(), reason="Fashion-MNIST not under /usr/share/datasets")
 def test_fashion_mnist_tinyresnet_reaches_80_percent():
     """12k training images, 2 epochs, one thread: about 50 s; the last exit reached 0.827-0.837 with seeds 0-2
     (batch 128 at lr 2e-3 reached only 0.811 here, too close to the bar)."""
