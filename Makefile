@@ -6,7 +6,7 @@ TORCH_VERSION ?= 2.13.0
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 PYTEST_ARGS ?=
 
-.PHONY: setup run test bench clean
+.PHONY: setup data run test bench clean
 
 setup: $(VENV)/.installed
 
@@ -27,15 +27,25 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(BIN)/pip install -e ".[dev]"
 	touch $@
 
-run: setup
-	$(BIN)/eeopt exits synthesize runs/example --seed 0
-	$(BIN)/eeopt exits search --fit-on runs/example/val.npz --evaluate-on runs/example/test.npz
+# Fashion-MNIST for the default study: found where it is, else Debian's package (where apt works), else the
+# official files with checksums.
+data: setup
+	@$(BIN)/eeopt data find fashion-mnist 2>/dev/null \
+	|| { command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] \
+	     && { apt-get install -y dataset-fashion-mnist || { apt-get update && apt-get install -y dataset-fashion-mnist; }; }; } \
+	|| $(BIN)/eeopt data download fashion-mnist
+
+# The main job: the default study (Fashion-MNIST ResNet, SQLite + local MLflow + local Ray, about 10 minutes).
+run: data
+	$(BIN)/eeopt study run studies/resnet.yaml
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-bench: setup
+bench: data
 	$(BIN)/python benchmarks/bench_policies.py
+	$(BIN)/python benchmarks/bench_training.py
+	$(BIN)/python benchmarks/bench_study.py
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs studies/runs studies/*.db studies/mlartifacts .pytest_cache

@@ -129,6 +129,51 @@ def exits_synthesize(
                    f"{', '.join(f'{a:.3f}' for a in out.accuracy)})")
 
 
+# ------------------------------------------------------------------------------------------------------ data
+data_app = typer.Typer(help="Datasets: where their files are, and the one checksummed download.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("find")
+def data_find(
+    name: Annotated[str, typer.Argument(help="Dataset with files to find: fashion-mnist.")] = "fashion-mnist",
+    root: Annotated[Optional[str], typer.Option("--root", help="Look only here (data.root).")] = None,
+) -> None:
+    """Say where the dataset's files are; exit status 1 when they are not found."""
+    from eeopt.data.idx import fashion_mnist_dirs, find_fashion_mnist
+
+    _only_fashion_mnist(name)
+    found = find_fashion_mnist(root)
+    if found is None:
+        typer.echo(f"{name}: not found in {', '.join(str(d) for d in fashion_mnist_dirs(root))}", err=True)
+        raise typer.Exit(1)
+    typer.echo(str(next(iter(found.values())).parent))
+
+
+@data_app.command("download")
+def data_download(
+    name: Annotated[str, typer.Argument(help="Dataset to download: fashion-mnist.")] = "fashion-mnist",
+    root: Annotated[Optional[str], typer.Option("--root", help="Target folder (default: $EEOPT_DATA_DIR or the cache).")] = None,
+) -> None:
+    """Download the official files and verify their MD5 checksums (only when they are not already present)."""
+    from eeopt.data.idx import download_dir, download_fashion_mnist, find_fashion_mnist
+
+    _only_fashion_mnist(name)
+    found = find_fashion_mnist(root)
+    if found is not None:
+        typer.echo(f"{name}: already present in {next(iter(found.values())).parent}")
+        return
+    paths = download_fashion_mnist(download_dir(root))
+    typer.echo(f"{name}: downloaded and verified {len(paths)} files into {download_dir(root)}")
+
+
+def _only_fashion_mnist(name: str) -> None:
+    if name != "fashion-mnist":
+        from eeopt.errors import ConfigError
+
+        raise ConfigError(f"{name!r}: only fashion-mnist has files to find or download (digits ships with scikit-learn)")
+
+
 # ------------------------------------------------------------------------------------------------------ train
 SetOpt = Annotated[
     Optional[list[str]], typer.Option("--set", help="Override a config field: --set training.epochs=1 (repeatable).")

@@ -150,3 +150,49 @@ def test_bad_study_files_fail_before_anything_is_written(tmp_path, capsys, chang
     err = capsys.readouterr().err
     assert expected in err and err.count("\n") == 1, err
     assert not (tmp_path / "eeopt.db").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_ctrl_c_requeues_running_trials_and_a_rerun_continues(tmp_path):
+    """SIGINT to `eeopt study run`: running trials go back to the queue (never left RUNNING), MLflow marks them
+    KILLED, and the same command continues the study (the requeued trials first, resuming their checkpoints)."""
+    import os
+    import signal
+    import time
+
+    cfg = dict(BASE, study=dict(BASE["study"], name="interrupted", trials=2))
+    cfg["training"] = dict(BASE["training"], epochs=40)
+    path = _write(tmp_path, cfg)
+    log = tmp_path / "run.log"
+    cmd = [sys.executable, "-m", "eeopt.cli", "study", "run", str(path)]
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        deadline = time.monotonic() + 240
+        while "epoch 2:" not in log.read_text() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert proc.poll() is None, log.read_text()[-2000:]
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=120) == 130, log.read_text()[-2000:]
+
+    study = Study.from_yaml(path)
+    trials = optuna.load_study(study_name="interrupted", storage=study.storage_url).get_trials()
+    states = [t.state for t in trials]
+    assert TrialState.RUNNING not in states and TrialState.WAITING in states, states
+    killed = [r for r in _mlflow_runs(study) if r.data.tags.get("eeopt.role") == "trial"]
+    assert killed and all(r.info.status == "KILLED" for r in killed)
+    requeued = sorted(t.number for t in trials if t.state == TrialState.WAITING)
+
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    trials = optuna.load_study(study_name="interrupted", storage=study.storage_url).get_trials()
+    assert [t.state for t in trials].count(TrialState.COMPLETE) == 2
+    assert {t.number for t in trials if t.state == TrialState.COMPLETE} >= set(requeued)
+    assert f"trial {requeued[0]} resumed" in done.stderr
+    # The resumed run continued the training: its first logged epoch comes after the interrupted run's last.
+    import mlflow
+
+    client = mlflow.MlflowClient(study.tracking_uri)
+    resumed = next(t for t in trials if t.number == requeued[0])
+    steps = [m.step for m in client.get_metric_history(resumed.user_attrs["mlflow_run_id"], "train/train_loss")]
+    old = next(r for r in killed if r.data.tags["optuna.trial_number"] == str(requeued[0]))
+    old_steps = [m.step for m in client.get_metric_history(old.info.run_id, "train/train_loss")]
+    assert old_steps and steps and min(steps) == max(old_steps) + 1 and max(steps) == 40, (old_steps, steps)

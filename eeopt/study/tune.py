@@ -95,6 +95,7 @@ class StudySearcher(Searcher):
             return Searcher.FINISHED if not self.running else None
         self.storage.record_heartbeat(trial._trial_id)
         params = dict(trial.params)
+        requeued = "mlflow_run_id" in trial.user_attrs  # an interrupted trial: same number, params, output folder
         run_id = tracking.start_child_run(
             self.mlflow, self.experiment_id, self.parent_run_id, self.study.name, trial.number,
             tags={"ray.trial_id": trial_id},
@@ -112,7 +113,8 @@ class StudySearcher(Searcher):
                 update={"training": train_cfg.training.model_copy(update={"threads": max(1, int(resources.cpus_per_trial))})}
             )
         self.running[trial_id] = (trial, run_id)
-        self.reporter.line(f"trial {trial.number} started  {_fmt_params(params)}")
+        what = "resumed (requeued; continues from its checkpoint)" if requeued else "started"
+        self.reporter.line(f"trial {trial.number} {what}  {_fmt_params(params)}")
         return {
             "eeopt": {
                 "trial_number": trial.number,
