@@ -1,0 +1,77 @@
+"""Orchestration overhead of a study: N tiny trials through eeopt (Optuna storage + Ray Tune + MLflow) versus the
+same trainings in a plain loop (`run_trial`, no Ray, no storage, no MLflow).
+
+    .venv/bin/python benchmarks/bench_study.py [--trials 8]
+
+Ray is started first and timed on its own; the study then reuses it, so the difference per trial is what eeopt adds
+once Ray is up (Tune scheduling, worker start, Optuna ask/tell, MLflow runs, params, metrics and artifacts, plots).
+Both sides run trials one at a time (max_concurrent 1) so the comparison is like for like.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+TRIAL = {
+    "seed": 0,
+    "data": {"name": "digits", "train_subset": 600},
+    "model": {"backbone": "tinyresnet", "width": 8, "exits": [1, 3]},
+    "training": {"epochs": 1, "batch_size": 64, "lr": 0.003, "threads": 1},
+    "policy": {"trials": 30},
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=8)
+    args = parser.parse_args()
+    n = args.trials
+
+    import ray
+
+    from eeopt.config import TrainConfig
+    from eeopt.study import Study, run_trial
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        # Plain loop: the same trainings and evaluations, in this process.
+        cfg = TrainConfig.model_validate(TRIAL)
+        run_trial(cfg)  # warm-up: imports and first-call costs stay out of the comparison
+        started = time.perf_counter()
+        for i in range(n):
+            run_trial(cfg.model_copy(update={"seed": i}), output_dir=folder / f"loop-{i}")
+        loop_s = time.perf_counter() - started
+
+        started = time.perf_counter()
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        ray_s = time.perf_counter() - started
+
+        study_file = folder / "study.yaml"
+        study_file.write_text(yaml.safe_dump({
+            **TRIAL,
+            "search_space": {"training.lr": {"type": "float", "low": 0.002, "high": 0.004}},
+            "study": {"name": "overhead", "trials": n, "sampler": "random",
+                      "resources": {"cpus_per_trial": 1, "max_concurrent": 1}},
+        }))
+        started = time.perf_counter()
+        summary = Study.from_yaml(study_file).run(progress=False)
+        study_s = time.perf_counter() - started
+        ray.shutdown()
+        assert summary.completed == n, summary
+
+    print(f"\n{n} tiny trials (digits, tinyresnet width 8, 1 epoch), one at a time\n")
+    print("| what | seconds | per trial |")
+    print("| --- | ---: | ---: |")
+    print(f"| plain loop (`run_trial`) | {loop_s:.1f} | {loop_s / n:.2f} |")
+    print(f"| `ray.init` (once) | {ray_s:.1f} | |")
+    print(f"| eeopt study (Tune + Optuna storage + MLflow), Ray up | {study_s:.1f} | {study_s / n:.2f} |")
+    print(f"| **overhead** | {study_s - loop_s:.1f} | **{(study_s - loop_s) / n:.2f}** |")
+
+
+if __name__ == "__main__":
+    main()
