@@ -58,7 +58,9 @@ class StudySearcher(Searcher):
         self.failures = 0
         self.last_error: str | None = None
         self.stop_reason: str | None = None
-        self.best: float | None = None
+        self.best = self._best_so_far()
+        self.finished_before = self._finished()  # COMPLETE + PRUNED in storage when this run started
+        self.finished_here = 0
         self._last_heartbeat = 0.0
 
     # Tune pickles its search algorithm to snapshot the experiment. eeopt never restores a Tune run (the Optuna
@@ -70,6 +72,28 @@ class StudySearcher(Searcher):
         self.__dict__.update(state)
 
     # -------------------------------------------------------------------------------------------- quota
+    def _best_so_far(self) -> float | None:
+        """Best value of the first objective over the study's completed trials (earlier runs included)."""
+        from optuna.trial import TrialState
+
+        with storage_mod.translate_errors(self.study.storage_url):
+            done = self.optuna_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        values = [t.values[0] for t in done if t.values]
+        if not values:
+            return None
+        return max(values) if self.study.directions[0] == "maximize" else min(values)
+
+    def _finished(self) -> int:
+        from optuna.trial import TrialState
+
+        with storage_mod.translate_errors(self.study.storage_url):
+            return len(self.optuna_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+
+    def progress(self) -> str:
+        """'[3/8 done, 2 running, 1 failed]': the study's finished trials, this run's running and failed ones."""
+        done = self.finished_before + self.finished_here
+        return f"[{done}/{self.study.config.study.trials} done, {len(self.running)} running, {self.failures} failed]"
+
     def _occupied(self, up_to: int | None = None) -> int:
         from optuna.trial import TrialState
 
@@ -170,16 +194,20 @@ class StudySearcher(Searcher):
         if state == "FAIL":
             self.failures += 1
             self.last_error = error
-            self.reporter.line(f"trial {trial.number} FAILED: {error}")
+            self.reporter.line(f"trial {trial.number} FAILED: {error}  {self.progress()}")
         elif state == "PRUNED":
-            self.reporter.line(f"trial {trial.number} pruned")
+            self.finished_here += 1
+            self.reporter.line(f"trial {trial.number} pruned  {self.progress()}")
         else:
+            self.finished_here += 1
             first = values[0]
             better = self.best is None or (first > self.best if self.study.directions[0] == "maximize" else first < self.best)
             if better:
                 self.best = first
             shown = ", ".join(f"{n}={v:.4f}" for n, v in zip(self.study.objectives, values))
-            self.reporter.line(f"trial {trial.number} done: {shown}  (best {self.study.objectives[0]} {self.best:.4f})")
+            self.reporter.line(
+                f"trial {trial.number} done: {shown}  (best {self.study.objectives[0]} {self.best:.4f})  {self.progress()}"
+            )
 
     def requeue(self, trial, run_id: str) -> None:
         from optuna.trial import TrialState
