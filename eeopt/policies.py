@@ -278,16 +278,8 @@ def evaluate_patience(
         costs: [K] cumulative cost per exit.
         patiences: [P] integers >= 1.
     """
-    predictions = np.asarray(predictions)
-    if predictions.ndim != 2 or predictions.shape[1] == 0:
-        raise ValueError(f"predictions must have shape [K, N] with N >= 1, got {predictions.shape}")
+    predictions, correct, costs = check_exit_arrays(predictions, correct, costs, name="predictions")
     k, n = predictions.shape
-    correct = np.asarray(correct, dtype=bool)
-    costs = np.asarray(costs, dtype=np.float64)
-    if correct.shape != (k, n) or costs.shape != (k,):
-        raise ValueError(
-            f"correct must be [K, N] = {(k, n)} and costs [K]; got {correct.shape} and {costs.shape}"
-        )
     values = [_check_patience(p) for p in np.asarray(patiences).reshape(-1)]
     run = _agreement_runs(predictions)
     samples = np.arange(n)
@@ -326,6 +318,22 @@ def _check_patience(patience) -> int:
 
 # --------------------------------------------------------------------------------------------- helpers
 _POP8 = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
+
+
+def check_exit_arrays(values, correct, costs, name: str = "scores") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Validate per-exit arrays once at a public entry: `values` [K, N] (N >= 1), `correct` [K, N], `costs` [K].
+
+    Returns them as (array, bool array, float64 array). Raises ValueError naming the array that is off.
+    """
+    values = np.asarray(values)
+    if values.ndim != 2 or values.shape[1] == 0:
+        raise ValueError(f"{name} must have shape [K, N] with N >= 1, got {values.shape}")
+    k, n = values.shape
+    correct = np.asarray(correct, dtype=bool)
+    costs = np.asarray(costs, dtype=np.float64)
+    if correct.shape != (k, n) or costs.shape != (k,):
+        raise ValueError(f"correct must be [K, N] = {(k, n)} and costs [K]; got {correct.shape} and {costs.shape}")
+    return values, correct, costs
 
 
 def _popcount_table(words: np.ndarray, out: np.ndarray) -> np.ndarray:

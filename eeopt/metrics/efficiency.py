@@ -13,6 +13,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from eeopt.policies import check_exit_arrays
+
 #: Budget shares (percent of the last exit's cost) reported as acc_at_{share}.
 BUDGET_SHARES = (25, 50, 75, 100)
 #: Relative slack on budgets, so that a policy costing exactly the budget is not lost to rounding.
@@ -87,16 +89,8 @@ def global_sweep(scores: np.ndarray, correct: np.ndarray, costs: np.ndarray) -> 
     Raises:
         ValueError: shapes disagree or N = 0.
     """
-    scores = np.asarray(scores)
-    if scores.ndim != 2 or scores.shape[1] == 0:
-        raise ValueError(f"scores must have shape [K, N] with N >= 1, got {scores.shape}")
+    scores, correct, costs = check_exit_arrays(scores, correct, costs)
     k, n = scores.shape
-    correct = np.asarray(correct, dtype=bool)
-    costs = np.asarray(costs, dtype=np.float64)
-    if correct.shape != (k, n) or costs.shape != (k,):
-        raise ValueError(
-            f"correct must be [K, N] = {(k, n)} and costs [K]; got {correct.shape} and {costs.shape}"
-        )
     scores = scores.astype(np.float64, copy=False)  # thresholds are compared in float64
     base_correct = int(np.count_nonzero(correct[-1]))
     top = np.array([np.inf])
