@@ -38,7 +38,7 @@ _EXPORTS = {
     "list_datasets": "eeopt.data",
     "register_backbone": "eeopt.models",
     "list_backbones": "eeopt.models",
-    "build_model": "eeopt.models",
+    "build_model": ("eeopt.training", "build_model_for"),
     "train": "eeopt.training",
     "TrainResult": "eeopt.training",
     "Study": "eeopt.study",
@@ -49,10 +49,11 @@ __all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
+    target = _EXPORTS.get(name)
+    if target is None:
         raise AttributeError(f"module 'eeopt' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
+    module, attr = target if isinstance(target, tuple) else (target, name)
+    value = getattr(importlib.import_module(module), attr)
     globals()[name] = value
     return value
 

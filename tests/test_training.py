@@ -354,3 +354,14 @@ def test_fashion_mnist_tinyresnet_reaches_80_percent():
     assert result.test.num_samples == 10_000
     assert result.test.accuracy[-1] >= 0.80, (result.test.accuracy.tolist(), f"{seconds:.0f} s")
     assert np.all(np.diff(result.test.accuracy[1:]) > 0), result.test.accuracy.tolist()  # deeper exits do better
+
+
+def test_public_api_builds_and_trains_from_a_config(digits):
+    import eeopt
+
+    cfg = _cfg(epochs=1)
+    model = eeopt.build_model(cfg, dataset=digits)
+    assert model.num_exits == 5 and np.all(np.diff(model.costs) > 0)
+    result = eeopt.train(cfg, progress=False, dataset=digits)
+    assert isinstance(result, eeopt.TrainResult) and isinstance(result.test, eeopt.ExitOutputs)
+    np.testing.assert_array_equal(result.test.costs, model.costs)

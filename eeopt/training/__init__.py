@@ -1,6 +1,6 @@
 """Training multi-exit networks: `train(cfg) -> TrainResult` with exit outputs on val and test; losses; model files."""
 
-from eeopt.training.loop import TrainResult, collect_exit_outputs, load_model, train
+from eeopt.training.loop import TrainResult, build_model_for, collect_exit_outputs, load_model, train
 from eeopt.training.losses import (
     distillation_loss,
     exit_loss,
@@ -13,6 +13,7 @@ from eeopt.training.losses import (
 
 __all__ = [
     "TrainResult",
+    "build_model_for",
     "collect_exit_outputs",
     "distillation_loss",
     "exit_loss",

@@ -457,6 +457,13 @@ def config_fingerprint(cfg: TrainConfig) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ model.pt
+def build_model_for(cfg: TrainConfig, dataset=None):
+    """The untrained multi-exit model `cfg` describes, shaped for its dataset (loaded from `cfg.data` when not
+    given), with per-exit costs counted. `eeopt.build_model(cfg)` is this function."""
+    dataset = dataset if dataset is not None else load_dataset(cfg.data, cfg.seed)
+    return build_model(cfg.model, dataset.num_classes, dataset.in_channels, tuple(dataset.image_size))
+
+
 def load_model(path: str | os.PathLike) -> torch.nn.Module:
     """Rebuild a trained model from the model.pt a run wrote (on the CPU, in eval mode).
 
