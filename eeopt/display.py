@@ -48,6 +48,10 @@ def print_report(report, outputs=None) -> None:
         + "  ".join(f"{k}={fmt(eff[k])}" for k in ("acc_at_25", "acc_at_50", "acc_at_75", "acc_at_100", "acc_cost_auc"))
     )
     console.print(f"thresholds chosen on: {report.thresholds_from}")
+    if report.patience and outputs is not None:
+        last = float(outputs.costs[-1])
+        console.print("patience (exit once P exits agree): " + "  ".join(
+            f"P={p['patience']}: {fmt(p['accuracy'])} at {100 * p['mean_cost'] / last:.0f}%" for p in report.patience))
 
 
 def print_search(summary: dict[str, Any]) -> None:

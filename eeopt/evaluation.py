@@ -16,6 +16,7 @@ from eeopt.errors import ConfigError
 from eeopt.metrics import calibration as cal_metrics
 from eeopt.metrics import failure as fail_metrics
 from eeopt.outputs import ExitOutputs, check_compatible
+from eeopt.policies import evaluate_patience
 from eeopt.scores import compute_score
 
 #: Per-exit metric names, in report order. Calibration metrics use the top-label probability; failure-prediction
@@ -31,7 +32,8 @@ EFFICIENCY_METRICS = ("acc_at_25", "acc_at_50", "acc_at_75", "acc_at_100", "acc_
 class EvaluationReport:
     """Per-exit metrics (exits numbered from 1), their mean over exits, and the global-sweep efficiency.
 
-    `efficiency` holds acc_at_25..100 and acc_cost_auc (thresholds chosen on the fit split when there is one, else
+    `patience` lists, for P = 1..K, the accuracy and mean cost of exiting once P consecutive exits agree (PABEE);
+    it fits nothing, so it is reported on the evaluated split directly. `efficiency` holds acc_at_25..100 and acc_cost_auc (thresholds chosen on the fit split when there is one, else
     in-sample on the evaluated split), mean_cost_at_25..100 the evaluated split's mean cost of each budget's choice,
     and
     `curve` the evaluated split's accuracy-vs-mean-cost frontier.
@@ -44,6 +46,7 @@ class EvaluationReport:
     calibration: str
     kendall_tau: list[float] | None
     thresholds_from: str
+    patience: list[dict[str, float]] = dataclasses.field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict; NaN becomes None (null)."""
@@ -54,6 +57,7 @@ class EvaluationReport:
             "score": self.score,
             "calibration": self.calibration,
             "thresholds_from": self.thresholds_from,
+            "patience": self.patience,
         }
         if self.kendall_tau is not None:
             out["kendall_tau"] = self.kendall_tau
@@ -164,6 +168,8 @@ def evaluate_exits(
         source = "evaluated split (in-sample)"
     efficiency = efficiency_metrics(eff)
     efficiency["curve"] = [[float(c), float(a)] for c, a in zip(curve.cost, curve.accuracy)]
+    patiences = np.arange(1, outputs.num_exits + 1)
+    pat = evaluate_patience(calibrated.predictions, calibrated.correct, outputs.costs, patiences)
     return EvaluationReport(
         exits=rows,
         mean=mean_over_exits(rows),
@@ -172,6 +178,10 @@ def evaluate_exits(
         calibration=calibrate or "none",
         kendall_tau=tau,
         thresholds_from=source,
+        patience=[
+            {"patience": int(p), "accuracy": float(a), "mean_cost": float(c)}
+            for p, a, c in zip(patiences, pat.accuracy, pat.mean_cost)
+        ],
     )
 
 

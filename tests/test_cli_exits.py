@@ -41,6 +41,11 @@ def test_evaluate_json_shape_and_values(files, capsys):
     curve = np.array(eff["curve"])
     assert np.all(np.diff(curve[:, 0]) > 0) and np.all(np.diff(curve[:, 1]) > 0)
     assert out["thresholds_from"].endswith("(in-sample)")
+    # patience P = K always waits for the last exit; P = 1 always leaves at the first
+    pat = out["patience"]
+    assert [p["patience"] for p in pat] == [1, 2, 3, 4]
+    assert pat[0]["accuracy"] == pytest.approx(test.accuracy[0]) and pat[0]["mean_cost"] == pytest.approx(test.costs[0])
+    assert pat[-1]["accuracy"] == pytest.approx(test.accuracy[-1]) and pat[-1]["mean_cost"] == pytest.approx(test.costs[-1])
 
 
 def test_evaluate_with_calibration_fitted_on_val(files, capsys):

@@ -196,3 +196,24 @@ def test_ctrl_c_requeues_running_trials_and_a_rerun_continues(tmp_path):
     old = next(r for r in killed if r.data.tags["optuna.trial_number"] == str(requeued[0]))
     old_steps = [m.step for m in client.get_metric_history(old.info.run_id, "train/train_loss")]
     assert old_steps and steps and min(steps) == max(old_steps) + 1 and max(steps) == 40, (old_steps, steps)
+
+
+def test_asha_prunes_a_trial_that_learns_nothing(tmp_path, ray_local):
+    """Trials run one at a time; the first learns, the next ones (lr 1e-7) fall below ASHA's cutoff at the first
+    rung and are stopped: Optuna records them PRUNED, MLflow closes their runs."""
+    cfg = dict(BASE, study=dict(BASE["study"], name="pruned", trials=3, pruner="asha", sampler="random",
+                                resources={"cpus_per_trial": 1, "max_concurrent": 1}))
+    cfg["training"] = dict(BASE["training"], epochs=4)
+    path = _write(tmp_path, cfg)
+    study = Study.from_yaml(path)
+    optuna_study = study.optuna_study()
+    for lr in (0.005, 1e-7, 1e-7):
+        optuna_study.enqueue_trial({"training.lr": lr})
+    summary = study.run(progress=False)
+    assert summary.completed + summary.pruned == 3 and summary.pruned >= 1, summary
+    trials = optuna.load_study(study_name="pruned", storage=study.storage_url).get_trials()
+    assert trials[0].state == TrialState.COMPLETE
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    assert all(t.params["training.lr"] == 1e-7 for t in pruned)
+    runs = {r.info.run_id: r for r in _mlflow_runs(study)}
+    assert all(runs[t.user_attrs["mlflow_run_id"]].data.tags["eeopt.state"] == "PRUNED" for t in pruned)
