@@ -33,7 +33,7 @@ def plot_accuracy_vs_cost(summary: dict, path: Path, title: str = "") -> Path:
     xs = [b["test_mean_cost"] / last * 100 for b in sweep if b["test_mean_cost"] == b["test_mean_cost"]]
     ys = [b["test_accuracy"] * 100 for b in sweep if b["test_mean_cost"] == b["test_mean_cost"]]
     ax.plot(xs, ys, "s", label="global threshold at 25/50/75/100 % (test)")
-    for k, cost in enumerate(summary["costs"]):
+    for cost in summary["costs"]:
         ax.axvline(cost / last * 100, color="grey", lw=0.5, alpha=0.5)
     ax.set_xlabel("mean cost (% of the last exit)")
     ax.set_ylabel("accuracy (%)")

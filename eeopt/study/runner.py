@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
-import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -153,7 +151,6 @@ class Study:
         Raises:
             ConfigError, StorageError: before anything runs; StudyError: too many failed trials.
         """
-        import optuna
 
         settings = self.config.study
         objective = objective or settings.objective
@@ -165,11 +162,8 @@ class Study:
             check_objective_names(self.objectives)
         _check_names(self.config)
         study = self.optuna_study()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            stale = optuna.storages.fail_stale_trials(study) if hasattr(optuna.storages, "fail_stale_trials") else None
-        del stale
         mlflow_client = tracking.client(self.tracking_uri)
+        self._fail_dead_trials(study, mlflow_client)
         with storage_mod.translate_errors(self.tracking_uri):
             experiment_id = tracking.ensure_experiment(mlflow_client, self.experiment_name, self.artifact_root)
             parent = tracking.start_parent_run(
@@ -183,26 +177,41 @@ class Study:
         from eeopt.study.tune import run_with_tune
 
         reporter = _Reporter(self, enabled=progress)
-        interrupted = False
+        state, outcome = "KILLED", None
         try:
             outcome = run_with_tune(
                 self, study, mlflow_client, experiment_id, parent, objective=objective, reporter=reporter
             )
-            interrupted = outcome.interrupted
-        except KeyboardInterrupt:
-            interrupted = True
-            raise
+            state = "KILLED" if outcome.interrupted else "FAIL" if outcome.too_many_failures else "COMPLETE"
         finally:
-            state = "KILLED" if interrupted else "COMPLETE"
             tracking.finish_run(mlflow_client, parent, state)
-            reporter.close()
-        summary = self.summary(study, interrupted=interrupted)
+        summary = self.summary(study, interrupted=outcome.interrupted)
         if outcome.too_many_failures:
             raise StudyError(
                 f"study {self.name!r} stopped after {outcome.failures} failed trials (study.max_failures = "
                 f"{settings.max_failures}); last error: {outcome.last_error}"
             )
         return summary
+
+    def _fail_dead_trials(self, study, mlflow_client) -> None:
+        """Mark trials whose process died (no heartbeat for a while) failed, in Optuna and in MLflow."""
+        import optuna
+        from optuna.trial import TrialState
+
+        before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+        if not before:
+            return
+        with warnings.catch_warnings(), storage_mod.translate_errors(self.storage_url):
+            warnings.simplefilter("ignore")  # fail_stale_trials is marked experimental
+            optuna.storages.fail_stale_trials(study)
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+            if trial.number in before:
+                reason = "its process stopped sending heartbeats (killed?)"
+                study._storage.set_trial_user_attr(trial._trial_id, ATTR_ERROR, reason)
+                run_id = trial.user_attrs.get(ATTR_MLFLOW_RUN)
+                if run_id:
+                    tracking.finish_run(mlflow_client, run_id, "FAIL", reason)
+                log.warning("trial %d: marked failed, %s", trial.number, reason)
 
     # ------------------------------------------------------------------------------------------------ reports
     def summary(self, study=None, interrupted: bool = False) -> StudySummary:
@@ -311,7 +320,7 @@ def _check_names(config: StudyConfig) -> None:
 
 
 class _Reporter:
-    """Live progress of a study on stderr: trials done/running/failed and the best objective so far."""
+    """Progress of a study on stderr, one timestamped line per event (trial started, epoch, done, failed)."""
 
     def __init__(self, study: Study, enabled: bool = True):
         from rich.console import Console
@@ -319,13 +328,8 @@ class _Reporter:
         self.study = study
         self.enabled = enabled
         self.console = Console(stderr=True, highlight=False, soft_wrap=True)
-        self.lock = threading.Lock()
         self.t0 = time.time()
 
     def line(self, text: str) -> None:
         if self.enabled:
-            with self.lock:
-                self.console.print(f"[{time.time() - self.t0:6.0f}s] {text}")
-
-    def close(self) -> None:
-        pass
+            self.console.print(f"[{time.time() - self.t0:6.0f}s] {text}", markup=False)
