@@ -109,7 +109,7 @@ def print_study_summary(summary, study) -> None:
         console.print("interrupted: running trials were requeued; run the same command again to continue")
     if summary.best:
         title = "best trial" if len(study.objectives) == 1 else "Pareto front"
-        keys = [k for k in summary.best[0] if k.startswith(("objective/", "param/"))] + ["mlflow_run_id"]
+        keys = [k for k in summary.best[0] if k.startswith(("objective/", "param/", "test/"))] + ["mlflow_run_id"]
         table = Table(title=title, title_justify="left")
         table.add_column("")
         for row in summary.best:

@@ -82,6 +82,8 @@ def test_study_runs_then_continues(tmp_path, ray_local, capsys):
         # either side leads to the other, and the objective is the logged val metric
         assert optuna_trial.user_attrs["mlflow_run_id"] == child.info.run_id
         assert optuna_trial.values[0] == pytest.approx(metrics["val/acc_cost_auc"])
+        last = f"test/exit{max(int(k.split('/')[1][4:]) for k in metrics if k.startswith('test/exit'))}/accuracy"
+        assert optuna_trial.user_attrs[last] == pytest.approx(metrics[last])  # the headline test numbers
     client_arts = {a.path for a in __import__("mlflow").MlflowClient(study.tracking_uri).list_artifacts(children[0].info.run_id)}
     assert {"val.npz", "test.npz", "config.yaml", "pareto.json", "plots"} <= client_arts
 

@@ -255,6 +255,7 @@ class Study:
             "state": trial.state.name,
             **{f"objective/{name}": v for name, v in zip(self.objectives, trial.values or [None] * len(self.objectives))},
             **{f"param/{k}": v for k, v in trial.params.items()},
+            **{k: v for k, v in sorted(trial.user_attrs.items()) if k.startswith("test/")},
             "mlflow_run_id": trial.user_attrs.get(ATTR_MLFLOW_RUN),
             "error": trial.user_attrs.get(ATTR_ERROR),
         }

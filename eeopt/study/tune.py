@@ -22,6 +22,9 @@ from eeopt.study import tracking
 
 HEARTBEAT_EVERY = 10.0  # seconds between heartbeats of this driver's running trials
 EPOCH_METRIC = "val_acc_last"  # what early stopping watches: the last exit's val accuracy after each epoch
+#: Test numbers kept on the Optuna trial (user attributes) beside the objectives, for summaries and the dashboard;
+#: the last exit's test accuracy is added as `test/exit{K}/accuracy`.
+HEADLINE = ("test/acc_cost_auc", "test/acc_at_50", "test/acc_at_100")
 
 
 @dataclasses.dataclass
@@ -170,6 +173,10 @@ class StudySearcher(Searcher):
         status = result.get("eeopt_status")
         if status == "COMPLETE":
             values = [float(result[f"objective_{i}"]) for i in range(len(self.study.objectives))]
+            with storage_mod.translate_errors(self.study.storage_url):
+                for key, value in result.items():
+                    if key.startswith("headline:"):
+                        trial.set_user_attr(key.removeprefix("headline:"), None if value != value else float(value))
             self._finish(trial, run_id, "COMPLETE", values=values)
         elif status == "FAIL":
             self._finish(trial, run_id, "FAIL", error=result.get("eeopt_error"))
@@ -269,7 +276,10 @@ def trainable(config: dict) -> None:
         )
         tracking.log_metrics(client, run_id, result.metrics)
         _log_trial_artifacts(client, run_id, result)
+        k = result.test.num_exits
+        headline = {name: result.metrics[name] for name in (*HEADLINE, f"test/exit{k}/accuracy")}
         final = {"eeopt_status": "COMPLETE", EPOCH_METRIC: last_acc[0],
+                 **{f"headline:{name}": v for name, v in headline.items()},  # flat: Tune flattens nested dicts
                  **{f"objective_{i}": v for i, v in enumerate(values)}}
     except Exception as exc:  # noqa: BLE001 - every failure is recorded on the trial, the study goes on
         final = {"eeopt_status": "FAIL", "eeopt_error": f"{type(exc).__name__}: {exc}", EPOCH_METRIC: last_acc[0]}
