@@ -365,6 +365,7 @@ def run_with_tune(study, optuna_study, mlflow_client, experiment_id, parent_run_
             scheduler=scheduler,
             num_samples=-1,
             max_concurrent_trials=resources.max_concurrent,
+            reuse_actors=True,  # a warm worker skips ~8 s of imports (torch, MLflow) per trial
             time_budget_s=settings.timeout,
             trial_name_creator=lambda t: f"trial-{t.trial_id}",
             trial_dirname_creator=lambda t: f"trial-{t.trial_id}",
