@@ -126,6 +126,14 @@ def test_failing_trial_is_recorded_and_the_study_goes_on(tmp_path, ray_local):
     assert failed_run.info.status == "FAILED" and "diverged" in failed_run.data.tags["eeopt.error"]
 
 
+def test_status_of_a_study_never_run_writes_nothing(tmp_path, capsys):
+    path = _write(tmp_path, BASE)
+    assert main(["study", "status", str(path)]) == 2
+    assert "no study named 'tiny'" in capsys.readouterr().err
+    assert main(["study", "export", str(path)]) == 2
+    assert not (tmp_path / "eeopt.db").exists() and not (tmp_path / "mlflow.db").exists()
+
+
 @pytest.mark.parametrize(
     "change, expected",
     [

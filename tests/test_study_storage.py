@@ -41,6 +41,7 @@ def test_mask_and_resolve(tmp_path):
 
 
 @pytest.mark.postgres
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
 def test_storage_contract(storage_url):
     """The same behaviour on every backend: create, reload by name, requeue a running trial, heartbeat expiry."""
     from optuna.trial import TrialState

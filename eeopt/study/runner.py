@@ -97,6 +97,9 @@ class Study:
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
+        missing = self.storage_url.startswith("sqlite:///") and not Path(self.storage_url[len("sqlite:///"):]).exists()
+        if not create and missing:  # do not leave an empty database behind a status or export of nothing
+            raise StudyError(f"no study named {self.name!r}: {self.storage_url} does not exist (run the study first)")
         storage = storage_mod.open_storage(self.storage_url)
         with storage_mod.translate_errors(self.storage_url):
             if not create:
