@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from eeopt.config import CategoricalDistribution, FloatDistribution, StudyConfig, load_config
-from eeopt.errors import ConfigError, StudyError
+from eeopt.errors import ConfigError, StorageError, StudyError
 from eeopt.study import storage as storage_mod
 from eeopt.study import tracking
 
@@ -100,19 +100,16 @@ class Study:
         missing = self.storage_url.startswith("sqlite:///") and not Path(self.storage_url[len("sqlite:///"):]).exists()
         if not create and missing:  # do not leave an empty database behind a status or export of nothing
             raise StudyError(f"no study named {self.name!r}: {self.storage_url} does not exist (run the study first)")
-        storage = storage_mod.open_storage(self.storage_url)
-        with storage_mod.translate_errors(self.storage_url):
-            if not create:
-                try:
-                    return optuna.load_study(study_name=self.name, storage=storage, sampler=self._sampler())
-                except KeyError:
-                    raise StudyError(
-                        f"no study named {self.name!r} in {storage_mod.mask_url(self.storage_url)} (run it first)"
-                    ) from None
-            study = optuna.create_study(
-                study_name=self.name, storage=storage, sampler=self._sampler(),
-                directions=self.directions, load_if_exists=True,
-            )
+        for attempt in range(5):
+            try:
+                study = self._open_optuna_study(create)
+                break
+            except StorageError as exc:
+                # Workers starting together race to create the schema or the study ("duplicate key"); the loser
+                # finds it created a moment later.
+                if "duplicate key" not in str(exc) and "already exists" not in str(exc) or attempt == 4:
+                    raise
+                time.sleep(0.5 + attempt)
         existing = [d.name.lower() for d in study.directions]
         if existing != self.directions:
             raise ConfigError(
@@ -129,6 +126,23 @@ class Study:
                 "use another study.name"
             )
         return study
+
+    def _open_optuna_study(self, create: bool):
+        import optuna
+
+        storage = storage_mod.open_storage(self.storage_url)
+        with storage_mod.translate_errors(self.storage_url):
+            if not create:
+                try:
+                    return optuna.load_study(study_name=self.name, storage=storage, sampler=self._sampler())
+                except KeyError:
+                    raise StudyError(
+                        f"no study named {self.name!r} in {storage_mod.mask_url(self.storage_url)} (run it first)"
+                    ) from None
+            return optuna.create_study(
+                study_name=self.name, storage=storage, sampler=self._sampler(),
+                directions=self.directions, load_if_exists=True,
+            )
 
     def distributions(self) -> dict[str, Any]:
         """Optuna distributions of the search space, keyed by dotted config path."""
