@@ -20,6 +20,16 @@ def _pyplot():
     return plt
 
 
+def _save(fig, ax, path: Path) -> Path:
+    """Legend, grid, tight layout; write the PNG and free the figure."""
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    _pyplot().close(fig)
+    return path
+
+
 def plot_accuracy_vs_cost(summary: dict, path: Path, title: str = "") -> Path:
     """Test accuracy vs mean cost (share of the last exit's cost) of the val-chosen policies of both methods."""
     plt = _pyplot()
@@ -38,12 +48,7 @@ def plot_accuracy_vs_cost(summary: dict, path: Path, title: str = "") -> Path:
     ax.set_xlabel("mean cost (% of the last exit)")
     ax.set_ylabel("accuracy (%)")
     ax.set_title(title or f"accuracy vs cost (score={summary['score']}, calibration={summary['calibration']})")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, ax, path)
 
 
 def plot_reliability(outputs, path: Path, n_bins: int = 15) -> Path:
@@ -87,12 +92,7 @@ def plot_risk_coverage(outputs, scores: np.ndarray, path: Path) -> Path:
         ax.plot(rc.coverage, rc.risk, label=f"exit{i + 1} (AURC {rc.risk.mean():.3f})")
     ax.set_xlabel("coverage")
     ax.set_ylabel("risk")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, ax, path)
 
 
 def save_trial_plots(result, folder: Path) -> list[Path]:
