@@ -88,8 +88,8 @@ def exits_search(
 ) -> None:
     """Per-exit threshold search on validation (Optuna), reported on test beside the global sweep."""
     from eeopt.evaluation import jsonable
-    from eeopt.search import search_policies
     from eeopt.outputs import ExitOutputs
+    from eeopt.search import search_policies
 
     if sampler not in ("nsga2", "tpe"):
         from eeopt.errors import ConfigError

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from eeopt.calibration import Calibrator
 
 from eeopt.errors import ConfigError
 from eeopt.metrics import calibration as cal_metrics
@@ -115,26 +118,38 @@ def mean_over_exits(rows: list[dict[str, float]]) -> dict[str, float]:
 def prepare(
     outputs: ExitOutputs,
     fit_on: ExitOutputs | None = None,
-    calibrate: str = "none",
+    calibrate: Any = "none",
 ) -> tuple[ExitOutputs, ExitOutputs | None, Any]:
-    """Check the splits match and apply the calibrator fitted on `fit_on`; returns (outputs, fit_on, calibrator)."""
+    """Check the splits match and apply the calibrator fitted on `fit_on`; returns (outputs, fit_on, calibrator).
+
+    `calibrate` is a calibrator name, or a `Calibrator` already fitted on `fit_on` (so several reports share one fit).
+    """
     if fit_on is not None:
         check_compatible(fit_on, outputs)
     if calibrate in (None, "none"):
         return outputs, fit_on, None
     if fit_on is None:
-        raise ConfigError(f"calibration {calibrate!r} needs validation outputs to fit on (--fit-on VAL.npz)")
-    from eeopt.calibration import create_calibrator
+        raise ConfigError(f"calibration {calibration_name(calibrate)!r} needs validation outputs to fit on (--fit-on VAL.npz)")
+    from eeopt.calibration import Calibrator, create_calibrator
 
-    calibrator = create_calibrator(calibrate).fit(fit_on)
+    calibrator = calibrate if isinstance(calibrate, Calibrator) else create_calibrator(calibrate)
+    if not calibrator.is_fitted:
+        calibrator.fit(fit_on)
     return calibrator.apply(outputs), calibrator.apply(fit_on), calibrator
+
+
+def calibration_name(calibrate: Any) -> str:
+    """'none', a calibrator's registry name, or the name given."""
+    if calibrate in (None, "none"):
+        return "none"
+    return calibrate if isinstance(calibrate, str) else calibrate.name
 
 
 def evaluate_exits(
     outputs: ExitOutputs,
     *,
     fit_on: ExitOutputs | None = None,
-    calibrate: str = "none",
+    calibrate: "str | Calibrator" = "none",
     score: str = "msp",
     n_bins: int = 15,
 ) -> EvaluationReport:
@@ -175,7 +190,7 @@ def evaluate_exits(
         mean=mean_over_exits(rows),
         efficiency=efficiency,
         score=score,
-        calibration=calibrate or "none",
+        calibration=calibration_name(calibrate),
         kendall_tau=tau,
         thresholds_from=source,
         patience=[

@@ -10,10 +10,21 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from eeopt.metrics.efficiency import Efficiency, efficiency, frontier, global_sweep, select_by_budget, sweep_at
+if TYPE_CHECKING:
+    from eeopt.calibration import Calibrator
+
+from eeopt.metrics.efficiency import (
+    Efficiency,
+    efficiency,
+    frontier,
+    global_sweep,
+    select_by_budget,
+    sweep_at,
+)
 from eeopt.policies import PolicyEvaluation, ThresholdPolicy, evaluate_thresholds
 
 
@@ -186,7 +197,7 @@ def search_policies(
     *,
     trials: int = 300,
     score: str = "msp",
-    calibrate: str = "none",
+    calibrate: "str | Calibrator" = "none",
     sampler: str = "nsga2",
     seed: int = 0,
 ) -> dict:
@@ -197,10 +208,11 @@ def search_policies(
     "test" efficiency (acc_at_25..100, acc_cost_auc, mean_cost_at_25..100), per-budget choices (thresholds, val and
     test accuracy and mean cost), and a `policies` list suitable for a policy file.
     """
-    from eeopt.evaluation import prepare
+    from eeopt.evaluation import calibration_name, prepare
     from eeopt.scores import compute_score
 
     test_c, val_c, _ = prepare(test, val, calibrate)
+    calibrate = calibration_name(calibrate)
     fit_scores, report_scores = compute_score(score, val_c), compute_score(score, test_c)
     costs = val.costs
     result = search_thresholds(

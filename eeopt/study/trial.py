@@ -48,6 +48,10 @@ def evaluate_trial(val: ExitOutputs, test: ExitOutputs, cfg: TrainConfig, seed: 
     from eeopt.search import search_policies
 
     method, score = cfg.calibration.method, cfg.policy.score
+    if method != "none":  # fitted once on val, shared by every report below
+        from eeopt.calibration import create_calibrator
+
+        method = create_calibrator(method).fit(val)
     val_report = evaluate_exits(val, fit_on=val, calibrate=method, score=score)
     test_report = evaluate_exits(test, fit_on=val, calibrate=method, score=score)
     summary = search_policies(
