@@ -33,6 +33,7 @@ _EXPORTS = {
     "TrainConfig": "eeopt.config",
     "StudyConfig": "eeopt.config",
     "load_config": "eeopt.config",
+    "load_train_config": "eeopt.config",
     "register_dataset": "eeopt.data",
     "load_dataset": "eeopt.data",
     "list_datasets": "eeopt.data",

@@ -188,9 +188,10 @@ def train_cmd(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Train one multi-exit model with fixed hyperparameters; write its exit outputs for `eeopt exits`."""
+    from eeopt.config import load_train_config
     from eeopt.registries import check_train_config
 
-    cfg = _load_train_config(config, overrides or [])
+    cfg = load_train_config(config, overrides or [])
     check_train_config(cfg, source=str(config))
     from eeopt.training import train
 
@@ -199,21 +200,6 @@ def train_cmd(
     typer.echo(f"test accuracy per exit: {acc}")
     typer.echo(f"wrote {output_dir / 'model.pt'}, {output_dir / 'val.npz'}, {output_dir / 'test.npz'}")
     typer.echo(f"next: eeopt exits evaluate {output_dir / 'test.npz'} --fit-on {output_dir / 'val.npz'}")
-
-
-def _load_train_config(path: Path, overrides: list[str]):
-    """A train config; a study file is accepted too (its search space and study settings are ignored)."""
-    import yaml
-
-    from eeopt.config import load_config
-
-    try:
-        is_study = path.is_file() and "study" in (yaml.safe_load(path.read_text()) or {})
-    except yaml.YAMLError:
-        is_study = False
-    if is_study:
-        return load_config(path, overrides, study=True).train_config()
-    return load_config(path, overrides)
 
 
 # ------------------------------------------------------------------------------------------------------ study

@@ -299,6 +299,22 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = (), *
     return validate_config(raw, source=str(path), study=study)
 
 
+def load_train_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    """A `TrainConfig` from a train file, or from the fixed part of a study file (search space and study ignored).
+
+    Raises:
+        ConfigError: as `load_config`.
+    """
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) if path.is_file() else None
+    except yaml.YAMLError:
+        raw = None  # load_config reports the YAML error
+    if isinstance(raw, dict) and ("study" in raw or "search_space" in raw):
+        return load_config(path, overrides, study=True).train_config()
+    return load_config(path, overrides)
+
+
 def validate_config(raw: dict[str, Any], *, source: str = "config", study: bool = False):
     """Validate a raw dict as a `TrainConfig` (or `StudyConfig`); errors as in `load_config`."""
     model = StudyConfig if study else TrainConfig

@@ -127,6 +127,14 @@ def test_cross_field_rules(tmp_path):
         validate_config({"training": {"mode": "two_stage", "backbone_epochs": 1, "backbone_checkpoint": "m.pt"}})
 
 
+def test_load_train_config_takes_a_study_file_too(tmp_path):
+    from eeopt.config import load_train_config
+
+    cfg = load_train_config(_write(tmp_path, STUDY), ["training.epochs=2"])
+    assert isinstance(cfg, TrainConfig) and not isinstance(cfg, StudyConfig) and cfg.training.epochs == 2
+    assert load_train_config(_write(tmp_path, {"training": {"epochs": 4}}, "t.yaml")).training.epochs == 4
+
+
 def test_apply_overrides_does_not_mutate_and_flatten():
     raw = {"training": {"epochs": 3}}
     new = apply_overrides(raw, ["training.epochs=1", "data.name=fashion-mnist"])
