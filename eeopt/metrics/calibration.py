@@ -140,15 +140,22 @@ def _check_n_bins(n_bins: int) -> int:
     return int(n_bins)
 
 
+def _check_paired(values: ArrayLike, correct: ArrayLike, name: str, needs: str) -> tuple[np.ndarray, np.ndarray]:
+    """`values` [N] and `correct` [N] (bool or 0/1), N >= 1; ValueError naming `name` otherwise."""
+    v = np.asarray(values)
+    c = _as_binary(correct, "correct")
+    if v.ndim != 1:
+        raise ValueError(f"{name} must have shape [N], got shape {v.shape}")
+    if v.shape != c.shape:
+        raise ValueError(f"{name} and correct must have the same length, got {v.shape} and {c.shape}")
+    if v.size == 0:
+        raise ValueError(f"{name} and correct are empty; {needs} needs at least one sample")
+    return v, c
+
+
 def _check_confidence_correct(confidence: ArrayLike, correct: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
-    conf = np.asarray(confidence, dtype=np.float64)
-    corr = _as_binary(correct, "correct")
-    if conf.ndim != 1:
-        raise ValueError(f"confidence must have shape [N], got shape {conf.shape}")
-    if conf.shape != corr.shape:
-        raise ValueError(f"confidence and correct must have the same length, got {conf.shape} and {corr.shape}")
-    if conf.size == 0:
-        raise ValueError("confidence and correct are empty; calibration needs at least one sample")
+    conf, corr = _check_paired(confidence, correct, "confidence", "calibration")
+    conf = conf.astype(np.float64, copy=False)
     if not np.all((conf >= 0.0) & (conf <= 1.0)):  # also rejects NaN
         bad = np.flatnonzero(~((conf >= 0.0) & (conf <= 1.0)))
         raise ValueError(f"confidence must lie in [0, 1]: {conf[bad[0]]} at sample {bad[0]} ({bad.size} such)")

@@ -21,7 +21,7 @@ from numpy.typing import ArrayLike
 from scipy.special import xlogy
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from eeopt.metrics.calibration import _as_binary
+from eeopt.metrics.calibration import _as_binary, _check_paired
 
 
 class RiskCoverage(NamedTuple):
@@ -171,14 +171,7 @@ def _risk_coverage(s: np.ndarray, c: np.ndarray) -> RiskCoverage:
 
 
 def _check_score_correct(score: ArrayLike, correct: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
-    s = np.asarray(score)
-    c = _as_binary(correct, "correct")
-    if s.ndim != 1:
-        raise ValueError(f"score must have shape [N], got shape {s.shape}")
-    if s.shape != c.shape:
-        raise ValueError(f"score and correct must have the same length, got {s.shape} and {c.shape}")
-    if s.size == 0:
-        raise ValueError("score and correct are empty; failure prediction needs at least one sample")
+    s, c = _check_paired(score, correct, "score", "failure prediction")
     return _finite_float(s, "score"), c
 
 
