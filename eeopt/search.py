@@ -48,10 +48,6 @@ class SearchResult:
     trials: int
     costs: np.ndarray
 
-    def chosen(self, share: int) -> int:
-        """Index of the candidate chosen on val for a budget of `share` % of the last exit's cost (-1 if none)."""
-        return select_by_budget(self.fit.mean_cost, self.fit.accuracy, share / 100.0 * float(self.costs[-1]))
-
 
 def quantile_thresholds(sorted_scores: np.ndarray, q: np.ndarray) -> np.ndarray:
     """Map quantile parameters q [M, K-1] in [0, 1] to thresholds, per exit, from sorted val scores [K-1, N].
