@@ -193,7 +193,7 @@ class Study:
 
         from eeopt.study.tune import run_with_tune
 
-        reporter = _Reporter(self, enabled=progress)
+        reporter = _Reporter(enabled=progress)
         state, outcome = "KILLED", None
         try:
             outcome = run_with_tune(
@@ -340,10 +340,9 @@ def _check_names(config: StudyConfig) -> None:
 class _Reporter:
     """Progress of a study on stderr, one timestamped line per event (trial started, epoch, done, failed)."""
 
-    def __init__(self, study: Study, enabled: bool = True):
+    def __init__(self, enabled: bool = True):
         from rich.console import Console
 
-        self.study = study
         self.enabled = enabled
         self.console = Console(stderr=True, highlight=False, soft_wrap=True)
         self.t0 = time.time()

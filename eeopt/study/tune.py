@@ -19,6 +19,7 @@ from ray.tune.search import Searcher  # noqa: E402
 
 from eeopt.study import storage as storage_mod
 from eeopt.study import tracking
+from eeopt.study.runner import ATTR_ERROR, ATTR_MLFLOW_RUN, ATTR_RAY_TRIAL
 
 HEARTBEAT_EVERY = 10.0  # seconds between heartbeats of this driver's running trials
 EPOCH_METRIC = "val_acc_last"  # what early stopping watches: the last exit's val accuracy after each epoch
@@ -122,13 +123,13 @@ class StudySearcher(Searcher):
             return Searcher.FINISHED if not self.running else None
         self.storage.record_heartbeat(trial._trial_id)
         params = dict(trial.params)
-        requeued = "mlflow_run_id" in trial.user_attrs  # an interrupted trial: same number, params, output folder
+        requeued = ATTR_MLFLOW_RUN in trial.user_attrs  # an interrupted trial: same number, params, output folder
         run_id = tracking.start_child_run(
             self.mlflow, self.experiment_id, self.parent_run_id, self.study.name, trial.number,
             tags={"ray.trial_id": trial_id},
         )
-        trial.set_user_attr("mlflow_run_id", run_id)
-        trial.set_user_attr("ray_trial_id", trial_id)
+        trial.set_user_attr(ATTR_MLFLOW_RUN, run_id)
+        trial.set_user_attr(ATTR_RAY_TRIAL, trial_id)
         try:
             train_cfg = self.study.config.train_config(params)
         except Exception as exc:  # a sampled combination the schema rejects: a failed trial, not a crashed study
@@ -192,7 +193,7 @@ class StudySearcher(Searcher):
 
         with storage_mod.translate_errors(self.study.storage_url):
             if error:
-                trial.set_user_attr("eeopt_error", error[:2000])
+                trial.set_user_attr(ATTR_ERROR, error[:2000])
             if state == "COMPLETE":
                 self.optuna_study.tell(trial, values)
             else:
