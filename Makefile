@@ -39,7 +39,7 @@ data: setup
 run: data
 	$(BIN)/eeopt study run studies/resnet.yaml
 
-test: setup
+test: data
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: data

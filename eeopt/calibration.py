@@ -33,6 +33,7 @@ from scipy import optimize, stats
 
 from eeopt.errors import ConfigError, EeoptError, ExitOutputsError
 from eeopt.outputs import ExitOutputs
+from eeopt.registry import Registry
 
 # Top-label confidences are clipped to [1/C + TOP_LABEL_MARGIN, 1 - TOP_LABEL_CEIL_GAP] (see `top_label_logits`).
 TOP_LABEL_MARGIN = 1e-6
@@ -142,7 +143,7 @@ class Calibrator(abc.ABC):
 
 
 # =================================================================================================== registry
-_CALIBRATORS: dict[str, type[Calibrator]] = {}
+CALIBRATORS: Registry[type[Calibrator]] = Registry("calibrator")
 _CalibratorT = TypeVar("_CalibratorT", bound=type[Calibrator])
 
 
@@ -152,29 +153,25 @@ def register_calibrator(name: str) -> Callable[[_CalibratorT], _CalibratorT]:
     def deco(cls: _CalibratorT) -> _CalibratorT:
         if not (isinstance(cls, type) and issubclass(cls, Calibrator)):
             raise TypeError(f"register_calibrator({name!r}) expects a Calibrator subclass, got {cls!r}")
-        if name in _CALIBRATORS:
-            raise ValueError(f"calibrator {name!r} is already registered")
+        CALIBRATORS.register(name)(cls)
         cls.name = name
-        _CALIBRATORS[name] = cls
         return cls
 
     return deco
 
 
 def list_calibrators() -> list[str]:
-    return sorted(_CALIBRATORS)
+    return CALIBRATORS.names()
 
 
 def create_calibrator(name: str, **kwargs: Any) -> Calibrator:
     """A new, unfitted calibrator ``name`` built with ``kwargs`` (e.g. ``n_bins=10`` for ``histogram``).
 
     Raises:
-        ConfigError: unknown name (the message lists the choices) or an option the calibrator does not take.
+        UnknownNameError: unknown name (the message lists the known ones).
+        ConfigError: an option the calibrator does not take.
     """
-    try:
-        cls = _CALIBRATORS[name]
-    except KeyError:
-        raise ConfigError(f"unknown calibrator {name!r} (choose from {', '.join(list_calibrators())})") from None
+    cls = CALIBRATORS.get(name)
     try:
         inspect.signature(cls).bind(**kwargs)
     except TypeError as exc:

@@ -3,22 +3,21 @@
 from __future__ import annotations
 
 from eeopt.config import TrainConfig
-from eeopt.errors import ConfigError
 
 
 def check_train_config(cfg: TrainConfig, source: str = "config") -> None:
-    """Raise `ConfigError` naming the field when a name is not registered. Imports torch (models, data)."""
-    from eeopt.calibration import list_calibrators
-    from eeopt.data import list_datasets
-    from eeopt.models import list_backbones
-    from eeopt.scores import list_scores
+    """Raise `UnknownNameError` naming the field when a name is not registered. Imports torch (models, data)."""
+    from eeopt.calibration import CALIBRATORS
+    from eeopt.data.base import DATASETS
+    from eeopt.models.registry import BACKBONES
+    from eeopt.scores import SCORES
 
     checks = [
-        ("data.name", cfg.data.name, list_datasets()),
-        ("model.backbone", cfg.model.backbone, list_backbones()),
-        ("calibration.method", cfg.calibration.method, ["none", *list_calibrators()]),
-        ("policy.score", cfg.policy.score, list_scores()),
+        ("data.name", cfg.data.name, DATASETS),
+        ("model.backbone", cfg.model.backbone, BACKBONES),
+        ("policy.score", cfg.policy.score, SCORES),
     ]
-    for path, value, known in checks:
-        if value not in known:
-            raise ConfigError(f"{source}: {path}: unknown {value!r} (choose from {', '.join(known)})")
+    if cfg.calibration.method != "none":
+        checks.append(("calibration.method", cfg.calibration.method, CALIBRATORS))
+    for path, value, registry in checks:
+        registry.get(value, where=f"{source}: {path}")

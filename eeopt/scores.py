@@ -20,38 +20,38 @@ import numpy as np
 
 from eeopt.errors import ExitOutputsError
 from eeopt.outputs import ExitOutputs
+from eeopt.registry import Registry
 
 ScoreFn = Callable[[ExitOutputs], np.ndarray]
-_SCORES: dict[str, ScoreFn] = {}
+SCORES: Registry[ScoreFn] = Registry("score")
 
 
 def register_score(name: str) -> Callable[[ScoreFn], ScoreFn]:
     """Decorator: register `fn(outputs) -> [K, N]` under `name` (the name used in YAML, CLI and MLflow)."""
-
-    def deco(fn: ScoreFn) -> ScoreFn:
-        if name in _SCORES:
-            raise ValueError(f"score {name!r} is already registered")
-        _SCORES[name] = fn
-        return fn
-
-    return deco
+    return SCORES.register(name)
 
 
 def list_scores() -> list[str]:
-    return sorted(_SCORES)
+    return SCORES.names()
+
+
+def create_score(name: str) -> ScoreFn:
+    """The score function registered as `name`.
+
+    Raises:
+        UnknownNameError: no score has that name.
+    """
+    return SCORES.get(name)
 
 
 def compute_score(name: str, outputs: ExitOutputs) -> np.ndarray:
     """The score `name` of every exit and sample, float64 [K, N].
 
     Raises:
-        ExitOutputsError: unknown score name, or ``learned`` on outputs without ``scores``.
+        UnknownNameError: unknown score name.
+        ExitOutputsError: ``learned`` on outputs without ``scores``, or a score of the wrong shape.
     """
-    try:
-        fn = _SCORES[name]
-    except KeyError:
-        raise ExitOutputsError(f"unknown score {name!r} (choose from {', '.join(list_scores())})") from None
-    scores = np.asarray(fn(outputs), dtype=np.float64)
+    scores = np.asarray(create_score(name)(outputs), dtype=np.float64)
     if scores.shape != (outputs.num_exits, outputs.num_samples):
         raise ExitOutputsError(f"score {name!r} returned shape {scores.shape}, expected [K, N]")
     return scores

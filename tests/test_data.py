@@ -32,6 +32,7 @@ from eeopt.data import (
 from eeopt.data import base as data_base
 from eeopt.data import idx as idx_module
 from eeopt.data.base import RandomCropFlip, indices_sha1, split_indices
+from eeopt.registry import UnknownNameError
 from eeopt.errors import DataError
 
 torch.set_num_threads(1)
@@ -50,8 +51,8 @@ def _no_data_env(monkeypatch, tmp_path):
 @pytest.fixture
 def registry(monkeypatch):
     """A private copy of the registry, so tests can register datasets."""
-    monkeypatch.setattr(data_base, "_LOADERS", dict(data_base._LOADERS))
-    return data_base._LOADERS
+    monkeypatch.setattr(data_base.DATASETS, "_entries", dict(data_base.DATASETS._entries))
+    return data_base.DATASETS
 
 
 def _indexed(registry, n_train=200, n_test=50, num_classes=4, name="indexed", shape=(3, 3)):
@@ -78,7 +79,7 @@ def _ids(split: Split) -> np.ndarray:
 # --------------------------------------------------------------------------------------------------- registry
 def test_builtin_registry_and_unknown_name():
     assert {"digits", "fashion-mnist", "cifar10", "cifar100", "imagefolder"} <= set(list_datasets())
-    with pytest.raises(DataError, match=r"unknown dataset 'nope' \(registered: .*cifar10.*digits.*fashion-mnist"):
+    with pytest.raises(UnknownNameError, match=r"data\.name: unknown dataset 'nope' \(known: .*cifar10.*digits.*fashion-mnist"):
         load_dataset(DataConfig(name="nope"), 0)
 
 

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from eeopt.errors import ExitOutputsError
+from eeopt.registry import UnknownNameError
 from eeopt.outputs import ExitOutputs
 from eeopt.scores import compute_score, list_scores, register_score
 from eeopt.synthetic import synthetic_exit_outputs
@@ -56,7 +57,7 @@ def test_learned_score_needs_scores_array():
 
 def test_registry():
     assert {"msp", "entropy", "margin", "doctor", "learned"} <= set(list_scores())
-    with pytest.raises(ExitOutputsError, match="unknown score 'nope'"):
+    with pytest.raises(UnknownNameError, match="unknown score 'nope' \\(known: doctor, entropy"):
         compute_score("nope", synthetic_exit_outputs(2, 10, 3))
 
     @register_score("test_negative_msp")

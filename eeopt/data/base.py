@@ -27,6 +27,7 @@ from torch import Tensor
 
 from eeopt.config import DataConfig
 from eeopt.errors import DataError
+from eeopt.registry import Registry
 
 
 # --------------------------------------------------------------------------------------------------- containers
@@ -88,7 +89,7 @@ class RawData:
 
 # --------------------------------------------------------------------------------------------------- registry
 Loader = Callable[[DataConfig], RawData]
-_LOADERS: dict[str, Loader] = {}
+DATASETS: Registry[Loader] = Registry("dataset")
 
 
 def register_dataset(name: str) -> Callable[[Loader], Loader]:
@@ -97,19 +98,12 @@ def register_dataset(name: str) -> Callable[[Loader], Loader]:
     Raises:
         ValueError: `name` is already registered.
     """
-
-    def deco(fn: Loader) -> Loader:
-        if name in _LOADERS:
-            raise ValueError(f"dataset {name!r} is already registered")
-        _LOADERS[name] = fn
-        return fn
-
-    return deco
+    return DATASETS.register(name)
 
 
 def list_datasets() -> list[str]:
     """Registered dataset names, sorted."""
-    return sorted(_LOADERS)
+    return DATASETS.names()
 
 
 # --------------------------------------------------------------------------------------------------- loading
@@ -120,12 +114,10 @@ def load_dataset(cfg: DataConfig, seed: int) -> Dataset:
     never moves images between train and val).
 
     Raises:
-        DataError: unknown dataset name (the message lists the registered ones), or missing/malformed files.
+        UnknownNameError: unknown dataset name (the message lists the registered ones).
+        DataError: missing or malformed files.
     """
-    loader = _LOADERS.get(cfg.name)
-    if loader is None:
-        raise DataError(f"data.name: unknown dataset {cfg.name!r} (registered: {', '.join(list_datasets())})")
-    raw = loader(cfg)
+    raw = DATASETS.get(cfg.name, where="data.name")(cfg)
     _check_raw(cfg.name, raw)
 
     rng = np.random.default_rng(seed % 2**64)

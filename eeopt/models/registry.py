@@ -20,9 +20,10 @@ from typing import Any
 from torch import Tensor, nn
 
 from eeopt.errors import ConfigError
+from eeopt.registry import Registry
 
 BackboneFactory = Callable[..., nn.Module]
-_BACKBONES: dict[str, BackboneFactory] = {}
+BACKBONES: Registry[BackboneFactory] = Registry("backbone")
 
 
 class Backbone(nn.Module):
@@ -59,19 +60,12 @@ def register_backbone(name: str) -> Callable[[BackboneFactory], BackboneFactory]
     Raises:
         ValueError: `name` is already registered.
     """
-
-    def deco(fn: BackboneFactory) -> BackboneFactory:
-        if name in _BACKBONES:
-            raise ValueError(f"backbone {name!r} is already registered")
-        _BACKBONES[name] = fn
-        return fn
-
-    return deco
+    return BACKBONES.register(name)
 
 
 def list_backbones() -> list[str]:
     """Names of all registered backbones, sorted."""
-    return sorted(_BACKBONES)
+    return BACKBONES.names()
 
 
 def create_backbone(
@@ -81,15 +75,11 @@ def create_backbone(
     (`model.backbone_kwargs` in a config) and override the variant's own architecture settings.
 
     Raises:
-        ConfigError: unknown name (the message lists the registered ones), or settings the factory rejects.
+        UnknownNameError: unknown name (the message lists the registered ones).
+        ConfigError: settings the factory rejects.
         TypeError: the factory returned something without the backbone interface (a bug in that factory).
     """
-    try:
-        factory = _BACKBONES[name]
-    except KeyError:
-        raise ConfigError(
-            f"model.backbone: unknown backbone {name!r} (choose from {', '.join(list_backbones())})"
-        ) from None
+    factory = BACKBONES.get(name, where="model.backbone")
     if isinstance(image_size, int):
         image_size = (image_size, image_size)
     image_size = (int(image_size[0]), int(image_size[1]))

@@ -1,0 +1,200 @@
+"""The one metric-name scheme: every exit metric, every efficiency metric and every key eeopt reports.
+
+Everything else derives its names from here: evaluation reports, the threshold search, a trial's MLflow keys,
+objective validation, the study summary, exports, tables and the proxy analysis. Keys without a split:
+
+    exit{k}/{metric}        a per-exit metric, exits numbered from 1           exit2/ece, exit1/auroc
+    mean/{metric}           its mean over the exits that define it             mean/auroc
+    {efficiency}            per-exit threshold search, policies chosen on val  acc_cost_auc, acc_at_50, mean_cost
+    sweep/{efficiency}      one shared threshold (exact global sweep)          sweep/acc_cost_auc
+    calib/{name}/{key}      any of the above under another calibrator          calib/temperature/mean/ece
+    score/{name}/{key}      any of the above under another exit score          score/learned/mean/auroc
+
+MLflow and study objectives put the split in front: `val/...` (what objectives read) or `test/...` (held out,
+reported only). The same key means the same number everywhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import NamedTuple
+
+#: Budget shares (percent of the last exit's cost) reported as acc_at_{b} and mean_cost_at_{b}.
+BUDGETS = (25, 50, 75, 100)
+SPLITS = ("val", "test")
+#: Threshold methods: the per-exit search (no prefix) and the exact global sweep.
+METHODS = ("search", "sweep")
+#: Variant kinds: the same keys under another calibrator or another exit score.
+VARIANTS = ("calib", "score")
+
+
+@dataclasses.dataclass(frozen=True)
+class Metric:
+    """A metric's name, the family it belongs to and which way is better.
+
+    `group` is one of accuracy, calibration, failure (failure prediction), ranking, efficiency, cost.
+    """
+
+    name: str
+    group: str
+    higher_is_better: bool
+    summary: str
+
+
+EXIT_METRICS = (
+    Metric("accuracy", "accuracy", True, "share of correct predictions"),
+    Metric("ece", "calibration", False, "expected calibration error, 15 equal-width bins"),
+    Metric("mce", "calibration", False, "largest calibration gap over non-empty bins"),
+    Metric("adaptive_ece", "calibration", False, "ECE with 15 equal-mass bins"),
+    Metric("brier", "calibration", False, "multi-class Brier score"),
+    Metric("nll", "calibration", False, "negative log-likelihood, from log-softmax of the logits"),
+    Metric("auroc", "failure", True, "ROC AUC of the score against correctness"),
+    Metric("aupr_error", "failure", True, "average precision of finding errors by a low score"),
+    Metric("fpr95", "failure", False, "share of errors accepted at 95 % of correct samples accepted"),
+    Metric("aurc", "failure", False, "area under the risk-coverage curve"),
+    Metric("eaurc", "failure", False, "AURC minus its optimum for the same error rate"),
+    Metric("eefp", "failure", True, "AUROC against 'exiting here loses nothing' (exits 1..K-1)"),
+    Metric("kendall_tau", "ranking", True, "Kendall tau of the score ranking before vs after calibration"),
+)
+EFFICIENCY_METRICS = (
+    *(Metric(f"acc_at_{b}", "efficiency", True, f"accuracy of the val-chosen policy within {b} % of the cost")
+      for b in BUDGETS),
+    Metric("acc_cost_auc", "efficiency", True, "accuracy averaged over every budget from exit 1's to exit K's cost"),
+    *(Metric(f"mean_cost_at_{b}", "cost", False, f"mean cost of the policy chosen for the {b} % budget")
+      for b in BUDGETS),
+    Metric("mean_cost", "cost", False, "mean cost of the most accurate val-chosen policy (the 100 % budget's)"),
+)
+_BY_NAME = {m.name: m for m in (*EXIT_METRICS, *EFFICIENCY_METRICS)}
+EXIT_METRIC_NAMES = tuple(m.name for m in EXIT_METRICS)
+EFFICIENCY_METRIC_NAMES = tuple(m.name for m in EFFICIENCY_METRICS)
+#: Exit metrics that are proxies in the analysis: calibration and failure prediction.
+PROXY_METRIC_NAMES = tuple(m.name for m in EXIT_METRICS if m.group in ("calibration", "failure"))
+
+
+# --------------------------------------------------------------------------------------------------- keys
+def exit_key(k: int, metric: str) -> str:
+    """`exit{k}/{metric}`; `k` counts from 1."""
+    return f"exit{int(k)}/{metric}"
+
+
+def mean_key(metric: str) -> str:
+    return f"mean/{metric}"
+
+
+def efficiency_key(metric: str, method: str = "search") -> str:
+    """`{metric}` for the per-exit search, `sweep/{metric}` for the global sweep."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    return metric if method == "search" else f"sweep/{metric}"
+
+
+def variant_key(key: str, kind: str, name: str) -> str:
+    """`calib/{name}/{key}` or `score/{name}/{key}`: the same metric under another calibrator or score."""
+    if kind not in VARIANTS:
+        raise ValueError(f"variant kind must be one of {VARIANTS}, got {kind!r}")
+    return f"{kind}/{name}/{key}"
+
+
+def split_key(split: str, key: str) -> str:
+    """`{split}/{key}`, the MLflow name of a key on a split."""
+    return f"{split}/{key}"
+
+
+def with_split(split: str, metrics: dict[str, float]) -> dict[str, float]:
+    """Every key of `metrics` prefixed with `{split}/`."""
+    return {split_key(split, key): value for key, value in metrics.items()}
+
+
+def with_variant(kind: str, name: str, metrics: dict[str, float]) -> dict[str, float]:
+    return {variant_key(key, kind, name): value for key, value in metrics.items()}
+
+
+class Key(NamedTuple):
+    """A parsed key. `scope` is 'exit', 'mean' or 'efficiency'; `exit` counts from 1 (None unless scope is exit);
+    `method` is 'search' or 'sweep' for efficiency keys (None otherwise)."""
+
+    split: str | None
+    variant: tuple[str, str] | None
+    scope: str
+    exit: int | None
+    method: str | None
+    metric: Metric
+
+    @property
+    def base(self) -> str:
+        """The key without split and variant (`exit2/ece`, `mean/auroc`, `sweep/acc_at_50`)."""
+        if self.scope == "exit":
+            return exit_key(self.exit, self.metric.name)
+        if self.scope == "mean":
+            return mean_key(self.metric.name)
+        return efficiency_key(self.metric.name, self.method)
+
+
+_NAME = r"[A-Za-z0-9_.\-]+"
+_KEY = re.compile(
+    rf"(?:(?P<split>{'|'.join(SPLITS)})/)?"
+    rf"(?:(?P<kind>{'|'.join(VARIANTS)})/(?P<vname>{_NAME})/)?"
+    rf"(?:exit(?P<exit>[1-9]\d*)/(?P<emetric>\w+)|mean/(?P<mmetric>\w+)|(?P<sweep>sweep/)?(?P<effmetric>\w+))"
+)
+
+
+def parse_key(key: str) -> Key:
+    """Split a key into its parts.
+
+    Raises:
+        ValueError: the key is not in the scheme (the message lists the forms).
+    """
+    match = _KEY.fullmatch(key)
+    if match is None:
+        raise ValueError(f"{key!r} is not a metric key ({_FORMS})")
+    variant = (match["kind"], match["vname"]) if match["kind"] else None
+    if match["emetric"] is not None or match["mmetric"] is not None:
+        name = match["emetric"] or match["mmetric"]
+        if name not in EXIT_METRIC_NAMES:
+            raise ValueError(f"{key!r}: unknown exit metric {name!r} (known: {', '.join(EXIT_METRIC_NAMES)})")
+        scope = "exit" if match["emetric"] is not None else "mean"
+        exit_ = int(match["exit"]) if scope == "exit" else None
+        return Key(match["split"], variant, scope, exit_, None, _BY_NAME[name])
+    name = match["effmetric"]
+    if name not in EFFICIENCY_METRIC_NAMES:
+        raise ValueError(
+            f"{key!r}: unknown metric {name!r} (efficiency: {', '.join(EFFICIENCY_METRIC_NAMES)}; "
+            f"per exit: exit{{k}}/{{metric}} or mean/{{metric}})"
+        )
+    method = "sweep" if match["sweep"] else "search"
+    return Key(match["split"], variant, "efficiency", None, method, _BY_NAME[name])
+
+
+_FORMS = "forms: exit{k}/{metric}, mean/{metric}, {efficiency}, sweep/{efficiency}, optionally after calib/{name}/ or " \
+         "score/{name}/, after val/ or test/ in MLflow"
+
+
+def metric_of(key: str) -> Metric:
+    """The `Metric` a key reports (its direction and group)."""
+    return parse_key(key).metric
+
+
+def higher_is_better(key: str) -> bool:
+    return metric_of(key).higher_is_better
+
+
+def check_objective(key: str) -> Key:
+    """The one rule for study objectives: a `val/` key of the scheme, without a variant.
+
+    Test numbers never steer a search, and the configured calibration and score drive the objective (variants are
+    reported beside it). Raises `ValueError` with the reason.
+    """
+    try:
+        parsed = parse_key(key)
+    except ValueError as exc:
+        raise ValueError(f"objective {exc} (e.g. val/acc_cost_auc, val/acc_at_50, val/mean_cost, val/mean/auroc, "
+                         "val/exit2/eefp, val/sweep/acc_cost_auc)") from None
+    if parsed.split != "val":
+        raise ValueError(f"objective {key!r} must be a val/ metric (test numbers never steer the search)")
+    if parsed.variant is not None:
+        raise ValueError(
+            f"objective {key!r}: the configured calibration.method and policy.score drive objectives; "
+            "drop the calib/ or score/ part"
+        )
+    return parsed
