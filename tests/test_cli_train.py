@@ -34,9 +34,9 @@ def test_train_then_evaluate(tmp_path, capsys):
     "args, expected",
     [
         (["--set", "training.epochs=-1"], "training.epochs: Input should be greater than or equal to 0"),
-        (["--set", "model.backbone=resnet9"], "model.backbone: unknown 'resnet9'"),
+        (["--set", "model.backbone=resnet9"], "model.backbone: unknown backbone 'resnet9'"),
         (["--set", "training.nope=1"], "training.nope: unknown field"),
-        (["--set", "data.name=mnist"], "data.name: unknown 'mnist'"),
+        (["--set", "data.name=mnist"], "data.name: unknown dataset 'mnist'"),
     ],
 )
 def test_bad_train_config_exit_2_and_writes_nothing(tmp_path, capsys, args, expected):
