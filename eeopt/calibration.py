@@ -10,12 +10,13 @@ and scores are kept. Built-ins (each fitted independently per exit k):
 - ``isotonic``: isotonic regression of correctness on the top-label confidence (Zadrozny & Elkan, 2002).
 
 The top-label calibrators (``histogram``, ``isotonic``) only give a calibrated confidence c' of the predicted class;
-`top_label_logits` turns it into a full distribution that keeps the prediction.
+`top_label_probs` turns it into a full distribution that keeps the prediction, set exactly (`ExitOutputs.with_probs`),
+so samples given the same c' keep exactly the same confidence and their ties stay ties.
 
 The paper behind eeopt argues that calibration is the wrong proxy for early-exit efficiency because calibrators
 re-rank samples within an exit; `kendall_tau` measures exactly that.
 
-Calibrated logits are float64. Add a calibrator with `register_calibrator`; build one with `create_calibrator`.
+Calibrated outputs are float64. Add a calibrator with `register_calibrator`; build one with `create_calibrator`.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from eeopt.errors import ConfigError, EeoptError, ExitOutputsError
 from eeopt.outputs import ExitOutputs
 from eeopt.registry import Registry
 
-# Top-label confidences are clipped to [1/C + TOP_LABEL_MARGIN, 1 - TOP_LABEL_CEIL_GAP] (see `top_label_logits`).
+# Top-label confidences are clipped to [1/C + TOP_LABEL_MARGIN, 1 - TOP_LABEL_CEIL_GAP] (see `top_label_probs`).
 TOP_LABEL_MARGIN = 1e-6
 TOP_LABEL_CEIL_GAP = 1e-9
 LOG_TEMPERATURE_BOUNDS = (-5.0, 5.0)
@@ -46,7 +47,7 @@ class Calibrator(abc.ABC):
     """A post-hoc calibrator: ``fit(val)`` once, then ``apply(outputs)`` to any split of the same model.
 
     Subclasses set their parameters in `_fit` and `_set_state`, report them in `_get_state` (JSON-safe) and map
-    outputs to calibrated logits [K, N, C] in `_logits`.
+    outputs to calibrated logits [K, N, C] in `_logits` (or override `_calibrated`; see `TopLabelCalibrator`).
     """
 
     name: ClassVar[str] = ""
@@ -69,7 +70,7 @@ class Calibrator(abc.ABC):
         return self
 
     def apply(self, outputs: ExitOutputs) -> ExitOutputs:
-        """New `ExitOutputs` with calibrated float64 logits [K, N, C]; labels, costs and scores unchanged.
+        """New `ExitOutputs` with calibrated float64 probabilities [K, N, C]; labels, costs and scores unchanged.
 
         Raises:
             EeoptError: the calibrator is not fitted.
@@ -86,9 +87,7 @@ class Calibrator(abc.ABC):
                 f"{outputs.source}: has {outputs.num_classes} classes but calibrator {self.name!r} was fitted on "
                 f"{self._num_classes} classes"
             )
-        logits = np.asarray(self._logits(outputs), dtype=np.float64)
-        assert logits.shape == outputs.logits.shape, (logits.shape, outputs.logits.shape)
-        return outputs.with_logits(logits)
+        return self._calibrated(outputs)
 
     def state_dict(self) -> dict[str, Any]:
         """The fitted parameters as a JSON-safe dict (plain lists, floats and ints); `load_state_dict` reads it back.
@@ -127,8 +126,15 @@ class Calibrator(abc.ABC):
     @abc.abstractmethod
     def _fit(self, val: ExitOutputs) -> None: ...
 
-    @abc.abstractmethod
-    def _logits(self, outputs: ExitOutputs) -> np.ndarray: ...
+    def _logits(self, outputs: ExitOutputs) -> np.ndarray:
+        """Calibrated logits [K, N, C]; subclasses implement this or override `_calibrated`."""
+        raise NotImplementedError(f"calibrator {self.name!r} must implement _logits or _calibrated")
+
+    def _calibrated(self, outputs: ExitOutputs) -> ExitOutputs:
+        """Checked outputs -> calibrated outputs; by default, through `_logits`."""
+        logits = np.asarray(self._logits(outputs), dtype=np.float64)
+        assert logits.shape == outputs.logits.shape, (logits.shape, outputs.logits.shape)
+        return outputs.with_logits(logits)
 
     @abc.abstractmethod
     def _get_state(self) -> dict[str, Any]: ...
@@ -233,15 +239,15 @@ def fit_vector_scaling(
     return x[:c].copy(), x[c:].copy()
 
 
-def top_label_logits(predictions: ArrayLike, confidence: ArrayLike, num_classes: int) -> np.ndarray:
-    """Logits [..., C] of the distribution giving the predicted class ``confidence`` and the rest equal shares.
+def top_label_probs(predictions: ArrayLike, confidence: ArrayLike, num_classes: int) -> np.ndarray:
+    """Probabilities [..., C] giving the predicted class ``confidence`` and the other classes equal shares.
 
     ``predictions`` int [...] (class per sample), ``confidence`` float [...] (calibrated top-label confidence c').
     Class ``predictions`` gets c' and each of the other C - 1 classes gets (1 - c') / (C - 1). No C-class
     distribution has a top probability below 1/C, and at c' <= 1/C another class would tie or win, changing the
-    prediction; at c' = 1 the other classes get probability 0 and log 0 = -inf. So c' is clipped to
-    [1/C + 1e-6, 1 - 1e-9]: the argmax stays the given prediction (strictly) and every logit is finite.
-    Returns log-probabilities, float64 [..., C].
+    prediction; at c' = 1 the other classes get probability 0 (log 0 = -inf). So c' is clipped to
+    [1/C + 1e-6, 1 - 1e-9]: the argmax stays the given prediction (strictly) and every probability is > 0.
+    Equal c' give bit-identical rows up to the position of the predicted class.
     """
     pred = np.asarray(predictions)
     conf = np.asarray(confidence, dtype=np.float64)
@@ -253,10 +259,14 @@ def top_label_logits(predictions: ArrayLike, confidence: ArrayLike, num_classes:
     if pred.size and (pred.min() < 0 or pred.max() >= c):
         raise ValueError(f"predictions must lie in [0, {c})")
     conf = np.clip(conf, 1.0 / c + TOP_LABEL_MARGIN, 1.0 - TOP_LABEL_CEIL_GAP)
-    rest = np.log((1.0 - conf) / (c - 1))
-    out = np.repeat(rest[..., None], c, axis=-1)
-    np.put_along_axis(out, pred[..., None].astype(np.int64), np.log(conf)[..., None], axis=-1)
+    out = np.repeat(((1.0 - conf) / (c - 1))[..., None], c, axis=-1)
+    np.put_along_axis(out, pred[..., None].astype(np.int64), conf[..., None], axis=-1)
     return out
+
+
+def top_label_logits(predictions: ArrayLike, confidence: ArrayLike, num_classes: int) -> np.ndarray:
+    """log of `top_label_probs`: logits [..., C] whose softmax is that distribution (up to rounding), float64."""
+    return np.log(top_label_probs(predictions, confidence, num_classes))
 
 
 def kendall_tau(before: ArrayLike, after: ArrayLike) -> np.ndarray:
@@ -284,6 +294,20 @@ def kendall_tau(before: ArrayLike, after: ArrayLike) -> np.ndarray:
 
 
 # =================================================================================================== calibrators
+class TopLabelCalibrator(Calibrator):
+    """A calibrator of the top-label confidence only: subclasses implement `_confidence(outputs) -> [K, N]`.
+
+    Predictions never change; the calibrated distribution is `top_label_probs`, set exactly.
+    """
+
+    @abc.abstractmethod
+    def _confidence(self, outputs: ExitOutputs) -> np.ndarray: ...
+
+    def _calibrated(self, outputs: ExitOutputs) -> ExitOutputs:
+        conf = self._confidence(outputs)
+        return outputs.with_probs(top_label_probs(outputs.predictions, conf, outputs.num_classes))
+
+
 @register_calibrator("temperature")
 class TemperatureScaling(Calibrator):
     """softmax(z / T_k) per exit, T_k > 0 minimising validation NLL (see `fit_temperature`)."""
@@ -338,13 +362,13 @@ class VectorScaling(Calibrator):
 
 
 @register_calibrator("histogram")
-class HistogramBinning(Calibrator):
+class HistogramBinning(TopLabelCalibrator):
     """Histogram binning of the top-label confidence (Zadrozny & Elkan, 2001), per exit.
 
     ``n_bins`` equal-width bins on [0, 1], right-closed ``(b/n, (b+1)/n]`` with a confidence of 0 in the first bin
     (as eeopt's ECE bins them). A sample's calibrated confidence is the validation accuracy of its bin; a bin with no
     validation sample gets its midpoint (the uninformed guess for a confidence in that bin). The result goes through
-    `top_label_logits`, so predictions never change and confidences are clipped to [1/C + 1e-6, 1 - 1e-9].
+    `top_label_probs`, so predictions never change and confidences are clipped to [1/C + 1e-6, 1 - 1e-9].
     """
 
     def __init__(self, n_bins: int = 15) -> None:
@@ -364,10 +388,9 @@ class HistogramBinning(Calibrator):
         with np.errstate(invalid="ignore", divide="ignore"):
             self.bin_confidence = np.where(count > 0, hits / count, midpoint[None, :])
 
-    def _logits(self, outputs: ExitOutputs) -> np.ndarray:
+    def _confidence(self, outputs: ExitOutputs) -> np.ndarray:
         idx = _bin_index(outputs.confidence, self.n_bins)
-        conf = np.take_along_axis(self.bin_confidence, idx, axis=1)
-        return top_label_logits(outputs.predictions, conf, outputs.num_classes)
+        return np.take_along_axis(self.bin_confidence, idx, axis=1)
 
     def _get_state(self) -> dict[str, Any]:
         return {"n_bins": self.n_bins, "bin_confidence": self.bin_confidence.tolist()}
@@ -381,13 +404,13 @@ class HistogramBinning(Calibrator):
 
 
 @register_calibrator("isotonic")
-class IsotonicCalibration(Calibrator):
+class IsotonicCalibration(TopLabelCalibrator):
     """Isotonic regression of correctness on the top-label confidence (Zadrozny & Elkan, 2002), per exit.
 
     scikit-learn's ``IsotonicRegression(out_of_bounds="clip", y_min=0, y_max=1)`` is fitted per exit; its
     thresholds are kept and applied with linear interpolation clipped at the ends, which is what its ``predict``
     does (so no scikit-learn object is stored and the state is JSON-safe). The result goes through
-    `top_label_logits`: predictions never change and confidences are clipped to [1/C + 1e-6, 1 - 1e-9].
+    `top_label_probs`: predictions never change and confidences are clipped to [1/C + 1e-6, 1 - 1e-9].
     """
 
     def __init__(self) -> None:
@@ -406,10 +429,9 @@ class IsotonicCalibration(Calibrator):
             ys.append(np.asarray(iso.y_thresholds_, dtype=np.float64))
         self.x_thresholds, self.y_thresholds = xs, ys
 
-    def _logits(self, outputs: ExitOutputs) -> np.ndarray:
+    def _confidence(self, outputs: ExitOutputs) -> np.ndarray:
         pairs = zip(self.x_thresholds, self.y_thresholds)
-        conf = np.stack([np.interp(outputs.confidence[k], x, y) for k, (x, y) in enumerate(pairs)])
-        return top_label_logits(outputs.predictions, conf, outputs.num_classes)
+        return np.stack([np.interp(outputs.confidence[k], x, y) for k, (x, y) in enumerate(pairs)])
 
     def _get_state(self) -> dict[str, Any]:
         return {

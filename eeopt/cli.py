@@ -58,6 +58,7 @@ def exits_evaluate(
     calibrate: CalibrateOpt = "none",
     score: ScoreOpt = "msp",
     as_json: JsonFlag = False,
+    curve: Annotated[bool, typer.Option("--curve", help="With --json: the full sweep curve, not only its frontier.")] = False,
 ) -> None:
     """Per-exit calibration and failure-prediction metrics, and global-threshold efficiency."""
     from eeopt.evaluation import evaluate_exits
@@ -67,7 +68,7 @@ def exits_evaluate(
     fit = ExitOutputs.load(fit_on) if fit_on is not None else None
     report = evaluate_exits(evaluated, fit_on=fit, calibrate=calibrate, score=score)
     if as_json:
-        typer.echo(json.dumps(report.to_dict(), indent=2))
+        typer.echo(json.dumps(report.to_dict(curve=curve), indent=1))
         return
     from eeopt import display
 
@@ -87,22 +88,23 @@ def exits_search(
     as_json: JsonFlag = False,
 ) -> None:
     """Per-exit threshold search on validation (Optuna), reported on test beside the global sweep."""
-    from eeopt.evaluation import jsonable
-    from eeopt.outputs import ExitOutputs
-    from eeopt.search import search_policies
+    from eeopt.errors import ConfigError
 
     if sampler not in ("nsga2", "tpe"):
-        from eeopt.errors import ConfigError
-
         raise ConfigError(f"--sampler: expected nsga2 or tpe, got {sampler!r}")
-    val = ExitOutputs.load(fit_on)
-    test = ExitOutputs.load(evaluate_on)
-    summary = search_policies(val, test, trials=trials, score=score, calibrate=calibrate, sampler=sampler, seed=seed)
     if save_policy is not None:
-        save_policy.parent.mkdir(parents=True, exist_ok=True)
+        _check_output_file(save_policy, "--save-policy")
+    from eeopt.evaluation import jsonable
+    from eeopt.outputs import ExitOutputs
+    from eeopt.prepared import prepare_pair
+    from eeopt.search import search_policies
+
+    val, test = prepare_pair(ExitOutputs.load(fit_on), ExitOutputs.load(evaluate_on), calibrate=calibrate, score=score)
+    summary = search_policies(val, test, trials=trials, sampler=sampler, seed=seed).to_dict()
+    if save_policy is not None:
         save_policy.write_text(json.dumps(jsonable(summary["policies"]), indent=2))
     if as_json:
-        typer.echo(json.dumps(jsonable(summary), indent=2))
+        typer.echo(json.dumps(jsonable(summary), indent=1))
         return
     from eeopt import display
 
@@ -120,6 +122,7 @@ def exits_synthesize(
     seed: Annotated[int, typer.Option("--seed")] = 0,
 ) -> None:
     """Write synthetic exit outputs (later exits cost more and predict better) to try the tools without a model."""
+    _check_output_dir(output_dir, "OUTPUT_DIR")
     from eeopt.synthetic import synthetic_exit_outputs
 
     for offset, split in enumerate(("val", "test")):
@@ -274,6 +277,8 @@ def study_export(
 
     if fmt not in ("csv", "json"):
         raise ConfigError(f"--format: expected csv or json, got {fmt!r}")
+    if output is not None:
+        _check_output_file(output, "--output")
     rows = Study.from_yaml(study_file, overrides or []).export()
     from eeopt.evaluation import jsonable
 
@@ -338,6 +343,31 @@ def dashboard_cmd(
     from eeopt.study.storage import normalize_url
 
     raise typer.Exit(subprocess.call([exe, normalize_url(study.storage_url), "--host", "127.0.0.1", "--port", str(port)]))
+
+
+# ------------------------------------------------------------------------------------------------------ helpers
+def _check_output_file(path: Path, option: str) -> None:
+    """Before any work: `path` can be written as a file (its folder exists, and it is not a folder itself)."""
+    from eeopt.errors import ConfigError
+
+    if path.is_dir():
+        raise ConfigError(f"{option} {path}: is a directory; give a file name")
+    parent = path.parent
+    if not parent.exists():
+        raise ConfigError(f"{option} {path}: no such directory {parent} (create it first)")
+    if not parent.is_dir():
+        raise ConfigError(f"{option} {path}: {parent} is not a directory")
+
+
+def _check_output_dir(path: Path, option: str) -> None:
+    """Before any work: `path` is a folder or can be created as one (no file is in the way)."""
+    from eeopt.errors import ConfigError
+
+    for part in (path, *path.parents):
+        if part.exists():
+            if not part.is_dir():
+                raise ConfigError(f"{option} {path}: {part} exists and is not a directory")
+            return
 
 
 # ------------------------------------------------------------------------------------------------------ entry

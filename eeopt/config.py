@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from eeopt.errors import ConfigError
+from eeopt.names import check_objective
 
 
 class _Strict(BaseModel):
@@ -212,6 +213,9 @@ class StudySettings(_Strict):
     trials: int = Field(8, ge=1, description="total finished trials the study aims for, across reruns and workers")
     sampler: Literal["tpe", "nsga2", "random"] = "tpe"
     seed: int = 0
+    objective: str | None = Field(
+        None, description="custom objective 'package.module:function'; the only thing in YAML that is ever imported"
+    )
     objectives: dict[str, Direction] = Field(default_factory=lambda: {"val/acc_cost_auc": "maximize"}, min_length=1)
     storage: str | None = Field(None, description="SQLAlchemy URL; None: sqlite:///eeopt.db beside the study file")
     runs_dir: str | None = Field(None, description="trial outputs (models, exit outputs); None: runs/ beside the study file")
@@ -221,16 +225,13 @@ class StudySettings(_Strict):
     max_failures: int = Field(3, ge=0)
     timeout: float | None = Field(None, gt=0, description="seconds; stop starting new trials after this")
     pruner: Literal["none", "asha", "median"] = "none"
-    objective: str | None = Field(
-        None, description="custom objective 'package.module:function'; the only thing in YAML that is ever imported"
-    )
 
     @field_validator("objectives")
     @classmethod
-    def _objective_names(cls, value: dict[str, str]) -> dict[str, str]:
+    def _objective_names(cls, value: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        custom = info.data.get("objective") is not None  # `objective` is declared (so validated) first
         for key in value:
-            if not re.fullmatch(r"val/[a-z0-9_/]+", key):
-                raise ValueError(f"objective {key!r} must be a val/ metric (test numbers never steer the search)")
+            check_objective(key, custom=custom)
         return value
 
     @field_validator("objective")
@@ -288,7 +289,7 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = (), *
     if not path.is_file():
         raise ConfigError(f"{path}: no such file")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(_read_text(path)) or {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
@@ -307,12 +308,22 @@ def load_train_config(path: str | Path, overrides: list[str] | tuple[str, ...] =
     """
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text()) if path.is_file() else None
-    except yaml.YAMLError:
-        raw = None  # load_config reports the YAML error
+        raw = yaml.safe_load(_read_text(path)) if path.is_file() else None
+    except (yaml.YAMLError, ConfigError):
+        raw = None  # load_config reports the error
     if isinstance(raw, dict) and ("study" in raw or "search_space" in raw):
         return load_config(path, overrides, study=True).train_config()
     return load_config(path, overrides)
+
+
+def _read_text(path: Path) -> str:
+    """A config file's text; a file that is not UTF-8 (or not readable) is a one-line `ConfigError`."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a UTF-8 text file (byte {exc.start}: {exc.reason})") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
 
 
 def validate_config(raw: dict[str, Any], *, source: str = "config", study: bool = False):

@@ -8,7 +8,11 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-console = Console(highlight=False)
+# Piped or redirected output is not squeezed into 80 columns: tables keep their width and lines are never broken
+# inside a token (soft wrap); a terminal gets its own width.
+console = Console(highlight=False, soft_wrap=True)
+if not console.is_terminal:
+    console = Console(highlight=False, soft_wrap=True, width=200)
 
 _SHORT = {
     "accuracy": "acc", "adaptive_ece": "aece", "aupr_error": "aupr_err", "kendall_tau": "tau",
@@ -25,31 +29,48 @@ def fmt(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
+_GROUP_TITLES = {"accuracy": "", "calibration": "calibration", "failure": "failure prediction",
+                 "ranking": "order kept"}
+
+
 def print_report(report, outputs=None) -> None:
-    """Metrics (rows) by exit (columns) with the mean over exits, then the efficiency numbers."""
-    names = [k for k in report.exits[0] if k != "exit"]
+    """Per-exit metrics (rows, grouped: calibration, failure prediction) by exit (columns) with their mean, the
+    direction that is better marked, then the global sweep's efficiency and the patience baseline."""
+    from eeopt.names import metric_of
+
     title = f"score={report.score}  calibration={report.calibration}"
     if outputs is not None:
         title = f"{outputs.source}: K={outputs.num_exits}, N={outputs.num_samples}, C={outputs.num_classes}\n" + title
     table = Table(title=title, title_justify="left")
-    table.add_column("metric")
-    for row in report.exits:
-        table.add_column(f"exit{row['exit']}", justify="right")
-    table.add_column("mean", justify="right", style="bold")
+    table.add_column("metric", no_wrap=True)
+    for k in range(1, report.num_exits + 1):
+        table.add_column(f"exit{k}", justify="right", no_wrap=True)
+    table.add_column("mean", justify="right", style="bold", no_wrap=True)
     if outputs is not None:
         last = float(outputs.costs[-1])
         table.add_row("cost (%)", *(f"{100 * c / last:.1f}" for c in outputs.costs), "", end_section=True)
-    for name in names:
-        table.add_row(name, *(fmt(row[name]) for row in report.exits), fmt(report.mean.get(name)))
+    rows = report.exit_rows()
+    group = None
+    for name, values in rows.items():
+        metric = metric_of(f"exit1/{name}")
+        if metric.group != group and group is not None:
+            table.add_section()
+        if metric.group != group and _GROUP_TITLES[metric.group]:
+            table.add_row(f"[italic]{_GROUP_TITLES[metric.group]}[/italic]")
+        group = metric.group
+        arrow = "↑" if metric.higher_is_better else "↓"
+        table.add_row(f"{name} {arrow}", *(fmt(v) for v in values), fmt(report.metrics.get(f"mean/{name}")))
     console.print(table)
-    eff = report.efficiency
+    m = report.metrics
+    last = float(outputs.costs[-1]) if outputs is not None else None
+    cost = _share(m["sweep/mean_cost"], last) if last else fmt(m["sweep/mean_cost"])
     console.print(
-        "global sweep: "
-        + "  ".join(f"{k}={fmt(eff[k])}" for k in ("acc_at_25", "acc_at_50", "acc_at_75", "acc_at_100", "acc_cost_auc"))
+        "global sweep (↑): " + "  ".join(f"{k}={fmt(m['sweep/' + k])}" for k in
+                                         ("acc_at_25", "acc_at_50", "acc_at_75", "acc_at_100", "acc_cost_auc"))
+        + f"  mean_cost={cost}"
     )
     console.print(f"thresholds chosen on: {report.thresholds_from}")
-    if report.patience and outputs is not None:
-        last = float(outputs.costs[-1])
+    if report.patience and last:
         console.print("patience (exit once P exits agree): " + "  ".join(
             f"P={p['patience']}: {fmt(p['accuracy'])} at {100 * p['mean_cost'] / last:.0f}%" for p in report.patience))
 
@@ -64,7 +85,7 @@ def print_search(summary: dict[str, Any]) -> None:
     for col in ("budget", "method", "val acc", "val cost", "test acc", "test cost", "thresholds"):
         table.add_column(col, justify="right" if col != "thresholds" else "left")
     last = summary["costs"][-1]
-    for ours, sweep in zip(summary["per_exit_search"]["budgets"], summary["global_sweep"]["budgets"]):
+    for ours, sweep in zip(summary["budgets"]["search"], summary["budgets"]["sweep"]):
         budget = f"{ours['budget']}%"
         thr = ours["thresholds"]
         thr_text = "-" if thr is None else " ".join(fmt(t, 2) if not isinstance(t, str) else t for t in thr)
@@ -74,9 +95,10 @@ def print_search(summary: dict[str, Any]) -> None:
                       fmt(sweep["test_accuracy"]), _share(sweep["test_mean_cost"], last),
                       fmt(sweep["threshold"], 3), end_section=True)
     console.print(table)
+    m = summary["metrics"]
     console.print(
-        f"acc_cost_auc (test): per-exit {fmt(summary['per_exit_search']['test']['acc_cost_auc'])}"
-        f"  global {fmt(summary['global_sweep']['test']['acc_cost_auc'])}   (cost shown as % of the last exit's cost)"
+        f"test acc_cost_auc: per-exit {fmt(m['acc_cost_auc'])}  global sweep {fmt(m['sweep/acc_cost_auc'])}"
+        "   (cost shown as % of the last exit's cost)"
     )
 
 

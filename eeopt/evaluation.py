@@ -1,7 +1,8 @@
-"""One call from exit outputs to the numbers eeopt reports: per-exit metrics, their mean, and efficiency.
+"""From a prepared split to the numbers eeopt reports: per-exit metrics, their mean, the global sweep's efficiency
+and the patience baseline, under the keys of `eeopt.names`.
 
-`evaluate_exits` is what `eeopt exits evaluate` prints and what every study trial logs. Protocol: calibrators and
-thresholds are fitted on the `fit_on` (validation) split; the evaluated split only reports.
+`evaluate` is what `eeopt exits evaluate` prints and what every study trial logs. Protocol: calibrators and
+thresholds are fitted on the fit (validation) split; the evaluated split only reports.
 """
 
 from __future__ import annotations
@@ -12,192 +13,160 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from eeopt.metrics.calibration import calibration_metrics
+from eeopt.metrics.efficiency import BudgetChoice, Frontier, SweepCurve, frontier, sweep_efficiency
+from eeopt.metrics.failure import failure_metrics
+from eeopt.names import EXIT_METRIC_NAMES, exit_key, mean_key
+from eeopt.policies import evaluate_patience, float_to_json
+from eeopt.prepared import PreparedSplit, prepare_pair
+
 if TYPE_CHECKING:
     from eeopt.calibration import Calibrator
+    from eeopt.outputs import ExitOutputs
 
-from eeopt.errors import ConfigError
-from eeopt.metrics import calibration as cal_metrics
-from eeopt.metrics import failure as fail_metrics
-from eeopt.outputs import ExitOutputs, check_compatible
-from eeopt.policies import evaluate_patience
-from eeopt.scores import compute_score
-
-#: Per-exit metric names, in report order. Calibration metrics use the top-label probability; failure-prediction
-#: metrics use the chosen exit score.
-EXIT_METRICS = (
-    "accuracy", "ece", "mce", "adaptive_ece", "brier", "nll",
-    "auroc", "aupr_error", "fpr95", "aurc", "eaurc", "eefp",
-)
-EFFICIENCY_METRICS = ("acc_at_25", "acc_at_50", "acc_at_75", "acc_at_100", "acc_cost_auc")
+IN_SAMPLE = "evaluated split (in-sample)"
 
 
 @dataclasses.dataclass(frozen=True)
 class EvaluationReport:
-    """Per-exit metrics (exits numbered from 1), their mean over exits, and the global-sweep efficiency.
+    """What `evaluate` found for one split.
 
-    `patience` lists, for P = 1..K, the accuracy and mean cost of exiting once P consecutive exits agree (PABEE);
-    it fits nothing, so it is reported on the evaluated split directly. `efficiency` holds acc_at_25..100 and acc_cost_auc (thresholds chosen on the fit split when there is one, else
-    in-sample on the evaluated split), mean_cost_at_25..100 the evaluated split's mean cost of each budget's choice,
-    and
-    `curve` the evaluated split's accuracy-vs-mean-cost frontier.
+    Attributes:
+        metrics: flat keys of `eeopt.names` without a split: `exit{k}/{metric}`, `mean/{metric}` and the global
+            sweep's `sweep/{efficiency}` (thresholds chosen on `thresholds_from`, reported on this split).
+        budgets: the sweep's choice for each budget share (val numbers, and this split's).
+        frontier: this split's own accuracy-vs-mean-cost frontier (descriptive, in-sample by nature).
+        curve: this split's full sweep (every threshold where the policy changes).
+        patience: for P = 1..K, accuracy and mean cost of exiting once P consecutive exits agree (PABEE); it fits
+            nothing, so it is reported on this split directly.
     """
 
-    exits: list[dict[str, float]]
-    mean: dict[str, float]
-    efficiency: dict[str, Any]
+    source: str
     score: str
     calibration: str
-    kendall_tau: list[float] | None
     thresholds_from: str
-    patience: list[dict[str, float]] = dataclasses.field(default_factory=list)
+    num_exits: int
+    metrics: dict[str, float]
+    budgets: tuple[BudgetChoice, ...]
+    frontier: Frontier
+    curve: SweepCurve
+    patience: list[dict[str, float]]
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict; NaN becomes None (null)."""
+    def exit_rows(self) -> dict[str, list[float]]:
+        """{metric: [value at exit 1..K]} for every per-exit metric this report holds, in `names` order."""
+        rows = {}
+        for name in EXIT_METRIC_NAMES:
+            values = [self.metrics.get(exit_key(k, name)) for k in range(1, self.num_exits + 1)]
+            if any(v is not None for v in values):
+                rows[name] = [math.nan if v is None else v for v in values]
+        return rows
+
+    def to_dict(self, curve: bool = False) -> dict[str, Any]:
+        """JSON-ready dict (NaN becomes None): the metrics, the frontier, patience; the full sweep with `curve`."""
         out = {
-            "exits": self.exits,
-            "mean": self.mean,
-            "efficiency": self.efficiency,
+            "source": self.source,
             "score": self.score,
             "calibration": self.calibration,
             "thresholds_from": self.thresholds_from,
+            "metrics": self.metrics,
+            "budgets": [c._asdict() for c in self.budgets],
+            "frontier": [[float(c), float(a)] for c, a in zip(self.frontier.cost, self.frontier.accuracy)],
             "patience": self.patience,
         }
-        if self.kendall_tau is not None:
-            out["kendall_tau"] = self.kendall_tau
+        if curve:
+            out["curve"] = {"threshold": [float_to_json(t) for t in self.curve.threshold],
+                            "mean_cost": self.curve.mean_cost, "accuracy": self.curve.accuracy}
         return jsonable(out)
 
-    def flat_metrics(self, split: str) -> dict[str, float]:
-        """MLflow-style keys: `{split}/exit{k}/{metric}`, `{split}/mean/{metric}`, `{split}/{efficiency metric}`."""
-        flat: dict[str, float] = {}
-        for row in self.exits:
-            for name, value in row.items():
-                if name != "exit":
-                    flat[f"{split}/exit{row['exit']}/{name}"] = value
-        for name, value in self.mean.items():
-            flat[f"{split}/mean/{name}"] = value
-        for name in EFFICIENCY_METRICS:
-            flat[f"{split}/{name}"] = self.efficiency[name]
-        return flat
 
+def exit_metrics(split: PreparedSplit, n_bins: int = 15) -> dict[str, float]:
+    """Every per-exit metric of `eeopt.names` (kendall_tau only when calibrated) and their means over exits.
 
-def exit_metrics(outputs: ExitOutputs, scores: np.ndarray, n_bins: int = 15) -> list[dict[str, float]]:
-    """Every metric in `EXIT_METRICS` for each exit; `scores` [K, N] drive the failure-prediction metrics."""
-    correct = outputs.correct
-    eefp = fail_metrics.eefp(scores, correct)
-    rows = []
-    for k in range(outputs.num_exits):
-        conf, ok, s = outputs.confidence[k], correct[k], scores[k]
-        rows.append({
-            "exit": k + 1,
-            "accuracy": float(ok.mean()),
-            "ece": cal_metrics.ece(conf, ok, n_bins),
-            "mce": cal_metrics.mce(conf, ok, n_bins),
-            "adaptive_ece": cal_metrics.adaptive_ece(conf, ok, n_bins),
-            "brier": cal_metrics.brier(outputs.probs[k], outputs.labels),
-            "nll": cal_metrics.nll(outputs.probs[k], outputs.labels),
-            "auroc": fail_metrics.auroc(s, ok),
-            "aupr_error": fail_metrics.aupr_error(s, ok),
-            "fpr95": fail_metrics.fpr95(s, ok),
-            "aurc": fail_metrics.aurc(s, ok),
-            "eaurc": fail_metrics.eaurc(s, ok),
-            "eefp": float(eefp[k]),
-        })
-    return rows
-
-
-def mean_over_exits(rows: list[dict[str, float]]) -> dict[str, float]:
-    """Mean of each metric over exits, ignoring undefined (NaN) values; NaN when no exit defines it."""
-    mean = {}
-    for name in EXIT_METRICS:
-        values = np.array([row[name] for row in rows], dtype=np.float64)
-        values = values[~np.isnan(values)]
-        mean[name] = float(values.mean()) if values.size else math.nan
-    return mean
-
-
-def prepare(
-    outputs: ExitOutputs,
-    fit_on: ExitOutputs | None = None,
-    calibrate: Any = "none",
-) -> tuple[ExitOutputs, ExitOutputs | None, Any]:
-    """Check the splits match and apply the calibrator fitted on `fit_on`; returns (outputs, fit_on, calibrator).
-
-    `calibrate` is a calibrator name, or a `Calibrator` already fitted on `fit_on` (so several reports share one fit).
+    Calibration metrics use the top-label probability; failure-prediction metrics use the split's exit score. Each
+    exit is sorted once (twice when the score is not the confidence); NLL comes from the log-softmax.
     """
-    if fit_on is not None:
-        check_compatible(fit_on, outputs)
-    if calibrate in (None, "none"):
-        return outputs, fit_on, None
-    if fit_on is None:
-        raise ConfigError(f"calibration {calibration_name(calibrate)!r} needs validation outputs to fit on (--fit-on VAL.npz)")
-    from eeopt.calibration import Calibrator, create_calibrator
+    out = split.outputs
+    k_exits, n = out.num_exits, out.num_samples
+    rows = np.arange(n)
+    probs = out.probs
+    p_label = probs[:, rows, out.labels]  # [K, N]
+    brier = np.mean(np.sum(probs * probs, axis=-1) - 2.0 * p_label + 1.0, axis=1)
+    nll = np.mean(out.log_normalizer - out.logits[:, rows, out.labels], axis=1)
+    tau = _kendall_tau(split)
+    metrics: dict[str, float] = {}
+    for k in range(k_exits):
+        ranked, correct = split.ranked[k], split.correct[k]
+        order = ranked.order if split.score_is_confidence else None
+        row = {"accuracy": float(correct.mean()),
+               **calibration_metrics(out.confidence[k], correct, n_bins, order),
+               "brier": float(brier[k]), "nll": float(nll[k]),
+               **failure_metrics(ranked, correct, split.exit_target[k] if k < k_exits - 1 else None)}
+        if tau is not None:
+            row["kendall_tau"] = float(tau[k])
+        metrics.update({exit_key(k + 1, name): value for name, value in row.items()})
+    return {**metrics, **mean_over_exits(metrics, k_exits)}
 
-    calibrator = calibrate if isinstance(calibrate, Calibrator) else create_calibrator(calibrate)
-    if not calibrator.is_fitted:
-        calibrator.fit(fit_on)
-    return calibrator.apply(outputs), calibrator.apply(fit_on), calibrator
+
+def mean_over_exits(metrics: dict[str, float], num_exits: int) -> dict[str, float]:
+    """`mean/{metric}` for each per-exit metric present: the mean over exits that define it (NaN when none does)."""
+    means = {}
+    for name in EXIT_METRIC_NAMES:
+        values = [metrics[key] for key in (exit_key(k, name) for k in range(1, num_exits + 1)) if key in metrics]
+        if not values:
+            continue
+        finite = [v for v in values if not math.isnan(v)]
+        means[mean_key(name)] = float(np.mean(finite)) if finite else math.nan
+    return means
 
 
-def calibration_name(calibrate: Any) -> str:
-    """'none', a calibrator's registry name, or the name given."""
-    if calibrate in (None, "none"):
-        return "none"
-    return calibrate if isinstance(calibrate, str) else calibrate.name
+def evaluate(split: PreparedSplit, fit: PreparedSplit | None = None, n_bins: int = 15) -> EvaluationReport:
+    """Metrics and global-sweep efficiency of `split`, thresholds chosen on `fit` (in-sample when None)."""
+    if fit is not None and fit.score != split.score:
+        raise ValueError(f"fit and evaluated splits use different scores ({fit.score} vs {split.score})")
+    eff = sweep_efficiency(split.costs, split.sweep if fit is None else fit.sweep,
+                           None if fit is None else split.sweep)
+    out = split.outputs
+    patiences = np.arange(1, out.num_exits + 1)
+    pat = evaluate_patience(out.predictions, split.correct, out.costs, patiences)
+    return EvaluationReport(
+        source=split.raw.source,
+        score=split.score,
+        calibration=split.calibration,
+        thresholds_from=IN_SAMPLE if fit is None else fit.raw.source,
+        num_exits=out.num_exits,
+        metrics={**exit_metrics(split, n_bins), **eff.to_dict("sweep")},
+        budgets=eff.choices,
+        frontier=frontier(split.sweep.mean_cost, split.sweep.accuracy),
+        curve=split.sweep,
+        patience=[{"patience": int(p), "accuracy": float(a), "mean_cost": float(c)}
+                  for p, a, c in zip(patiences, pat.accuracy, pat.mean_cost)],
+    )
 
 
 def evaluate_exits(
-    outputs: ExitOutputs,
+    outputs: "ExitOutputs",
     *,
-    fit_on: ExitOutputs | None = None,
+    fit_on: "ExitOutputs | None" = None,
     calibrate: "str | Calibrator" = "none",
     score: str = "msp",
     n_bins: int = 15,
 ) -> EvaluationReport:
-    """Metrics and efficiency of `outputs`, with calibrator and thresholds fitted on `fit_on` when given.
+    """`evaluate` from exit outputs: calibrator and thresholds fitted on `fit_on` when given.
 
     Raises:
         ExitOutputsError: the splits do not come from the same model, or the score needs arrays they lack.
-        ConfigError: unknown calibrator, or calibration without `fit_on`.
+        ConfigError: unknown calibrator or score, or calibration without `fit_on`.
     """
-    from eeopt.search import efficiency_metrics, sweep_efficiency
+    fit, split = prepare_pair(fit_on, outputs, calibrate=calibrate, score=score, names=("fit", "evaluated"))
+    return evaluate(split, fit, n_bins)
 
-    raw_scores = compute_score(score, outputs)
-    calibrated, fit_cal, calibrator = prepare(outputs, fit_on, calibrate)
-    scores = compute_score(score, calibrated) if calibrator is not None else raw_scores
-    tau = None
-    if calibrator is not None:
-        from eeopt.calibration import kendall_tau
 
-        tau = [float(v) for v in kendall_tau(raw_scores, scores)]
-    rows = exit_metrics(calibrated, scores, n_bins)
-    if tau is not None:
-        for row, value in zip(rows, tau):
-            row["kendall_tau"] = value
+def _kendall_tau(split: PreparedSplit) -> np.ndarray | None:
+    if split.outputs is split.raw:
+        return None
+    from eeopt.calibration import kendall_tau
 
-    if fit_cal is not None:
-        fit_scores = compute_score(score, fit_cal)
-        eff, curve = sweep_efficiency(fit_scores, fit_cal.correct, outputs.costs, scores, calibrated.correct)
-        source = fit_on.source
-    else:
-        eff, curve = sweep_efficiency(scores, calibrated.correct, outputs.costs)
-        source = "evaluated split (in-sample)"
-    efficiency = efficiency_metrics(eff)
-    efficiency["curve"] = [[float(c), float(a)] for c, a in zip(curve.cost, curve.accuracy)]
-    patiences = np.arange(1, outputs.num_exits + 1)
-    pat = evaluate_patience(calibrated.predictions, calibrated.correct, outputs.costs, patiences)
-    return EvaluationReport(
-        exits=rows,
-        mean=mean_over_exits(rows),
-        efficiency=efficiency,
-        score=score,
-        calibration=calibration_name(calibrate),
-        kendall_tau=tau,
-        thresholds_from=source,
-        patience=[
-            {"patience": int(p), "accuracy": float(a), "mean_cost": float(c)}
-            for p, a, c in zip(patiences, pat.accuracy, pat.mean_cost)
-        ],
-    )
+    return kendall_tau(split.raw_scores, split.scores)
 
 
 def jsonable(value: Any) -> Any:

@@ -179,17 +179,22 @@ def higher_is_better(key: str) -> bool:
     return metric_of(key).higher_is_better
 
 
-def check_objective(key: str) -> Key:
+def check_objective(key: str, custom: bool = False) -> Key | None:
     """The one rule for study objectives: a `val/` key of the scheme, without a variant.
 
     Test numbers never steer a search, and the configured calibration and score drive the objective (variants are
-    reported beside it). Raises `ValueError` with the reason.
+    reported beside it). With a `custom` objective function the names only label its values: they must still start
+    with `val/`, and None is returned. Raises `ValueError` with the reason.
     """
+    if not key.startswith("val/"):
+        raise ValueError(f"objective {key!r} must be a val/ metric (test numbers never steer the search)")
+    if custom:
+        return None
     try:
         parsed = parse_key(key)
-    except ValueError as exc:
-        raise ValueError(f"objective {exc} (e.g. val/acc_cost_auc, val/acc_at_50, val/mean_cost, val/mean/auroc, "
-                         "val/exit2/eefp, val/sweep/acc_cost_auc)") from None
+    except ValueError:
+        raise ValueError(f"unknown metric {key!r} (e.g. val/acc_cost_auc, val/acc_at_50, val/mean_cost, "
+                         "val/mean/auroc, val/exit2/eefp, val/sweep/acc_cost_auc)") from None
     if parsed.split != "val":
         raise ValueError(f"objective {key!r} must be a val/ metric (test numbers never steer the search)")
     if parsed.variant is not None:

@@ -27,13 +27,39 @@ from eeopt.errors import ExitOutputsError
 _ARRAYS = ("logits", "labels", "costs", "scores", "latency_ms")
 
 
-def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
-    """Numerically stable softmax in float64."""
+def row_sum(values: np.ndarray) -> np.ndarray:
+    """Sum over the last axis that does not depend on the order of the entries: each row is summed sorted.
+
+    Floating-point addition is not associative, so a plain sum of a permuted row can differ in the last bit; sorted
+    first, rows holding the same values give the same float. Scores and probabilities that are equal in exact
+    arithmetic then stay equal, and their ties stay ties. The sorted entries are added one column at a time, in
+    ascending order, so the result never depends on NumPy's memory layout or summation strategy either.
+    """
+    ordered = np.sort(values, axis=-1)
+    total = ordered[..., 0].copy()
+    for j in range(1, ordered.shape[-1]):
+        total += ordered[..., j]
+    return total
+
+
+def log_softmax_parts(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(probabilities [..., C], log-normaliser [...]) of `logits`, in float64, numerically stable.
+
+    probs = exp(z - m) / S and log-normaliser = m + log S (so log p_c = z_c - log-normaliser, exactly the
+    log-softmax), where m is the row maximum and S the order-free `row_sum` of exp(z - m): a row and any
+    permutation of it give the same probabilities, permuted.
+    """
     z = np.asarray(logits, dtype=np.float64)
-    z = z - z.max(axis=axis, keepdims=True)
-    np.exp(z, out=z)
-    z /= z.sum(axis=axis, keepdims=True)
-    return z
+    m = z.max(axis=-1, keepdims=True)
+    e = np.exp(z - m)
+    total = row_sum(e)
+    e /= total[..., None]
+    return e, m[..., 0] + np.log(total)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Numerically stable, order-free softmax over the last axis, in float64 (see `log_softmax_parts`)."""
+    return log_softmax_parts(logits)[0]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -86,6 +112,9 @@ class ExitOutputs:
             raise ExitOutputsError(f"{src}: costs must be non-negative, got {costs.tolist()}")
         if np.any(np.diff(costs) < 0):
             raise ExitOutputsError(f"{src}: costs must be cumulative (non-decreasing with the exit), got {costs.tolist()}")
+        if not costs[-1] > 0:
+            raise ExitOutputsError(f"{src}: costs: the last exit's cost must be > 0 (budgets are shares of it), "
+                                   f"got {costs.tolist()}")
         set_("costs", costs)
 
         if self.scores is not None:
@@ -117,9 +146,18 @@ class ExitOutputs:
 
     # ----------------------------------------------------------------------------------------------- derived, cached
     @functools.cached_property
+    def _normalised(self) -> tuple[np.ndarray, np.ndarray]:
+        return log_softmax_parts(self.logits)
+
+    @functools.cached_property
     def probs(self) -> np.ndarray:
-        """Softmax probabilities [K, N, C], float64, computed once."""
-        return softmax(self.logits)
+        """Softmax probabilities [K, N, C], float64, computed once (order-free: see `log_softmax_parts`)."""
+        return self._normalised[0]
+
+    @functools.cached_property
+    def log_normalizer(self) -> np.ndarray:
+        """logsumexp of each exit's logits [K, N]: log p_c = logits_c - log_normalizer, exactly."""
+        return self._normalised[1]
 
     @functools.cached_property
     def predictions(self) -> np.ndarray:
@@ -169,6 +207,21 @@ class ExitOutputs:
         """Same labels, costs and scores with new logits (e.g. after calibration)."""
         return dataclasses.replace(self, logits=logits)
 
+    def with_probs(self, probs: np.ndarray) -> ExitOutputs:
+        """Same labels, costs and scores with these exact probabilities [K, N, C] (rows summing to 1, all > 0).
+
+        The logits become log(probs); `probs` is kept as given rather than recomputed by a softmax of those logits,
+        which would move equal probabilities apart by an ulp. Used by calibrators that set probabilities directly.
+        """
+        probs = np.asarray(probs, dtype=np.float64)
+        if probs.shape != self.logits.shape:
+            raise ExitOutputsError(f"{self.source}: probs must have shape {self.logits.shape}, got {probs.shape}")
+        if not np.all(probs > 0):
+            raise ExitOutputsError(f"{self.source}: probs must be > 0 to have finite logits")
+        new = dataclasses.replace(self, logits=np.log(probs))
+        new.__dict__["_normalised"] = (probs, np.zeros(probs.shape[:-1]))  # the cached_property's slot
+        return new
+
     # ----------------------------------------------------------------------------------------------- files
     def save(self, path: str | os.PathLike) -> Path:
         """Write an uncompressed `.npz` with the arrays above; returns the path written."""
@@ -195,7 +248,11 @@ class ExitOutputs:
         if not path.is_file():
             raise ExitOutputsError(f"{path}: no such file")
         try:
-            with np.load(path, allow_pickle=False) as npz:
+            loaded = np.load(path, allow_pickle=False)
+            if not isinstance(loaded, np.lib.npyio.NpzFile):  # a .npy array (or pickle) under another name
+                raise ExitOutputsError(f"{path}: not an .npz archive of named arrays (a single {type(loaded).__name__}; "
+                                       "save with numpy.savez(path, logits=..., labels=..., costs=...))")
+            with loaded as npz:
                 arrays = {name: npz[name] for name in npz.files}
         except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
             raise ExitOutputsError(f"{path}: not a readable NumPy .npz file ({exc})") from exc

@@ -35,11 +35,11 @@ def plot_accuracy_vs_cost(summary: dict, path: Path, title: str = "") -> Path:
     plt = _pyplot()
     last = summary["costs"][-1]
     fig, ax = plt.subplots(figsize=(6, 4))
-    pareto = np.array(summary["per_exit_search"]["pareto"], dtype=float).reshape(-1, 4)
+    pareto = np.array(summary["pareto"], dtype=float).reshape(-1, 4)
     if pareto.size:
         ax.step(pareto[:, 2] / last * 100, pareto[:, 3] * 100, where="post", label="per-exit search (test)")
         ax.plot(pareto[:, 0] / last * 100, pareto[:, 1] * 100, ".", alpha=0.4, label="per-exit search (val)")
-    sweep = summary["global_sweep"]["budgets"]
+    sweep = summary["budgets"]["sweep"]
     xs = [b["test_mean_cost"] / last * 100 for b in sweep if b["test_mean_cost"] == b["test_mean_cost"]]
     ys = [b["test_accuracy"] * 100 for b in sweep if b["test_mean_cost"] == b["test_mean_cost"]]
     ax.plot(xs, ys, "s", label="global threshold at 25/50/75/100 % (test)")
@@ -97,15 +97,12 @@ def plot_risk_coverage(outputs, scores: np.ndarray, path: Path) -> Path:
 
 def save_trial_plots(result, folder: Path) -> list[Path]:
     """The standard plots of a study trial (test split; calibration per the trial's config, fitted on val)."""
-    from eeopt.evaluation import prepare
-    from eeopt.scores import compute_score
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    test, _, _ = prepare(result.test, result.val, result.config.calibration.method)
-    scores = compute_score(result.config.policy.score, test)
+    evaluation = result.evaluation
+    test = evaluation.test
     return [
-        plot_accuracy_vs_cost(result.search, folder / "accuracy_vs_cost.png"),
-        plot_reliability(test, folder / "reliability_test.png"),
-        plot_risk_coverage(test, scores, folder / "risk_coverage_test.png"),
+        plot_accuracy_vs_cost(evaluation.search.to_dict(), folder / "accuracy_vs_cost.png"),
+        plot_reliability(test.outputs, folder / "reliability_test.png"),
+        plot_risk_coverage(test.outputs, test.scores, folder / "risk_coverage_test.png"),
     ]

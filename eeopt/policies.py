@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from eeopt.errors import ConfigError
+from eeopt.metrics.checks import check_exit_arrays
 
 #: Working arrays of one chunk of policies: [policies, words] uint64, sized to stay in a core's L2 cache.
 _CHUNK_BYTES = 160 << 10
@@ -60,7 +61,7 @@ class ThresholdPolicy:
         object.__setattr__(self, "thresholds", values)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"score": self.score, "thresholds": [_float_to_json(t) for t in self.thresholds]}
+        return {"score": self.score, "thresholds": [float_to_json(t) for t in self.thresholds]}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ThresholdPolicy:
@@ -320,22 +321,6 @@ def _check_patience(patience) -> int:
 _POP8 = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
 
 
-def check_exit_arrays(values, correct, costs, name: str = "scores") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Validate per-exit arrays once at a public entry: `values` [K, N] (N >= 1), `correct` [K, N], `costs` [K].
-
-    Returns them as (array, bool array, float64 array). Raises ValueError naming the array that is off.
-    """
-    values = np.asarray(values)
-    if values.ndim != 2 or values.shape[1] == 0:
-        raise ValueError(f"{name} must have shape [K, N] with N >= 1, got {values.shape}")
-    k, n = values.shape
-    correct = np.asarray(correct, dtype=bool)
-    costs = np.asarray(costs, dtype=np.float64)
-    if correct.shape != (k, n) or costs.shape != (k,):
-        raise ValueError(f"correct must be [K, N] = {(k, n)} and costs [K]; got {correct.shape} and {costs.shape}")
-    return values, correct, costs
-
-
 def _popcount_table(words: np.ndarray, out: np.ndarray) -> np.ndarray:
     """Popcount of each uint64 into `out` (uint8) via a byte table: the fallback for NumPy < 2."""
     per_byte = _POP8[np.ascontiguousarray(words).view(np.uint8)].reshape(*words.shape, 8)
@@ -378,7 +363,8 @@ def _check_scores_thresholds(scores, thresholds) -> tuple[np.ndarray, np.ndarray
     return scores, thr, single
 
 
-def _float_to_json(value: float) -> float | str:
+def float_to_json(value: float) -> float | str:
+    """A float for JSON: infinities as the strings "inf" / "-inf" (strict JSON has none)."""
     if math.isinf(value):
         return "inf" if value > 0 else "-inf"
     return float(value)

@@ -9,7 +9,8 @@ A score function maps `ExitOutputs` to a float array [K, N]. Built-ins:
   (1 - g) / g is large; that is a decreasing function of g, so g ranks samples identically;
 - ``learned``: the outputs' own ``scores`` array (e.g. a failure-predictor head).
 
-Add one with `register_score`.
+Sums over classes are order-free (`eeopt.outputs.row_sum`), so samples whose probabilities are the same up to a
+permutation get exactly the same score. Add one with `register_score`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from collections.abc import Callable
 import numpy as np
 
 from eeopt.errors import ExitOutputsError
-from eeopt.outputs import ExitOutputs
+from eeopt.outputs import ExitOutputs, row_sum
 from eeopt.registry import Registry
 
 ScoreFn = Callable[[ExitOutputs], np.ndarray]
@@ -66,7 +67,7 @@ def msp(outputs: ExitOutputs) -> np.ndarray:
 def negative_entropy(outputs: ExitOutputs) -> np.ndarray:
     p = outputs.probs
     plogp = np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0)
-    return plogp.sum(axis=-1) / np.log(outputs.num_classes)
+    return row_sum(plogp) / np.log(outputs.num_classes)
 
 
 @register_score("margin")
@@ -77,7 +78,7 @@ def margin(outputs: ExitOutputs) -> np.ndarray:
 
 @register_score("doctor")
 def doctor(outputs: ExitOutputs) -> np.ndarray:
-    return np.square(outputs.probs).sum(axis=-1)
+    return row_sum(np.square(outputs.probs))
 
 
 @register_score("learned")

@@ -4,28 +4,30 @@ Thresholds are searched in score-quantile space: for exit k the parameter ``q_ex
 in the sorted validation scores of that exit (0 = every sample passes, 1 = none does), so every exit gets a useful
 range whatever its score's scale. Trials are asked in batches and evaluated with the vectorised policy evaluator, so
 a few hundred trials cost about a second. Nothing is fitted on the report (test) split.
+
+`search_policies` runs the search on prepared splits and reports it beside the exact global sweep, both under the
+efficiency keys of `eeopt.names` (`acc_cost_auc` for the search, `sweep/acc_cost_auc` for the sweep).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from eeopt.calibration import Calibrator
-
 from eeopt.metrics.efficiency import (
+    BudgetChoice,
     Efficiency,
+    SweepCurve,
     efficiency,
-    frontier,
+    frontier_indices,
     global_sweep,
-    select_by_budget,
-    sweep_at,
+    sweep_efficiency,
 )
-from eeopt.policies import PolicyEvaluation, ThresholdPolicy, evaluate_thresholds
+from eeopt.policies import PolicyEvaluation, ThresholdPolicy, evaluate_thresholds, float_to_json
+from eeopt.prepared import PreparedSplit
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,7 +38,8 @@ class SearchResult:
         thresholds: [P, K-1] threshold vectors, sorted by val mean cost.
         fit: val accuracy / mean cost of each candidate.
         report: test accuracy / mean cost of the same candidates (None without a report split).
-        efficiency: acc_at_25..100 and acc_cost_auc, policies chosen on val, accuracy reported on test.
+        fit_efficiency: budget choices and acc_cost_auc on val (in-sample).
+        efficiency: the same policies (chosen on val) measured on test; the val numbers without a report split.
         trials: number of Optuna trials evaluated.
     """
 
@@ -44,6 +47,7 @@ class SearchResult:
     thresholds: np.ndarray
     fit: PolicyEvaluation
     report: PolicyEvaluation | None
+    fit_efficiency: Efficiency
     efficiency: Efficiency
     trials: int
     costs: np.ndarray
@@ -76,6 +80,7 @@ def search_thresholds(
     seed: int = 0,
     batch_size: int = 50,
     score: str = "msp",
+    fit_sweep: SweepCurve | None = None,
 ) -> SearchResult:
     """Multi-objective search (max val accuracy, min val mean cost) over per-exit thresholds.
 
@@ -85,18 +90,34 @@ def search_thresholds(
         report_scores, report_correct: the same for the test split [K, N'], only evaluated, never searched on.
         trials: Optuna trials (evaluated `batch_size` at a time).
         sampler: "nsga2" (default) or "tpe".
+        fit_sweep: the validation split's global sweep, when already computed.
     """
-    import optuna
-
     fit_scores = np.asarray(fit_scores, dtype=np.float64)
     fit_correct = np.asarray(fit_correct, dtype=bool)
     costs = np.asarray(costs, dtype=np.float64)
     k = fit_scores.shape[0]
     if k < 2:  # a single exit has nothing to search
-        thresholds = np.zeros((1, 0))
-        return _result(score, thresholds, fit_scores, fit_correct, costs, report_scores, report_correct, 0)
-
+        return _result(score, np.zeros((1, 0)), fit_scores, fit_correct, costs, report_scores, report_correct, 0)
     sorted_scores = np.sort(fit_scores[:-1], axis=1)
+    q = _optuna_front(fit_scores, fit_correct, costs, sorted_scores, trials, sampler, seed, batch_size)
+    # Shared thresholds are per-exit policies too: the exact global-sweep frontier joins the candidates, so the
+    # search is never worse on val than the sweep and only adds what per-exit thresholds find beyond it.
+    sweep = fit_sweep if fit_sweep is not None else global_sweep(fit_scores, fit_correct, costs)
+    shared = sweep.threshold[frontier_indices(sweep.mean_cost, sweep.accuracy)]
+    thresholds = np.unique(np.concatenate([
+        quantile_thresholds(sorted_scores, q),
+        np.repeat(shared[:, None], k - 1, axis=1),
+        np.full((1, k - 1), -np.inf),
+        np.full((1, k - 1), np.inf),
+    ]), axis=0)
+    return _result(score, thresholds, fit_scores, fit_correct, costs, report_scores, report_correct, trials)
+
+
+def _optuna_front(fit_scores, fit_correct, costs, sorted_scores, trials, sampler, seed, batch_size) -> np.ndarray:
+    """Quantile parameters [P, K-1] of the Pareto-optimal Optuna trials (an in-memory study, asked in batches)."""
+    import optuna
+
+    k = fit_scores.shape[0]
     names = [f"q_exit{i + 1}" for i in range(k - 1)]
     optuna.logging.set_verbosity(logging.WARNING)
     if sampler == "nsga2":
@@ -112,7 +133,6 @@ def search_thresholds(
         # position of the first score >= tvalue in each exit's padded sorted scores (see quantile_thresholds)
         qs = [(np.searchsorted(row, tvalue) + 1.5) / (row.size + 2) for row in sorted_scores]
         study.enqueue_trial({name: float(min(max(v, 0.0), 1.0)) for name, v in zip(names, qs)})
-
     distributions = {name: optuna.distributions.FloatDistribution(0.0, 1.0) for name in names}
     done = 0
     while done < trials:
@@ -122,158 +142,98 @@ def search_thresholds(
         for t, acc, cost in zip(batch, result.accuracy, result.mean_cost):
             study.tell(t, [float(acc), float(cost)])
         done += len(batch)
-
-    pareto = study.best_trials
-    q = np.array([[t.params[name] for name in names] for t in pareto]).reshape(-1, k - 1)
-    # Shared thresholds are per-exit policies too: the exact global-sweep frontier joins the candidates, so the
-    # search is never worse on val than the sweep and only adds what per-exit thresholds find beyond it.
-    sweep = global_sweep(fit_scores, fit_correct, costs)
-    shared = sweep.threshold[_frontier_index(sweep.mean_cost, sweep.accuracy)]
-    thresholds = np.concatenate([
-        quantile_thresholds(sorted_scores, q),
-        np.repeat(shared[:, None], k - 1, axis=1),
-        np.full((1, k - 1), -np.inf),
-        np.full((1, k - 1), np.inf),
-    ])
-    thresholds = np.unique(thresholds, axis=0)
-    return _result(score, thresholds, fit_scores, fit_correct, costs, report_scores, report_correct, trials)
-
-
-def _frontier_index(cost: np.ndarray, acc: np.ndarray) -> np.ndarray:
-    """Indices of the Pareto-optimal points (no other point is cheaper-or-equal and more accurate)."""
-    order = np.lexsort((-acc, cost))
-    best = np.maximum.accumulate(acc[order])
-    keep = np.r_[True, best[1:] > best[:-1]]
-    return order[keep]
+    return np.array([[t.params[name] for name in names] for t in study.best_trials]).reshape(-1, k - 1)
 
 
 def _result(score, thresholds, fit_scores, fit_correct, costs, report_scores, report_correct, trials) -> SearchResult:
     fit = evaluate_thresholds(fit_scores, fit_correct, costs, thresholds)
-    order = _frontier_index(fit.mean_cost, fit.accuracy)  # the val Pareto front, by increasing cost
+    order = frontier_indices(fit.mean_cost, fit.accuracy)  # the val Pareto front, by increasing cost
     thresholds = thresholds[order]
     fit = PolicyEvaluation(*(np.asarray(a)[order] for a in fit))
     report = None
     if report_scores is not None:
         report = evaluate_thresholds(report_scores, np.asarray(report_correct, dtype=bool), costs, thresholds)
-    eff = efficiency(
-        costs,
-        fit.mean_cost,
-        fit.accuracy,
-        None if report is None else report.mean_cost,
-        None if report is None else report.accuracy,
-    )
-    return SearchResult(score, thresholds, fit, report, eff, trials, costs)
+    fit_eff = efficiency(costs, fit.mean_cost, fit.accuracy)
+    eff = fit_eff if report is None else efficiency(costs, fit.mean_cost, fit.accuracy, report.mean_cost,
+                                                    report.accuracy)
+    return SearchResult(score, thresholds, fit, report, fit_eff, eff, trials, costs)
 
 
-def sweep_efficiency(
-    fit_scores: np.ndarray,
-    fit_correct: np.ndarray,
-    costs: np.ndarray,
-    report_scores: np.ndarray | None = None,
-    report_correct: np.ndarray | None = None,
-):
-    """Global-threshold sweep on the fit split; with a report split, the val-chosen thresholds reported there.
+# --------------------------------------------------------------------------------------------------- on splits
+@dataclasses.dataclass(frozen=True)
+class PolicySearch:
+    """The per-exit search and the global sweep on one (val, test) pair of prepared splits.
 
-    Returns (efficiency, report_frontier): `report_frontier` is the upper frontier of the report split's own sweep
-    (the descriptive accuracy-vs-cost curve; in-sample by nature).
+    Every threshold is chosen on val: the "fit" numbers are in-sample, the "report" numbers held out.
     """
-    fit_curve = global_sweep(fit_scores, fit_correct, costs)
-    if report_scores is None:
-        eff = efficiency(costs, fit_curve.mean_cost, fit_curve.accuracy)
-        return eff, frontier(fit_curve.mean_cost, fit_curve.accuracy)
-    report_curve = global_sweep(report_scores, report_correct, costs)
-    report_acc, report_cost = sweep_at(report_curve, fit_curve.threshold)
-    eff = efficiency(costs, fit_curve.mean_cost, fit_curve.accuracy, report_cost, report_acc)
-    return eff, frontier(report_curve.mean_cost, report_curve.accuracy)
+
+    score: str
+    calibration: str
+    sampler: str
+    costs: np.ndarray
+    result: SearchResult
+    sweep_fit: Efficiency
+    sweep_report: Efficiency
+    sweep_thresholds: np.ndarray  # [P] the fit sweep's thresholds, descending (candidate i of the sweep)
+
+    def metrics(self, split: str = "report") -> dict[str, float]:
+        """Efficiency keys of both methods on the `fit` (val, in-sample) or `report` (test) split."""
+        search = self.result.fit_efficiency if split == "fit" else self.result.efficiency
+        sweep = self.sweep_fit if split == "fit" else self.sweep_report
+        return {**search.to_dict("search"), **sweep.to_dict("sweep")}
+
+    def policies(self) -> list[dict[str, Any]]:
+        """The val-chosen per-exit policy for each budget share (JSON-safe; infinities as "inf"/"-inf")."""
+        return [
+            {"budget": c.budget, "score": self.score, "calibration": self.calibration,
+             "thresholds": ThresholdPolicy(self.score, self.result.thresholds[c.index]).to_dict()["thresholds"]}
+            for c in self.result.efficiency.choices if c.index >= 0
+        ]
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready summary (NaN kept as float: `evaluation.jsonable` makes it strict JSON)."""
+        res = self.result
+        search_budgets = [_choice_dict(c, "thresholds", None if c.index < 0 else [
+            float_to_json(t) for t in res.thresholds[c.index]]) for c in res.efficiency.choices]
+        sweep_budgets = [_choice_dict(c, "threshold", None if c.index < 0 else float_to_json(
+            self.sweep_thresholds[c.index])) for c in self.sweep_report.choices]
+        return {
+            "score": self.score,
+            "calibration": self.calibration,
+            "trials": res.trials,
+            "sampler": self.sampler,
+            "costs": [float(c) for c in self.costs],
+            "metrics": self.metrics("report"),
+            "fit_metrics": self.metrics("fit"),
+            "budgets": {"search": search_budgets, "sweep": sweep_budgets},
+            "pareto": [[float(a), float(b), float(c), float(d)] for a, b, c, d in zip(
+                res.fit.mean_cost, res.fit.accuracy, res.report.mean_cost, res.report.accuracy)],
+            "policies": self.policies(),
+        }
 
 
 def search_policies(
-    val,
-    test,
-    *,
-    trials: int = 300,
-    score: str = "msp",
-    calibrate: "str | Calibrator" = "none",
-    sampler: str = "nsga2",
-    seed: int = 0,
-) -> dict:
-    """Per-exit search on `val`, reported on `test`, beside the global sweep chosen the same way.
-
-    Every threshold is chosen on `val`: the "val" numbers are in-sample, the "test" numbers held out. Returns a
-    summary dict (NaN kept as float; `evaluation.jsonable` makes it strict JSON) with, for each method, "val" and
-    "test" efficiency (acc_at_25..100, acc_cost_auc, mean_cost_at_25..100), per-budget choices (thresholds, val and
-    test accuracy and mean cost), and a `policies` list suitable for a policy file.
-    """
-    from eeopt.evaluation import calibration_name, prepare
-    from eeopt.scores import compute_score
-
-    test_c, val_c, _ = prepare(test, val, calibrate)
-    calibrate = calibration_name(calibrate)
-    fit_scores, report_scores = compute_score(score, val_c), compute_score(score, test_c)
-    costs = val.costs
+    fit: PreparedSplit, report: PreparedSplit, *, trials: int = 300, sampler: str = "nsga2", seed: int = 0
+) -> PolicySearch:
+    """Per-exit search on `fit` (val), reported on `report` (test), beside the global sweep chosen the same way."""
     result = search_thresholds(
-        fit_scores, val_c.correct, costs, report_scores=report_scores, report_correct=test_c.correct,
-        trials=trials, sampler=sampler, seed=seed, score=score,
+        fit.scores, fit.correct, fit.costs, report_scores=report.scores, report_correct=report.correct,
+        trials=trials, sampler=sampler, seed=seed, score=fit.score, fit_sweep=fit.sweep,
     )
-    fit_curve = global_sweep(fit_scores, val_c.correct, costs)
-    report_curve = global_sweep(report_scores, test_c.correct, costs)
-    sweep_test_acc, sweep_test_cost = sweep_at(report_curve, fit_curve.threshold)
+    return PolicySearch(
+        score=fit.score, calibration=fit.calibration, sampler=sampler, costs=fit.costs, result=result,
+        sweep_fit=sweep_efficiency(fit.costs, fit.sweep),
+        sweep_report=sweep_efficiency(fit.costs, fit.sweep, report.sweep),
+        sweep_thresholds=fit.sweep.threshold,
+    )
 
-    per_exit = _method_summary(costs, result.fit.mean_cost, result.fit.accuracy,
-                               result.report.mean_cost, result.report.accuracy,
-                               [ThresholdPolicy(score, row).to_dict()["thresholds"] for row in result.thresholds],
-                               "thresholds")
-    per_exit["pareto"] = [
-        [float(a), float(b), float(c), float(d)]
-        for a, b, c, d in zip(result.fit.mean_cost, result.fit.accuracy, result.report.mean_cost, result.report.accuracy)
-    ]
-    sweep = _method_summary(costs, fit_curve.mean_cost, fit_curve.accuracy, sweep_test_cost, sweep_test_acc,
-                            [ThresholdPolicy(score, [t]).to_dict()["thresholds"][0] for t in fit_curve.threshold],
-                            "threshold")
-    policies = [
-        {"budget": b["budget"], "score": score, "calibration": calibrate, "thresholds": b["thresholds"]}
-        for b in per_exit["budgets"] if b["thresholds"] is not None
-    ]
+
+def _choice_dict(choice: BudgetChoice, key: str, thresholds) -> dict[str, Any]:
     return {
-        "score": score,
-        "calibration": calibrate,
-        "trials": trials,
-        "sampler": sampler,
-        "costs": [float(c) for c in costs],
-        "per_exit_search": per_exit,
-        "global_sweep": sweep,
-        "policies": policies,
+        "budget": choice.budget,
+        key: thresholds,
+        "val_accuracy": choice.fit_accuracy,
+        "val_mean_cost": choice.fit_mean_cost,
+        "test_accuracy": choice.report_accuracy,
+        "test_mean_cost": choice.report_mean_cost,
     }
-
-
-def _method_summary(costs, fit_cost, fit_acc, report_cost, report_acc, policies, policy_key: str) -> dict:
-    """val (in-sample) and test (val-chosen) efficiency plus the per-budget choices of one threshold method.
-
-    `policies[i]` is candidate i's JSON-safe threshold(s) (infinities as "inf"/"-inf", as in policy files).
-    """
-    val_eff = efficiency(costs, fit_cost, fit_acc)
-    test_eff = efficiency(costs, fit_cost, fit_acc, report_cost, report_acc)
-    budgets = []
-    for share in BUDGETS:
-        i = select_by_budget(fit_cost, fit_acc, share / 100.0 * float(costs[-1]))
-        pick = (lambda a: float(a[i])) if i >= 0 else (lambda a: float("nan"))
-        budgets.append({
-            "budget": share,
-            policy_key: policies[i] if i >= 0 else None,
-            "val_accuracy": pick(fit_acc),
-            "val_mean_cost": pick(fit_cost),
-            "test_accuracy": pick(report_acc),
-            "test_mean_cost": pick(report_cost),
-        })
-    return {"val": efficiency_metrics(val_eff), "test": efficiency_metrics(test_eff), "budgets": budgets}
-
-
-def efficiency_metrics(eff: Efficiency) -> dict:
-    """acc_at_25..100, acc_cost_auc and mean_cost_at_25..100 of an `Efficiency`, as a flat dict."""
-    out = eff.to_dict()
-    for share in BUDGETS:
-        out[f"mean_cost_at_{share}"] = float(eff.cost_at[share])
-    return out
-
-
-BUDGETS = (25, 50, 75, 100)

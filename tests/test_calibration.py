@@ -11,6 +11,9 @@ from scipy import optimize, special, stats
 from sklearn.isotonic import IsotonicRegression
 
 from eeopt.calibration import (
+    TOP_LABEL_CEIL_GAP,
+    TOP_LABEL_MARGIN,
+    top_label_probs,
     Calibrator,
     _vector_objective,
     create_calibrator,
@@ -372,3 +375,44 @@ def test_temperature_scaling_can_reorder_max_softmax():
 def test_fitted_temperature_reorders_samples_within_exits(fitted, test):
     tau = kendall_tau(test.confidence, fitted["temperature"].apply(test).confidence)
     assert np.all(tau < 1) and np.all(tau > 0.5)
+
+
+# --------------------------------------------------------------------------------------------------- exact ties
+def test_top_label_rows_with_equal_confidence_are_equal_floats():
+    # ten rows, the same confidence 0.3 on ten different classes: permutations of one another
+    probs = top_label_probs(np.arange(10), np.full(10, 0.3), 10)
+    assert np.unique(probs.max(-1)).size == 1
+    assert np.unique(softmax(top_label_logits(np.arange(10), np.full(10, 0.3), 10)).max(-1)).size == 1
+
+
+@pytest.mark.parametrize("name", ["isotonic", "histogram"])
+def test_top_label_calibrators_keep_ties_exact(name):
+    """The calibrated confidence is exactly the calibrator's value (clipped), so samples it maps to the same value
+    tie, and the tie-aware AUROC of the calibrated outputs is scikit-learn's on those exact values."""
+    from sklearn.metrics import roc_auc_score
+
+    from eeopt.evaluation import evaluate_exits
+
+    val = synthetic_exit_outputs(3, 2000, 10, seed=1)
+    test = synthetic_exit_outputs(3, 1500, 10, seed=2)
+    cal = create_calibrator(name).fit(val)
+    calibrated = cal.apply(test)
+    exact = np.clip(cal._confidence(test), 0.1 + TOP_LABEL_MARGIN, 1 - TOP_LABEL_CEIL_GAP)
+    np.testing.assert_array_equal(calibrated.confidence, exact)
+    metrics = evaluate_exits(test, fit_on=val, calibrate=name).metrics
+    for k in range(3):
+        assert metrics[f"exit{k + 1}/auroc"] == pytest.approx(roc_auc_score(test.correct[k], exact[k]), abs=1e-12)
+
+
+def test_softmax_of_permuted_rows_is_permuted():
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(500, 10)) * 3
+    perm = rng.permutation(10)
+    a, b = softmax(z), softmax(z[:, perm])
+    np.testing.assert_array_equal(a[:, perm], b)
+    from eeopt.scores import compute_score
+
+    for score in ("msp", "entropy", "margin", "doctor"):
+        s1 = compute_score(score, ExitOutputs(z[None], np.zeros(500, int), np.ones(1)))
+        s2 = compute_score(score, ExitOutputs(z[None][:, :, perm], np.zeros(500, int), np.ones(1)))
+        np.testing.assert_array_equal(s1, s2)

@@ -7,6 +7,7 @@ from eeopt.config import (
     apply_overrides,
     flatten,
     load_config,
+    load_train_config,
     validate_config,
 )
 from eeopt.errors import ConfigError
@@ -140,3 +141,17 @@ def test_apply_overrides_does_not_mutate_and_flatten():
     new = apply_overrides(raw, ["training.epochs=1", "data.name=fashion-mnist"])
     assert raw == {"training": {"epochs": 3}}
     assert flatten(new) == {"training.epochs": 1, "data.name": "fashion-mnist"}
+
+
+def test_non_utf8_file_is_one_line_error(tmp_path):
+    from eeopt.cli import main
+
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("study: {name: caf\xe9}\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match="not a UTF-8 text file"):
+        load_config(path, study=True)
+    with pytest.raises(ConfigError, match="not a UTF-8 text file"):
+        load_train_config(path)
+    for argv in (["study", "run", str(path)], ["train", str(path), "-o", str(tmp_path / "out")]):
+        assert main(argv) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latin1.yaml"]

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+from eeopt.policies import evaluate_thresholds
 from eeopt.metrics.efficiency import (
     Efficiency,
     Frontier,
@@ -128,8 +129,9 @@ def test_select_by_budget_matches_brute_force():
     acc[3] = np.nan
     for budget in np.linspace(-0.1, 1.1, 121):
         assert select_by_budget(cost, acc, budget) == brute_select(cost, acc, budget)
-    assert select_by_budget([1.0 + 5e-10], [0.5], 1.0) == 0  # within the relative slack
-    assert select_by_budget([1.0 + 1e-8], [0.5], 1.0) == -1
+    assert select_by_budget([1.0 + 5e-10], [0.5], 1.0, slack=1e-9) == 0  # within the slack
+    assert select_by_budget([1.0 + 1e-8], [0.5], 1.0, slack=1e-9) == -1
+    assert select_by_budget([1.0 + 5e-10], [0.5], 1.0) == -1  # no slack by default
 
 
 def test_efficiency_hand_worked_three_points():
@@ -143,8 +145,11 @@ def test_efficiency_hand_worked_three_points():
     assert eff.acc_cost_auc == pytest.approx(2 / 3, abs=1e-12)
     np.testing.assert_array_equal(eff.frontier.cost, [1.0, 2.0, 3.0])
     assert eff.to_dict() == pytest.approx(
-        {"acc_at_25": 0.5, "acc_at_50": 0.7, "acc_at_75": 0.8, "acc_at_100": 0.8, "acc_cost_auc": 2 / 3}
+        {"acc_at_25": 0.5, "acc_at_50": 0.7, "acc_at_75": 0.8, "acc_at_100": 0.8, "acc_cost_auc": 2 / 3,
+         "mean_cost_at_25": 1.0, "mean_cost_at_50": 2.0, "mean_cost_at_75": 3.0, "mean_cost_at_100": 3.0,
+         "mean_cost": 3.0}
     )
+    assert set(eff.to_dict("sweep")) == {f"sweep/{k}" for k in eff.to_dict()}
 
 
 def test_efficiency_transfer_uses_report_accuracy_of_fit_choice():
@@ -225,3 +230,27 @@ def test_sweep_feeds_efficiency(outputs_pair):
     assert eff.acc_at[100] == pytest.approx(report_acc[chosen])
     assert 0.0 < eff.acc_cost_auc <= 1.0
     assert fit.mean_cost[0] == pytest.approx(val.costs[-1]) and fit.mean_cost[-1] == pytest.approx(val.costs[0])
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_acc_cost_auc_is_defined_for_every_valid_cost_vector(seed):
+    """A free first exit (costs[0] = 0) and a cost range of 1e5..1e7 once made the AUC NaN: the sweep's cheapest
+    point drifted a few ulps above costs[0]. Every sweep holds 'everything leaves at exit 1', so the AUC exists,
+    and it equals the AUC of the brute-force curve from `evaluate_thresholds` at every distinct score."""
+    rng = np.random.default_rng(seed)
+    k, n = 4, 300
+    for trial in range(40):
+        scores = rng.random((k, n))
+        correct = rng.random((k, n)) < 0.7
+        if trial % 2:
+            costs = np.sort(np.r_[1.0, rng.random(k - 1) * 10 ** rng.uniform(5, 7)])
+        else:
+            costs = np.r_[0.0, np.sort(rng.random(k - 1))]
+        curve = global_sweep(scores, correct, costs)
+        auc = efficiency(costs, curve.mean_cost, curve.accuracy).acc_cost_auc
+        assert not math.isnan(auc)
+        thresholds = np.r_[np.inf, np.unique(scores[:-1])[::-1]]
+        brute = evaluate_thresholds(scores, correct, costs, np.repeat(thresholds[:, None], k - 1, axis=1))
+        expected = efficiency(costs, brute.mean_cost, brute.accuracy).acc_cost_auc
+        assert auc == pytest.approx(expected, abs=1e-12)
+        assert curve.mean_cost.min() >= costs[0] and curve.mean_cost.max() <= costs[-1]

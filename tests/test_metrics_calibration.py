@@ -65,8 +65,12 @@ def ref_brier(probs, labels):
     return total / len(labels)
 
 
-def ref_nll(probs, labels, eps=1e-12):
-    return sum(-math.log(max(row[y], eps)) for row, y in zip(probs, labels)) / len(labels)
+def ref_nll(logits, labels):
+    """-log softmax(z)[y] = log(sum_c exp(z_c - z_y)), summed in math.fsum."""
+    total = 0.0
+    for row, y in zip(logits, labels):
+        total += math.log(math.fsum(math.exp(z - row[y]) for z in row))
+    return total / len(labels)
 
 
 def random_case(seed, n=301, c=5, round_to=None):  # 301: not a multiple of 4 or 15
@@ -110,10 +114,20 @@ def test_reliability_bins_match_reference(seed):
 @pytest.mark.parametrize("seed", SEEDS)
 def test_brier_and_nll_match_reference(seed):
     probs, labels, _, _ = random_case(seed, n=200, c=7)
-    probs[0, labels[0]] = 0.0  # one zero probability on the label: nll must use eps, not return inf
+    probs[0, labels[0]] = 0.0
     assert brier(probs, labels) == pytest.approx(ref_brier(probs.tolist(), labels.tolist()), rel=1e-12)
-    assert nll(probs, labels) == pytest.approx(ref_nll(probs.tolist(), labels.tolist()), rel=1e-12)
-    assert nll(probs, labels, eps=1e-3) == pytest.approx(ref_nll(probs.tolist(), labels.tolist(), 1e-3), rel=1e-12)
+    logits = np.random.default_rng(seed).normal(size=(200, 7)) * 8
+    logits[0, labels[0]] = -60.0  # a confidently wrong sample: its loss is ~60 + log(sum), never clipped
+    assert nll(logits, labels) == pytest.approx(ref_nll(logits.tolist(), labels.tolist()), rel=1e-12)
+
+
+def test_nll_is_exact_for_confidently_wrong_samples():
+    # logits [0, 40], label 0: -log softmax = log(1 + e^40) = 40 + log(1 + e^-40); a clipped probability gave 27.63
+    assert nll([[0.0, 40.0]], [0]) == pytest.approx(40.0, abs=1e-15)
+    assert nll([[0.0, 1000.0]], [0]) == pytest.approx(1000.0)
+    # the log-softmax of log-probabilities is the log-probabilities: -log p_label, for any p > 0
+    p = np.array([[1e-30, 1 - 1e-30]])
+    assert nll(np.log(p), [0]) == pytest.approx(-math.log(1e-30), rel=1e-12)
 
 
 # --------------------------------------------------------------------------------------------------- hand cases
@@ -175,12 +189,12 @@ def test_adaptive_ece_uneven_chunks_hand_case():
 
 
 def test_brier_and_nll_hand_case():
-    # sample 0: p = (1, 0), label 0 -> brier 0, nll 0; sample 1: p = (.5, .5), label 1 -> brier .5, nll log 2
+    # sample 0: p = (1, 0), label 0 -> brier 0; sample 1: p = (.5, .5), label 1 -> brier .5
     probs, labels = [[1.0, 0.0], [0.5, 0.5]], [0, 1]
     assert brier(probs, labels) == pytest.approx(0.25)
-    assert nll(probs, labels) == pytest.approx(math.log(2) / 2)
-    # zero probability on the label: -log(eps), finite
-    assert nll([[1.0, 0.0]], [1]) == pytest.approx(-math.log(1e-12))
+    # logits (log 3, 0) -> p = (3/4, 1/4): label 0 costs log(4/3), label 1 costs log 4; equal logits cost log 2
+    assert nll([[math.log(3), 0.0], [2.0, 2.0]], [0, 1]) == pytest.approx((math.log(4 / 3) + math.log(2)) / 2)
+    assert nll([[math.log(3), 0.0]], [1]) == pytest.approx(math.log(4))
 
 
 def test_accepts_array_likes_and_numeric_correct():
@@ -217,7 +231,7 @@ def test_probability_metrics_reject_bad_input(fn):
         fn([[0.5, 0.5], [0.2, 0.8]], [0])
     with pytest.raises(ValueError, match="empty"):
         fn(np.zeros((0, 3)), np.zeros(0, dtype=int))
-    with pytest.raises(ValueError, match=r"\[N, C\]"):
+    with pytest.raises(ValueError, match=r"must have shape \[N, C\]"):
         fn([0.5, 0.5], [0, 1])
     with pytest.raises(ValueError, match=r"labels must have shape \[N\]"):
         fn([[0.5, 0.5]], [[0]])

@@ -331,3 +331,32 @@ def test_exit_metrics_reject_bad_input():
         eefp(np.zeros(3), np.zeros((1, 3), dtype=bool))
     with pytest.raises(ValueError, match="NaN or inf"):
         eefp([[0.1, np.inf]], [[True, False]])
+
+
+# --------------------------------------------------------------------------------------------------- one sort
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("levels", [None, 7])
+def test_metrics_agree_with_scikit_learn_at_scale(seed, levels):
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    score, correct = random_case(seed, n=20_000, levels=levels)
+    assert auroc(score, correct) == pytest.approx(roc_auc_score(correct, score), abs=1e-12)
+    assert aupr_error(score, correct) == pytest.approx(average_precision_score(~correct, -score), abs=1e-12)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_failure_metrics_from_one_sort_equal_the_single_metrics(seed):
+    from eeopt.metrics.failure import failure_metrics, rank_scores
+
+    rng = np.random.default_rng(seed)
+    correct = rng.random((3, 500)) < [[0.5], [0.7], [0.9]]
+    scores = np.round(rng.normal(size=(3, 500)) + correct, 1)  # ties
+    target = exit_target(correct)
+    expected_eefp = eefp(scores, correct)
+    for k in range(2):
+        got = failure_metrics(rank_scores(scores[k]), correct[k], target[k])
+        assert got == {
+            "auroc": auroc(scores[k], correct[k]), "aupr_error": aupr_error(scores[k], correct[k]),
+            "fpr95": fpr95(scores[k], correct[k]), "aurc": aurc(scores[k], correct[k]),
+            "eaurc": eaurc(scores[k], correct[k]), "eefp": expected_eefp[k],
+        }

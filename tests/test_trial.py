@@ -24,18 +24,24 @@ CFG = TrainConfig.model_validate({
 def test_evaluate_trial_keys_and_protocol():
     val = synthetic_exit_outputs(3, 800, 10, seed=1)
     test = synthetic_exit_outputs(3, 700, 10, seed=2)
-    metrics, summary = evaluate_trial(val, test, CFG)
+    evaluation = evaluate_trial(val, test, CFG)
+    metrics = evaluation.metrics
     for split in ("val", "test"):
         for key in ("acc_at_25", "acc_at_50", "acc_at_75", "acc_at_100", "acc_cost_auc", "mean_cost",
-                    "sweep/acc_cost_auc", "mean/ece", "mean/eefp", "exit1/auroc", "exit3/accuracy"):
+                    "sweep/acc_cost_auc", "sweep/mean_cost", "mean/ece", "mean/eefp", "exit1/auroc",
+                    "exit3/accuracy", "exit2/kendall_tau"):
             assert f"{split}/{key}" in metrics, f"{split}/{key}"
-    assert {f"calibration/exit{k}/kendall_tau" for k in (1, 2, 3)} <= set(metrics)
+    # every key is in the one scheme
+    from eeopt.names import parse_key
+
+    for key in metrics:
+        assert parse_key(key).split in ("val", "test")
     # test metrics are those of the val-fitted calibrator and val-chosen thresholds, recomputed independently
     report = evaluate_exits(test, fit_on=val, calibrate="temperature")
-    assert metrics["test/sweep/acc_cost_auc"] == pytest.approx(report.efficiency["acc_cost_auc"])
-    assert metrics["test/exit2/ece"] == pytest.approx(report.exits[1]["ece"])
-    assert metrics["test/acc_cost_auc"] == summary["per_exit_search"]["test"]["acc_cost_auc"]
-    assert metrics["val/mean_cost"] == summary["per_exit_search"]["val"]["mean_cost_at_100"]
+    assert metrics["test/sweep/acc_cost_auc"] == report.metrics["sweep/acc_cost_auc"]
+    assert metrics["test/exit2/ece"] == report.metrics["exit2/ece"]
+    assert metrics["test/acc_cost_auc"] == evaluation.search.result.efficiency.acc_cost_auc
+    assert metrics["val/mean_cost"] == evaluation.search.result.fit_efficiency.cost_at[100]
 
 
 def test_run_trial_with_named_and_custom_objectives(tmp_path):
@@ -62,9 +68,15 @@ def test_known_objective_names(name):
     check_objective_names([name])
 
 
-@pytest.mark.parametrize("name", ["val/acc", "val/exit0/ece", "val/mean/acc_at_50", "val/sweep/ece", "test/acc_at_50"])
+@pytest.mark.parametrize("name", ["val/acc", "val/exit0/ece", "val/mean/acc_at_50", "val/sweep/ece"])
 def test_unknown_objective_names(name):
     with pytest.raises(ConfigError, match="unknown metric"):
+        check_objective_names([name])
+
+
+@pytest.mark.parametrize("name", ["test/acc_at_50", "acc_at_50"])
+def test_objectives_are_val_metrics(name):
+    with pytest.raises(ConfigError, match="must be a val/ metric"):
         check_objective_names([name])
 
 
@@ -72,6 +84,6 @@ def test_search_summary_is_json_safe():
     from eeopt.evaluation import jsonable
 
     val, test = synthetic_exit_outputs(3, 300, 5, seed=1), synthetic_exit_outputs(3, 300, 5, seed=2)
-    _, summary = evaluate_trial(val, test, CFG)
+    summary = evaluate_trial(val, test, CFG).search.to_dict()
     text = json.dumps(jsonable(summary), allow_nan=False)
-    assert "Infinity" not in text and np.isfinite(json.loads(text)["per_exit_search"]["test"]["acc_cost_auc"])
+    assert "Infinity" not in text and np.isfinite(json.loads(text)["metrics"]["acc_cost_auc"])

@@ -5,7 +5,8 @@ All functions take one exit's arrays: ``confidence`` float [N] in [0, 1] (top-la
 entry; bad shapes, empty input or out-of-range values raise `ValueError`. Every metric is defined for N >= 1.
 
 Equal-width binning follows Guo et al. (2017): ``n_bins`` bins on [0, 1], right-closed ``(b/n, (b+1)/n]``, with a
-confidence of exactly 0 put in the first bin. `ece`, `mce` and `reliability_bins` share one binning helper.
+confidence of exactly 0 put in the first bin. `ece`, `mce` and `reliability_bins` share one binning helper, and
+`calibration_metrics` computes ECE, MCE and adaptive ECE of an exit from one binning and one sort.
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ from typing import NamedTuple
 
 import numpy as np
 from numpy.typing import ArrayLike
+
+from eeopt.metrics.checks import as_binary, check_paired
+from eeopt.outputs import log_softmax_parts
 
 
 class ReliabilityBins(NamedTuple):
@@ -51,10 +55,8 @@ def ece(confidence: ArrayLike, correct: ArrayLike, n_bins: int = 15) -> float:
     ``confidence`` float [N] in [0, 1], ``correct`` bool [N]; equal-width right-closed bins (see module doc).
     Returns a float in [0, 1]; always defined for N >= 1.
     """
-    bins = reliability_bins(confidence, correct, n_bins)
-    filled = bins.count > 0
-    gaps = np.abs(bins.mean_confidence[filled] - bins.accuracy[filled])
-    return float(np.sum(bins.count[filled] / bins.count.sum() * gaps))
+    conf, corr = _check_confidence_correct(confidence, correct)
+    return calibration_metrics(conf, corr.astype(bool), _check_n_bins(n_bins), order=np.arange(conf.size))["ece"]
 
 
 def mce(confidence: ArrayLike, correct: ArrayLike, n_bins: int = 15) -> float:
@@ -62,9 +64,8 @@ def mce(confidence: ArrayLike, correct: ArrayLike, n_bins: int = 15) -> float:
 
     ``confidence`` float [N] in [0, 1], ``correct`` bool [N]. Returns a float in [0, 1]; always defined for N >= 1.
     """
-    bins = reliability_bins(confidence, correct, n_bins)
-    filled = bins.count > 0
-    return float(np.max(np.abs(bins.mean_confidence[filled] - bins.accuracy[filled])))
+    conf, corr = _check_confidence_correct(confidence, correct)
+    return calibration_metrics(conf, corr.astype(bool), _check_n_bins(n_bins), order=np.arange(conf.size))["mce"]
 
 
 def adaptive_ece(confidence: ArrayLike, correct: ArrayLike, n_bins: int = 15) -> float:
@@ -75,19 +76,8 @@ def adaptive_ece(confidence: ArrayLike, correct: ArrayLike, n_bins: int = 15) ->
     their input order (which can matter when a tie straddles a chunk boundary). Always defined for N >= 1.
     """
     conf, corr = _check_confidence_correct(confidence, correct)
-    n_bins = _check_n_bins(n_bins)
-    n = conf.size
     order = np.argsort(conf, kind="stable")
-    # np.array_split: the first n % n_bins chunks hold one extra sample
-    sizes = np.full(n_bins, n // n_bins)
-    sizes[: n % n_bins] += 1
-    chunk = np.repeat(np.arange(n_bins), sizes)
-    count = np.bincount(chunk, minlength=n_bins)
-    conf_sum = np.bincount(chunk, weights=conf[order], minlength=n_bins)
-    corr_sum = np.bincount(chunk, weights=corr[order], minlength=n_bins)
-    filled = count > 0
-    gaps = np.abs(conf_sum[filled] - corr_sum[filled]) / count[filled]
-    return float(np.sum(count[filled] / n * gaps))
+    return _adaptive_ece(conf[order], corr[order], _check_n_bins(n_bins))
 
 
 def brier(probs: ArrayLike, labels: ArrayLike) -> float:
@@ -104,21 +94,61 @@ def brier(probs: ArrayLike, labels: ArrayLike) -> float:
     return float(np.mean(np.sum(p * p, axis=1) - 2.0 * p_label + 1.0))
 
 
-def nll(probs: ArrayLike, labels: ArrayLike, eps: float = 1e-12) -> float:
-    """Negative log-likelihood: mean over samples of -log(max(p_label, eps)).
+def nll(logits: ArrayLike, labels: ArrayLike) -> float:
+    """Negative log-likelihood: mean over samples of -log softmax(logits)[label], from the log-softmax itself.
 
-    ``probs`` float [N, C], ``labels`` int [N] in [0, C). ``eps`` keeps a zero probability finite.
+    ``logits`` float [N, C] (any real numbers; log-probabilities work too), ``labels`` int [N] in [0, C). Exact for
+    confidently wrong samples: logits [0, 40] with label 0 count 40, not a clipped -log(eps).
 
     Raises:
-        ValueError: as `brier`, or ``eps`` not > 0.
+        ValueError: as `brier`.
     """
-    if not eps > 0:
-        raise ValueError(f"eps must be > 0, got {eps}")
-    p, y = _check_probs_labels(probs, labels)
-    return float(np.mean(-np.log(np.maximum(p[np.arange(y.size), y], eps))))
+    z, y = _check_probs_labels(logits, labels, name="logits")
+    return float(np.mean(_logsumexp(z) - z[np.arange(y.size), y]))
+
+
+def calibration_metrics(
+    confidence: np.ndarray, correct: np.ndarray, n_bins: int = 15, order: np.ndarray | None = None
+) -> dict[str, float]:
+    """ECE, MCE and adaptive ECE of one exit, binning once. Arrays are trusted (validate with the public functions).
+
+    ``confidence`` float64 [N], ``correct`` bool [N]; ``order``, when given, is a stable ascending argsort of
+    ``confidence`` (shared with the failure-prediction metrics when the exit score is the confidence).
+    """
+    corr = correct.astype(np.float64)
+    bins = _bin(confidence, corr, n_bins)
+    filled = bins.count > 0
+    gaps = np.abs(bins.mean_confidence[filled] - bins.accuracy[filled])
+    if order is None:
+        order = np.argsort(confidence, kind="stable")
+    return {
+        "ece": float(np.sum(bins.count[filled] / confidence.size * gaps)),
+        "mce": float(np.max(gaps)),
+        "adaptive_ece": _adaptive_ece(confidence[order], corr[order], n_bins),
+    }
 
 
 # --------------------------------------------------------------------------------------------------- helpers
+def _adaptive_ece(conf_sorted: np.ndarray, corr_sorted: np.ndarray, n_bins: int) -> float:
+    """Adaptive ECE from confidence sorted ascending (stably) and correctness (0/1 floats) in the same order."""
+    n = conf_sorted.size
+    # np.array_split: the first n % n_bins chunks hold one extra sample
+    sizes = np.full(n_bins, n // n_bins)
+    sizes[: n % n_bins] += 1
+    chunk = np.repeat(np.arange(n_bins), sizes)
+    count = np.bincount(chunk, minlength=n_bins)
+    conf_sum = np.bincount(chunk, weights=conf_sorted, minlength=n_bins)
+    corr_sum = np.bincount(chunk, weights=corr_sorted, minlength=n_bins)
+    filled = count > 0
+    gaps = np.abs(conf_sum[filled] - corr_sum[filled]) / count[filled]
+    return float(np.sum(count[filled] / n * gaps))
+
+
+def _logsumexp(z: np.ndarray) -> np.ndarray:
+    """logsumexp over the last axis, the same way `ExitOutputs.log_normalizer` computes it."""
+    return log_softmax_parts(z)[1]
+
+
 def _bin(conf: np.ndarray, corr: np.ndarray, n_bins: int) -> ReliabilityBins:
     # b / n_bins correctly rounded (linspace can be an ulp off), so a confidence equal to the float nearest b / n
     # (e.g. 0.6 for 9/15) lands in the lower bin as the definition says
@@ -140,21 +170,8 @@ def _check_n_bins(n_bins: int) -> int:
     return int(n_bins)
 
 
-def _check_paired(values: ArrayLike, correct: ArrayLike, name: str, needs: str) -> tuple[np.ndarray, np.ndarray]:
-    """`values` [N] and `correct` [N] (bool or 0/1), N >= 1; ValueError naming `name` otherwise."""
-    v = np.asarray(values)
-    c = _as_binary(correct, "correct")
-    if v.ndim != 1:
-        raise ValueError(f"{name} must have shape [N], got shape {v.shape}")
-    if v.shape != c.shape:
-        raise ValueError(f"{name} and correct must have the same length, got {v.shape} and {c.shape}")
-    if v.size == 0:
-        raise ValueError(f"{name} and correct are empty; {needs} needs at least one sample")
-    return v, c
-
-
 def _check_confidence_correct(confidence: ArrayLike, correct: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
-    conf, corr = _check_paired(confidence, correct, "confidence", "calibration")
+    conf, corr = check_paired(confidence, correct, "confidence", "calibration")
     conf = conf.astype(np.float64, copy=False)
     if not np.all((conf >= 0.0) & (conf <= 1.0)):  # also rejects NaN
         bad = np.flatnonzero(~((conf >= 0.0) & (conf <= 1.0)))
@@ -162,20 +179,20 @@ def _check_confidence_correct(confidence: ArrayLike, correct: ArrayLike) -> tupl
     return conf, corr.astype(np.float64)
 
 
-def _check_probs_labels(probs: ArrayLike, labels: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+def _check_probs_labels(probs: ArrayLike, labels: ArrayLike, name: str = "probs") -> tuple[np.ndarray, np.ndarray]:
     p = np.asarray(probs, dtype=np.float64)
     y = np.asarray(labels)
     if p.ndim != 2:
-        raise ValueError(f"probs must have shape [N, C], got shape {p.shape}")
+        raise ValueError(f"{name} must have shape [N, C], got shape {p.shape}")
     if y.ndim != 1:
         raise ValueError(f"labels must have shape [N], got shape {y.shape}")
     n, c = p.shape
     if y.shape[0] != n:
-        raise ValueError(f"probs and labels must have the same N, got probs {p.shape} and labels {y.shape}")
+        raise ValueError(f"{name} and labels must have the same N, got {name} {p.shape} and labels {y.shape}")
     if n == 0 or c == 0:
-        raise ValueError(f"probs {p.shape} is empty; needs at least one sample and one class")
+        raise ValueError(f"{name} {p.shape} is empty; needs at least one sample and one class")
     if not np.all(np.isfinite(p)):
-        raise ValueError("probs contains NaN or inf")
+        raise ValueError(f"{name} contains NaN or inf")
     if not np.issubdtype(y.dtype, np.integer):
         if not (np.issubdtype(y.dtype, np.floating) and np.all(y == np.round(y))):  # NaN fails the test
             raise ValueError(f"labels must be integers, got dtype {y.dtype}")
@@ -183,13 +200,3 @@ def _check_probs_labels(probs: ArrayLike, labels: ArrayLike) -> tuple[np.ndarray
     if np.any((y < 0) | (y >= c)):
         raise ValueError(f"labels must lie in [0, {c}) for {c} classes, got min {y.min()} and max {y.max()}")
     return p, y.astype(np.int64, copy=False)
-
-
-def _as_binary(values: ArrayLike, name: str) -> np.ndarray:
-    """A bool array from bools or 0/1 numbers; anything else is a ValueError."""
-    arr = np.asarray(values)
-    if arr.dtype == bool:
-        return arr
-    if arr.dtype.kind not in "iuf" or not np.all((arr == 0) | (arr == 1)):
-        raise ValueError(f"{name} must be boolean (or 0/1), got dtype {arr.dtype}")
-    return arr.astype(bool)

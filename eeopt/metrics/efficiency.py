@@ -1,9 +1,11 @@
-"""Efficiency of exit policies: exact global-threshold sweep, accuracy-cost frontier, acc_at_X, acc_cost_auc.
+"""Efficiency of exit policies, in one place: the exact global-threshold sweep, the accuracy-cost frontier, the budget
+shares, and the budget metrics (acc_at_{b}, acc_cost_auc, mean_cost_at_{b}, mean_cost).
 
-A "budget" is a share of the last exit's cost. Policies are chosen on a *fit* split (validation) and, when given,
-reported on a *report* split (test): acc_at_50 is the report accuracy of the policy with the best fit accuracy among
-those whose fit mean cost is at most 50 % of the last exit's cost. acc_cost_auc averages that report accuracy over
-every budget from the first exit's cost to the last exit's cost.
+A "budget" is a share of the last exit's cost (`eeopt.names.BUDGETS`). Policies are chosen on a *fit* split
+(validation) and, when given, reported on a *report* split (test): acc_at_50 is the report accuracy of the policy
+with the best fit accuracy among those whose fit mean cost is at most 50 % of the last exit's cost. acc_cost_auc
+averages that report accuracy over every budget from the first exit's cost to the last exit's cost. Budgets get a
+slack of `BUDGET_RTOL` times the last exit's cost, so that a policy costing exactly a budget is not lost to rounding.
 """
 
 from __future__ import annotations
@@ -13,11 +15,10 @@ from typing import NamedTuple
 
 import numpy as np
 
-from eeopt.policies import check_exit_arrays
+from eeopt.metrics.checks import check_exit_arrays
+from eeopt.names import BUDGETS, efficiency_key
 
-#: Budget shares (percent of the last exit's cost) reported as acc_at_{share}.
-BUDGET_SHARES = (25, 50, 75, 100)
-#: Relative slack on budgets, so that a policy costing exactly the budget is not lost to rounding.
+#: Slack on budgets, as a share of the last exit's cost.
 BUDGET_RTOL = 1e-9
 
 
@@ -50,26 +51,51 @@ class Frontier(NamedTuple):
     accuracy: np.ndarray
 
 
+class BudgetChoice(NamedTuple):
+    """The candidate chosen on the fit split for one budget share, and its numbers on both splits (NaN: none fits;
+    `index` is then -1)."""
+
+    budget: int
+    index: int
+    fit_accuracy: float
+    fit_mean_cost: float
+    report_accuracy: float
+    report_mean_cost: float
+
+
 class Efficiency(NamedTuple):
     """Budgeted accuracy of policies chosen on the fit split, as measured on the report split.
 
     Attributes:
-        acc_at: {25, 50, 75, 100} -> report accuracy of the fit-chosen policy at that budget share (NaN: none fits).
-        cost_at: the same policies' report mean cost.
-        acc_cost_auc: mean of that report accuracy over budgets in [costs[0], costs[-1]] (NaN if some budget there
-            has no candidate).
+        choices: one `BudgetChoice` per budget share in `BUDGETS`.
+        acc_cost_auc: mean report accuracy over budgets in [costs[0], costs[-1]] (NaN if some budget there has no
+            candidate, which cannot happen when the candidates include "everything leaves at exit 1").
         frontier: the fit split's frontier.
     """
 
-    acc_at: dict[int, float]
-    cost_at: dict[int, float]
+    choices: tuple[BudgetChoice, ...]
     acc_cost_auc: float
     frontier: Frontier
 
-    def to_dict(self) -> dict[str, float]:
-        """{"acc_at_25", "acc_at_50", "acc_at_75", "acc_at_100", "acc_cost_auc"} -> float; NaN is kept."""
-        out = {f"acc_at_{share}": float(self.acc_at[share]) for share in BUDGET_SHARES}
-        out["acc_cost_auc"] = float(self.acc_cost_auc)
+    @property
+    def acc_at(self) -> dict[int, float]:
+        """{budget share: report accuracy of its choice}."""
+        return {c.budget: c.report_accuracy for c in self.choices}
+
+    @property
+    def cost_at(self) -> dict[int, float]:
+        """{budget share: report mean cost of its choice}."""
+        return {c.budget: c.report_mean_cost for c in self.choices}
+
+    def to_dict(self, method: str = "search") -> dict[str, float]:
+        """The efficiency metrics under their names for `method` (`acc_at_50` or `sweep/acc_at_50`...); NaN kept."""
+        out = {}
+        for c in self.choices:
+            out[efficiency_key(f"acc_at_{c.budget}", method)] = float(c.report_accuracy)
+        out[efficiency_key("acc_cost_auc", method)] = float(self.acc_cost_auc)
+        for c in self.choices:
+            out[efficiency_key(f"mean_cost_at_{c.budget}", method)] = float(c.report_mean_cost)
+        out[efficiency_key("mean_cost", method)] = float(self.choices[-1].report_mean_cost)
         return out
 
 
@@ -90,6 +116,8 @@ def global_sweep(scores: np.ndarray, correct: np.ndarray, costs: np.ndarray) -> 
         ValueError: shapes disagree or N = 0.
     """
     scores, correct, costs = check_exit_arrays(scores, correct, costs)
+    if not costs[-1] > 0:
+        raise ValueError(f"costs[-1] must be > 0 (budgets are shares of it), got {costs.tolist()}")
     k, n = scores.shape
     scores = scores.astype(np.float64, copy=False)  # thresholds are compared in float64
     base_correct = int(np.count_nonzero(correct[-1]))
@@ -135,7 +163,9 @@ def global_sweep(scores: np.ndarray, correct: np.ndarray, costs: np.ndarray) -> 
     dacc_table = np.broadcast_to(np.arange(3)[None, :, None] - 1, (k, 3, k - 1)).reshape(-1).astype(np.int8)
     dcost_table = (costs[None, None, : k - 1] - costs[nxt]).repeat(3, axis=1).reshape(-1)
     acc = (base_correct + np.cumsum(dacc_table[codes], dtype=np.int64)[ends]) / n
-    mean_cost = costs[-1] + np.cumsum(dcost_table[codes])[ends] / n
+    # A running float sum drifts by a few ulps of costs[-1]; clipping keeps every point inside the exits' range, so
+    # the cheapest point is never below costs[0] (the AUC's budget slack absorbs a drift above it).
+    mean_cost = np.clip(costs[-1] + np.cumsum(dcost_table[codes])[ends] / n, costs[0], costs[-1])
     curve = SweepCurve(values[ends], acc, mean_cost)
     if curve.threshold[0] == np.inf:  # events at +inf belong to the +inf point
         return curve
@@ -160,78 +190,12 @@ def sweep_at(curve: SweepCurve, thresholds) -> tuple[np.ndarray, np.ndarray]:
 
 
 # --------------------------------------------------------------------------------------------- frontier, budgets
-def frontier(mean_cost, accuracy) -> Frontier:
-    """Upper staircase of (cost, accuracy) points: the best accuracy at cost <= c, keeping only the points that
-    strictly improve accuracy. NaN points are ignored."""
-    idx = _frontier_indices(np.asarray(mean_cost, dtype=np.float64), np.asarray(accuracy, dtype=np.float64))
-    return Frontier(np.asarray(mean_cost, dtype=np.float64)[idx], np.asarray(accuracy, dtype=np.float64)[idx])
-
-
-def select_by_budget(fit_cost, fit_acc, budget: float) -> int:
-    """Index of the best fit accuracy with fit cost <= budget (relative slack 1e-9); ties go to the lower cost,
-    then the lower index; -1 if no candidate fits. NaN candidates are ignored."""
-    cost = np.asarray(fit_cost, dtype=np.float64)
-    acc = np.asarray(fit_acc, dtype=np.float64)
-    ok = np.flatnonzero((cost <= budget * (1 + BUDGET_RTOL)) & ~np.isnan(acc))
-    if ok.size == 0:
-        return -1
-    best = ok[acc[ok] == acc[ok].max()]
-    return int(best[np.argmin(cost[best])])  # argmin returns the first (lowest index) minimum
-
-
-def efficiency(
-    costs,
-    fit_cost,
-    fit_acc,
-    report_cost=None,
-    report_acc=None,
-) -> Efficiency:
-    """acc_at_{25,50,75,100} and acc_cost_auc of candidate policies chosen on the fit split.
-
-    Args:
-        costs: [K] cumulative cost per exit; budgets are shares of costs[-1], the AUC spans [costs[0], costs[-1]].
-        fit_cost, fit_acc: [P] mean cost and accuracy of each candidate on the fit split.
-        report_cost, report_acc: [P] the same candidates on the report split (default: the fit numbers).
-
-    The AUC is exact for the step function "report accuracy of the policy chosen at budget b": the choice changes
-    only at the fit frontier's costs. It is NaN when the cheapest candidate costs more than costs[0].
-
-    Raises:
-        ValueError: shapes disagree, or only one of report_cost / report_acc is given.
-    """
-    costs = np.asarray(costs, dtype=np.float64).reshape(-1)
-    fit_cost = np.asarray(fit_cost, dtype=np.float64).reshape(-1)
-    fit_acc = np.asarray(fit_acc, dtype=np.float64).reshape(-1)
-    if costs.size < 1:
-        raise ValueError("costs must have at least one exit")
-    if fit_acc.shape != fit_cost.shape:
-        raise ValueError(f"fit_cost and fit_acc differ in shape: {fit_cost.shape} vs {fit_acc.shape}")
-    if (report_cost is None) != (report_acc is None):
-        raise ValueError("give both report_cost and report_acc, or neither")
-    if report_cost is None:
-        report_cost, report_acc = fit_cost, fit_acc
-    report_cost = np.asarray(report_cost, dtype=np.float64).reshape(-1)
-    report_acc = np.asarray(report_acc, dtype=np.float64).reshape(-1)
-    if report_cost.shape != fit_cost.shape or report_acc.shape != fit_cost.shape:
-        raise ValueError(
-            f"report arrays must match the fit arrays' shape {fit_cost.shape}, "
-            f"got {report_cost.shape} and {report_acc.shape}"
-        )
-
-    acc_at, cost_at = {}, {}
-    for share in BUDGET_SHARES:
-        i = select_by_budget(fit_cost, fit_acc, share / 100.0 * costs[-1])
-        acc_at[share] = float(report_acc[i]) if i >= 0 else math.nan
-        cost_at[share] = float(report_cost[i]) if i >= 0 else math.nan
-
-    idx = _frontier_indices(fit_cost, fit_acc)
-    auc = _auc(costs[0], costs[-1], fit_cost[idx], report_acc[idx])
-    return Efficiency(acc_at, cost_at, auc, Frontier(fit_cost[idx], fit_acc[idx]))
-
-
-def _frontier_indices(cost: np.ndarray, acc: np.ndarray) -> np.ndarray:
-    """Indices of the frontier points, cost ascending, each the first (by cost, -accuracy, index) to reach its
-    accuracy, so that `select_by_budget` picks exactly these candidates."""
+def frontier_indices(cost, accuracy) -> np.ndarray:
+    """Indices of the frontier points, cost ascending: each is the first (by cost, -accuracy, index) to reach an
+    accuracy no cheaper point reaches, so that `select_by_budget` picks exactly these candidates. NaN points are
+    ignored."""
+    cost = np.asarray(cost, dtype=np.float64)
+    acc = np.asarray(accuracy, dtype=np.float64)
     if cost.shape != acc.shape or cost.ndim != 1:
         raise ValueError(f"cost and accuracy must be 1-D of one shape, got {cost.shape} and {acc.shape}")
     keep = np.flatnonzero(~(np.isnan(cost) | np.isnan(acc)))
@@ -243,13 +207,87 @@ def _frontier_indices(cost: np.ndarray, acc: np.ndarray) -> np.ndarray:
     return order[a > prev_best]
 
 
-def _auc(lo: float, hi: float, front_cost: np.ndarray, front_report_acc: np.ndarray) -> float:
+def frontier(mean_cost, accuracy) -> Frontier:
+    """Upper staircase of (cost, accuracy) points: the best accuracy at cost <= c, keeping only the points that
+    strictly improve accuracy. NaN points are ignored."""
+    idx = frontier_indices(mean_cost, accuracy)
+    return Frontier(np.asarray(mean_cost, dtype=np.float64)[idx], np.asarray(accuracy, dtype=np.float64)[idx])
+
+
+def select_by_budget(fit_cost, fit_acc, budget: float, slack: float = 0.0) -> int:
+    """Index of the best fit accuracy with fit cost <= budget + slack; ties go to the lower cost, then the lower
+    index; -1 if no candidate fits. NaN candidates are ignored."""
+    cost = np.asarray(fit_cost, dtype=np.float64)
+    acc = np.asarray(fit_acc, dtype=np.float64)
+    ok = np.flatnonzero((cost <= budget + slack) & ~np.isnan(acc))
+    if ok.size == 0:
+        return -1
+    best = ok[acc[ok] == acc[ok].max()]
+    return int(best[np.argmin(cost[best])])  # argmin returns the first (lowest index) minimum
+
+
+def efficiency(costs, fit_cost, fit_acc, report_cost=None, report_acc=None) -> Efficiency:
+    """Budget choices and acc_cost_auc of candidate policies chosen on the fit split.
+
+    Args:
+        costs: [K] cumulative cost per exit; budgets are shares of costs[-1] (> 0), the AUC spans
+            [costs[0], costs[-1]].
+        fit_cost, fit_acc: [P] mean cost and accuracy of each candidate on the fit split.
+        report_cost, report_acc: [P] the same candidates on the report split (default: the fit numbers).
+
+    The AUC is exact for the step function "report accuracy of the policy chosen at budget b": the choice changes
+    only at the fit frontier's costs.
+
+    Raises:
+        ValueError: shapes disagree, costs[-1] <= 0, or only one of report_cost / report_acc is given.
+    """
+    costs = np.asarray(costs, dtype=np.float64).reshape(-1)
+    fit_cost, fit_acc = _vector(fit_cost), _vector(fit_acc)
+    if costs.size < 1 or not costs[-1] > 0:
+        raise ValueError(f"costs must have at least one exit and costs[-1] > 0, got {costs.tolist()}")
+    if fit_acc.shape != fit_cost.shape:
+        raise ValueError(f"fit_cost and fit_acc differ in shape: {fit_cost.shape} vs {fit_acc.shape}")
+    if (report_cost is None) != (report_acc is None):
+        raise ValueError("give both report_cost and report_acc, or neither")
+    if report_cost is None:
+        report_cost, report_acc = fit_cost, fit_acc
+    report_cost, report_acc = _vector(report_cost), _vector(report_acc)
+    if report_cost.shape != fit_cost.shape or report_acc.shape != fit_cost.shape:
+        raise ValueError(
+            f"report arrays must match the fit arrays' shape {fit_cost.shape}, "
+            f"got {report_cost.shape} and {report_acc.shape}"
+        )
+    slack = BUDGET_RTOL * costs[-1]
+    choices = []
+    for share in BUDGETS:
+        i = select_by_budget(fit_cost, fit_acc, share / 100.0 * costs[-1], slack)
+        pick = (lambda a: float(a[i])) if i >= 0 else (lambda a: math.nan)
+        choices.append(BudgetChoice(share, i, pick(fit_acc), pick(fit_cost), pick(report_acc), pick(report_cost)))
+    idx = frontier_indices(fit_cost, fit_acc)
+    auc = _auc(costs[0], costs[-1], slack, fit_cost[idx], report_acc[idx])
+    return Efficiency(tuple(choices), auc, Frontier(fit_cost[idx], fit_acc[idx]))
+
+
+def sweep_efficiency(costs, fit: SweepCurve, report: SweepCurve | None = None) -> Efficiency:
+    """The global sweep's efficiency: thresholds chosen on the `fit` curve, reported on the `report` curve (the
+    same split when None)."""
+    if report is None:
+        return efficiency(costs, fit.mean_cost, fit.accuracy)
+    report_acc, report_cost = sweep_at(report, fit.threshold)
+    return efficiency(costs, fit.mean_cost, fit.accuracy, report_cost, report_acc)
+
+
+def _vector(values) -> np.ndarray:
+    return np.asarray(values, dtype=np.float64).reshape(-1)
+
+
+def _auc(lo: float, hi: float, slack: float, front_cost: np.ndarray, front_report_acc: np.ndarray) -> float:
     """Mean over budgets b in [lo, hi] of the report accuracy of the frontier point chosen at b (the last one with
-    cost <= b): exact for the step function."""
-    if front_cost.size == 0 or front_cost[0] > lo * (1 + BUDGET_RTOL):
+    cost <= b + slack): exact for the step function."""
+    if front_cost.size == 0 or front_cost[0] > lo + slack:
         return math.nan
     if hi <= lo:
-        chosen = np.flatnonzero(front_cost <= lo * (1 + BUDGET_RTOL))[-1]
+        chosen = np.flatnonzero(front_cost <= lo + slack)[-1]
         return float(front_report_acc[chosen])
     start = np.clip(front_cost, lo, hi)
     start[0] = lo  # available from lo (within the slack)

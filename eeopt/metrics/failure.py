@@ -8,8 +8,10 @@ given labels (e.g. AUROC when every prediction is correct) returns ``float('nan'
 Ties in the score never depend on input order: AUROC counts a tied pair as half, thresholds accept every sample with
 ``score >= threshold``, and AURC averages over a random order within each group of equal scores.
 
-`eefp` (Early-Exit Failure Prediction) is eeopt's operationalisation of the metric described by Kubaty et al.
-("Rethinking Calibration for Early-Exit Neural Networks"), whose exact formula is not public: see `eefp`.
+Every metric here is a function of the samples sorted by score, with equal scores grouped: `rank_scores` sorts an
+exit once and `failure_metrics` computes them all from that one sort (the public one-metric functions call the same
+private code). `eefp` (Early-Exit Failure Prediction) is eeopt's operationalisation of the metric described by
+Kubaty et al. ("Rethinking Calibration for Early-Exit Neural Networks"), whose exact formula is not public: see `eefp`.
 """
 
 from __future__ import annotations
@@ -19,9 +21,8 @@ from typing import NamedTuple
 import numpy as np
 from numpy.typing import ArrayLike
 from scipy.special import xlogy
-from sklearn.metrics import average_precision_score, roc_auc_score
 
-from eeopt.metrics.calibration import _as_binary, _check_paired
+from eeopt.metrics.checks import as_binary, check_paired
 
 
 class RiskCoverage(NamedTuple):
@@ -36,6 +37,36 @@ class RiskCoverage(NamedTuple):
     risk: np.ndarray
 
 
+class RankedScores(NamedTuple):
+    """One exit's samples sorted by score ascending, with groups of equal scores.
+
+    Attributes:
+        order: int [N], the sort (stable) that puts the samples in ascending score order.
+        start: int [G], first sorted position of each group of equal scores (ascending).
+        size: int [G], samples per group.
+    """
+
+    order: np.ndarray
+    start: np.ndarray
+    size: np.ndarray
+
+    def group_sums(self, flags: np.ndarray) -> np.ndarray:
+        """How many samples of each group have `flags` (bool [N], in the original order): int [G]."""
+        return np.add.reduceat(flags[self.order].astype(np.int64), self.start)
+
+
+def rank_scores(score: np.ndarray, order: np.ndarray | None = None) -> RankedScores:
+    """Sort `score` [N] (float64, finite) ascending and group equal values; `order` may pass a stable argsort
+    computed elsewhere (it is trusted)."""
+    if order is None:
+        order = np.argsort(score, kind="stable")
+    s = score[order]
+    start = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
+    size = np.diff(np.r_[start, s.size])
+    return RankedScores(order, start, size)
+
+
+# --------------------------------------------------------------------------------------------------- public
 def auroc(score: ArrayLike, correct: ArrayLike) -> float:
     """Area under the ROC curve of ``score`` [N] for separating correct (positive) from wrong samples.
 
@@ -43,23 +74,20 @@ def auroc(score: ArrayLike, correct: ArrayLike) -> float:
     Returns NaN when every sample is correct or every sample is wrong.
     """
     s, c = _check_score_correct(score, correct)
-    return _auroc(s, c)
+    ranked = rank_scores(s)
+    return _auroc(ranked.group_sums(c), ranked.size)
 
 
 def aupr_error(score: ArrayLike, correct: ArrayLike) -> float:
     """Average precision for detecting errors: errors are the positives and ``-score`` [N] ranks them.
 
-    Uses scikit-learn's `average_precision_score` (sum over distinct thresholds of recall increment times precision,
-    no interpolation; tied scores form one threshold). Returns NaN when there are no errors (recall is undefined)
-    and 1.0 when every sample is an error (precision is 1 at every threshold, as scikit-learn defines it).
+    As scikit-learn's `average_precision_score` defines it: the sum over distinct thresholds of the recall increment
+    times the precision, no interpolation, tied scores forming one threshold. NaN when there are no errors (recall is
+    undefined) and 1.0 when every sample is an error (precision is 1 at every threshold).
     """
     s, c = _check_score_correct(score, correct)
-    n_err = int(np.count_nonzero(~c))
-    if n_err == 0:
-        return float("nan")
-    if n_err == c.size:
-        return 1.0
-    return float(average_precision_score(~c, -s))
+    ranked = rank_scores(s)
+    return _aupr_error(ranked.group_sums(~c), ranked.size)
 
 
 def fpr95(score: ArrayLike, correct: ArrayLike) -> float:
@@ -70,17 +98,8 @@ def fpr95(score: ArrayLike, correct: ArrayLike) -> float:
     FPR = (wrong accepted) / (wrong) there. Returns NaN when there are no wrong or no correct samples.
     """
     s, c = _check_score_correct(score, correct)
-    n_pos = int(np.count_nonzero(c))
-    n_neg = c.size - n_pos
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    order = np.argsort(-s, kind="stable")
-    s_sorted, c_sorted = s[order], c[order]
-    last_of_tie = np.append(s_sorted[1:] != s_sorted[:-1], True)  # a threshold ends where the score changes
-    tp = np.cumsum(c_sorted)[last_of_tie]
-    fp = np.cumsum(~c_sorted)[last_of_tie]
-    first = int(np.argmax(100 * tp >= 95 * n_pos))  # exists: the lowest threshold accepts everything
-    return float(fp[first] / n_neg)
+    ranked = rank_scores(s)
+    return _fpr95(ranked.group_sums(c), ranked.size)
 
 
 def risk_coverage(score: ArrayLike, correct: ArrayLike) -> RiskCoverage:
@@ -90,7 +109,8 @@ def risk_coverage(score: ArrayLike, correct: ArrayLike) -> RiskCoverage:
     over a random order, so the curve does not depend on input order. Returns `RiskCoverage` (coverage [N], risk [N]).
     """
     s, c = _check_score_correct(score, correct)
-    return _risk_coverage(s, c)
+    ranked = rank_scores(s)
+    return _risk_coverage(ranked.group_sums(~c), ranked.size)
 
 
 def aurc(score: ArrayLike, correct: ArrayLike) -> float:
@@ -99,8 +119,7 @@ def aurc(score: ArrayLike, correct: ArrayLike) -> float:
     Ties are taken in expectation over a random order within each group of equal scores (see `risk_coverage`);
     with no ties this is the plain sorted answer. Lower is better; always defined for N >= 1.
     """
-    s, c = _check_score_correct(score, correct)
-    return float(_risk_coverage(s, c).risk.mean())
+    return float(risk_coverage(score, correct).risk.mean())
 
 
 def eaurc(score: ArrayLike, correct: ArrayLike) -> float:
@@ -111,9 +130,7 @@ def eaurc(score: ArrayLike, correct: ArrayLike) -> float:
     r = 0 and r = 1 give 0. Always defined for N >= 1.
     """
     s, c = _check_score_correct(score, correct)
-    r = float(np.count_nonzero(~c)) / c.size
-    optimal = r + float(xlogy(1.0 - r, 1.0 - r))
-    return float(_risk_coverage(s, c).risk.mean()) - optimal
+    return aurc(s, c) - _optimal_aurc(float(np.count_nonzero(~c)) / c.size)
 
 
 def exit_target(correct: ArrayLike) -> np.ndarray:
@@ -142,36 +159,86 @@ def eefp(scores: ArrayLike, correct: ArrayLike) -> np.ndarray:
     target = exit_target(corr)
     out = np.full(s.shape[0], np.nan)
     for k in range(s.shape[0] - 1):  # a loop over exits, not samples
-        out[k] = _auroc(s[k], target[k])
+        ranked = rank_scores(s[k])
+        out[k] = _auroc(ranked.group_sums(target[k]), ranked.size)
     return out
 
 
-# --------------------------------------------------------------------------------------------------- helpers
-def _auroc(s: np.ndarray, c: np.ndarray) -> float:
-    n_pos = int(np.count_nonzero(c))
-    if n_pos == 0 or n_pos == c.size:
+def failure_metrics(ranked: RankedScores, correct: np.ndarray, target: np.ndarray | None = None) -> dict[str, float]:
+    """auroc, aupr_error, fpr95, aurc, eaurc (and eefp when `target` is given, else NaN) of one exit, from one sort.
+
+    ``ranked`` is `rank_scores` of the exit's score; ``correct`` bool [N] and ``target`` bool [N] (`exit_target` at
+    this exit) are in the original sample order. Arrays are trusted: validate with the public functions.
+    """
+    ok = ranked.group_sums(correct)
+    errors = ranked.size - ok
+    aurc_value = float(_risk_coverage(errors, ranked.size).risk.mean())
+    return {
+        "auroc": _auroc(ok, ranked.size),
+        "aupr_error": _aupr_error(errors, ranked.size),
+        "fpr95": _fpr95(ok, ranked.size),
+        "aurc": aurc_value,
+        "eaurc": aurc_value - _optimal_aurc(float(errors.sum()) / correct.size),
+        "eefp": np.nan if target is None else _auroc(ranked.group_sums(target), ranked.size),
+    }
+
+
+# --------------------------------------------------------------------------------------------------- from groups
+# Each takes per-group counts in ascending score order: `pos` (or `err`) [G] and `size` [G].
+def _auroc(pos: np.ndarray, size: np.ndarray) -> float:
+    """Tie-aware AUROC: sum over groups of pos_g * (negatives in lower groups + half the group's negatives)."""
+    n_pos = int(pos.sum())
+    neg = size - pos
+    n_neg = int(neg.sum())
+    if n_pos == 0 or n_neg == 0:
         return float("nan")
-    return float(roc_auc_score(c, s))
+    below = np.cumsum(neg) - neg
+    twice = int(np.sum(pos * (2 * below + neg)))  # exact in int64 for N below ~3e9
+    return twice / (2.0 * n_pos * n_neg)
 
 
-def _risk_coverage(s: np.ndarray, c: np.ndarray) -> RiskCoverage:
-    n = c.size
-    order = np.argsort(-s, kind="stable")
-    s_sorted, err_sorted = s[order], ~c[order]
-    new_group = np.append(True, s_sorted[1:] != s_sorted[:-1])
-    start = np.flatnonzero(new_group)  # first position (0-based) of each tie group
-    size = np.diff(np.append(start, n))
-    errors = np.add.reduceat(err_sorted.astype(np.float64), start)
-    errors_before = np.cumsum(errors) - errors
-    group = np.cumsum(new_group) - 1
+def _aupr_error(err: np.ndarray, size: np.ndarray) -> float:
+    """Average precision of errors ranked by -score: thresholds walk the groups from the lowest score up."""
+    n_err = int(err.sum())
+    if n_err == 0:
+        return float("nan")
+    if n_err == int(size.sum()):
+        return 1.0
+    cum_err = np.cumsum(err)
+    precision = cum_err / np.cumsum(size)
+    return float(np.sum(err / n_err * precision))
+
+
+def _fpr95(pos: np.ndarray, size: np.ndarray) -> float:
+    """FPR at the first threshold (highest score first) whose TPR reaches 95 %."""
+    pos, neg = pos[::-1], (size - pos)[::-1]
+    n_pos, n_neg = int(pos.sum()), int(neg.sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    tp = np.cumsum(pos)
+    first = int(np.argmax(100 * tp >= 95 * n_pos))  # exists: the lowest threshold accepts everything
+    return float(np.cumsum(neg)[first] / n_neg)
+
+
+def _risk_coverage(err: np.ndarray, size: np.ndarray) -> RiskCoverage:
+    """Accept groups from the highest score down; within a group, errors in expectation over a random order."""
+    err, size = err[::-1].astype(np.float64), size[::-1]
+    n = int(size.sum())
+    start = np.cumsum(size) - size  # first accepted position (0-based) of each group
+    errors_before = np.cumsum(err) - err
+    group = np.repeat(np.arange(size.size), size)
     accepted = np.arange(1, n + 1)
-    # expected errors among the first i = errors of earlier groups + j * e / g, j = accepted from this group
-    expected_errors = errors_before[group] + (accepted - start[group]) * errors[group] / size[group]
+    expected_errors = errors_before[group] + (accepted - start[group]) * err[group] / size[group]
     return RiskCoverage(accepted / n, expected_errors / accepted)
 
 
+def _optimal_aurc(r: float) -> float:
+    return r + float(xlogy(1.0 - r, 1.0 - r))
+
+
+# --------------------------------------------------------------------------------------------------- checks
 def _check_score_correct(score: ArrayLike, correct: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
-    s, c = _check_paired(score, correct, "score", "failure prediction")
+    s, c = check_paired(score, correct, "score", "failure prediction")
     return _finite_float(s, "score"), c
 
 
@@ -181,7 +248,7 @@ def _check_exits(values: ArrayLike, name: str, numeric: bool = False) -> np.ndar
         raise ValueError(f"{name} must have shape [K, N], got shape {arr.shape}")
     if arr.shape[0] == 0 or arr.shape[1] == 0:
         raise ValueError(f"{name} {arr.shape} is empty; needs at least one exit and one sample")
-    return _finite_float(arr, name) if numeric else _as_binary(arr, name)
+    return _finite_float(arr, name) if numeric else as_binary(arr, name)
 
 
 def _finite_float(arr: np.ndarray, name: str) -> np.ndarray:

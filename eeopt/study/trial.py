@@ -13,11 +13,16 @@ import json
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from eeopt.config import TrainConfig
 from eeopt.errors import ConfigError
 from eeopt.outputs import ExitOutputs
+
+if TYPE_CHECKING:
+    from eeopt.evaluation import EvaluationReport
+    from eeopt.prepared import PreparedSplit
+    from eeopt.search import PolicySearch
 
 #: A custom objective: receives the trial's results, returns one float per study objective.
 ObjectiveFn = Callable[["TrialResult"], "float | Sequence[float]"]
@@ -31,47 +36,44 @@ class TrialResult:
     val: ExitOutputs
     test: ExitOutputs
     metrics: dict[str, float]
-    search: dict[str, Any]
+    evaluation: TrialEvaluation
     history: list[dict[str, Any]]
     output_dir: Path | None = None
 
 
-def evaluate_trial(val: ExitOutputs, test: ExitOutputs, cfg: TrainConfig, seed: int = 0) -> tuple[dict, dict]:
-    """Metrics of a trained model's exit outputs, as flat MLflow keys, plus the threshold-search summary.
+def evaluate_trial(val: ExitOutputs, test: ExitOutputs, cfg: TrainConfig, seed: int = 0) -> TrialEvaluation:
+    """Metrics of a trained model's exit outputs under the configured calibrator (fitted once, on val) and score.
 
-    Keys: `{split}/exit{k}/{metric}` and `{split}/mean/{metric}` (after the configured calibration, fitted on val);
-    `{split}/acc_at_{25,50,75,100}`, `{split}/acc_cost_auc`, `{split}/mean_cost_at_*` and `{split}/mean_cost` for the
-    per-exit threshold search (val in-sample, test with the val-chosen policies); the same under `{split}/sweep/` for
-    the global-threshold sweep; `calibration/exit{k}/kendall_tau` when a calibrator is used.
+    `metrics` uses `eeopt.names` keys with the split in front: `val/...` and `test/...` for the per-exit metrics,
+    their means, the per-exit search's efficiency (`acc_cost_auc`, ..., val in-sample, test with the val-chosen
+    policies) and the global sweep's (`sweep/...`). `eeopt exits evaluate` / `exits search --json` print the same
+    numbers under the same keys (without the split) for the same calibrator, score, seed and trials.
     """
-    from eeopt.evaluation import evaluate_exits
+    from eeopt.evaluation import evaluate
+    from eeopt.names import with_split
+    from eeopt.prepared import prepare_pair
     from eeopt.search import search_policies
 
-    method, score = cfg.calibration.method, cfg.policy.score
-    if method != "none":  # fitted once on val, shared by every report below
-        from eeopt.calibration import create_calibrator
+    val_split, test_split = prepare_pair(val, test, calibrate=cfg.calibration.method, score=cfg.policy.score)
+    search = search_policies(val_split, test_split, trials=cfg.policy.trials, sampler=cfg.policy.sampler, seed=seed)
+    val_report, test_report = evaluate(val_split, val_split), evaluate(test_split, val_split)
+    metrics = {
+        **with_split("val", {**val_report.metrics, **search.metrics("fit")}),
+        **with_split("test", {**test_report.metrics, **search.metrics("report")}),
+    }
+    return TrialEvaluation(metrics, val_split, test_split, search, val_report, test_report)
 
-        method = create_calibrator(method).fit(val)
-    val_report = evaluate_exits(val, fit_on=val, calibrate=method, score=score)
-    test_report = evaluate_exits(test, fit_on=val, calibrate=method, score=score)
-    summary = search_policies(
-        val, test, trials=cfg.policy.trials, score=score, calibrate=method, sampler=cfg.policy.sampler, seed=seed
-    )
-    metrics: dict[str, float] = {}
-    for split, report in (("val", val_report), ("test", test_report)):
-        for key, value in report.flat_metrics(split).items():
-            if "/exit" in key and key.endswith("/kendall_tau"):
-                continue
-            if key.startswith(f"{split}/") and "/exit" not in key and "/mean/" not in key:
-                key = key.replace(f"{split}/", f"{split}/sweep/", 1)  # efficiency keys of the global sweep
-            metrics[key] = value
-        for name, value in summary["per_exit_search"][split].items():
-            metrics[f"{split}/{name}"] = value
-        metrics[f"{split}/mean_cost"] = summary["per_exit_search"][split]["mean_cost_at_100"]
-    if test_report.kendall_tau is not None:
-        for k, tau in enumerate(test_report.kendall_tau, start=1):
-            metrics[f"calibration/exit{k}/kendall_tau"] = tau
-    return metrics, summary
+
+@dataclasses.dataclass(frozen=True)
+class TrialEvaluation:
+    """What `evaluate_trial` computed: the flat metrics and the pieces they came from (for plots and files)."""
+
+    metrics: dict[str, float]
+    val: "PreparedSplit"
+    test: "PreparedSplit"
+    search: "PolicySearch"
+    val_report: "EvaluationReport"
+    test_report: "EvaluationReport"
 
 
 def run_trial(
@@ -96,13 +98,13 @@ def run_trial(
 
     output_dir = Path(output_dir) if output_dir is not None else None
     trained = train(cfg, output_dir, progress=progress, callback=on_epoch)
-    metrics, summary = evaluate_trial(trained.val, trained.test, cfg, seed=seed)
-    result = TrialResult(cfg, trained.val, trained.test, metrics, summary, trained.history, output_dir)
+    evaluation = evaluate_trial(trained.val, trained.test, cfg, seed=seed)
+    result = TrialResult(cfg, trained.val, trained.test, evaluation.metrics, evaluation, trained.history, output_dir)
     if output_dir is not None:
         from eeopt.evaluation import jsonable
 
-        (output_dir / "metrics.json").write_text(json.dumps(jsonable(metrics), indent=1, sort_keys=True))
-        (output_dir / "pareto.json").write_text(json.dumps(jsonable(summary), indent=1))
+        (output_dir / "metrics.json").write_text(json.dumps(jsonable(evaluation.metrics), indent=1, sort_keys=True))
+        (output_dir / "pareto.json").write_text(json.dumps(jsonable(evaluation.search.to_dict()), indent=1))
     values = objective_values(result, objectives, objective)
     return result, values
 
@@ -132,20 +134,14 @@ def objective_values(
 
 
 def check_objective_names(names: Sequence[str]) -> None:
-    """Raise `ConfigError` for an objective that no trial can report (checked before anything runs)."""
-    import re
+    """Raise `ConfigError` for an objective that no trial can report (`eeopt.names.check_objective`)."""
+    from eeopt.names import check_objective
 
-    from eeopt.evaluation import EFFICIENCY_METRICS, EXIT_METRICS
-
-    exit_names = "|".join(EXIT_METRICS)
-    eff_names = "|".join((*EFFICIENCY_METRICS, "mean_cost", *(f"mean_cost_at_{s}" for s in (25, 50, 75, 100))))
-    pattern = re.compile(rf"val/((exit[1-9]\d*|mean)/({exit_names})|(sweep/)?({eff_names}))")
     for name in names:
-        if not pattern.fullmatch(name):
-            raise ConfigError(
-                f"study.objectives: unknown metric {name!r} (e.g. val/acc_cost_auc, val/acc_at_50, val/mean_cost, "
-                f"val/mean/auroc, val/exit2/eefp, val/sweep/acc_cost_auc)"
-            )
+        try:
+            check_objective(name)
+        except ValueError as exc:
+            raise ConfigError(f"study.objectives: {exc}") from None
 
 
 def load_objective(ref: str) -> ObjectiveFn:
