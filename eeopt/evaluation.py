@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from eeopt.metrics.calibration import calibration_metrics
-from eeopt.metrics.efficiency import BudgetChoice, Frontier, SweepCurve, frontier, sweep_efficiency
+from eeopt.metrics.efficiency import BudgetChoice, Frontier, SweepCurve, frontier, sweep_efficiency, thin_frontier
 from eeopt.metrics.failure import failure_metrics
 from eeopt.names import EXIT_METRIC_NAMES, exit_key, mean_key
 from eeopt.policies import evaluate_patience, float_to_json
@@ -35,7 +35,8 @@ class EvaluationReport:
         metrics: flat keys of `eeopt.names` without a split: `exit{k}/{metric}`, `mean/{metric}` and the global
             sweep's `sweep/{efficiency}` (thresholds chosen on `thresholds_from`, reported on this split).
         budgets: the sweep's choice for each budget share (val numbers, and this split's).
-        frontier: this split's own accuracy-vs-mean-cost frontier (descriptive, in-sample by nature).
+        frontier: this split's own accuracy-vs-mean-cost frontier (descriptive, in-sample by nature); `to_dict`
+            writes at most 500 of its points (`thin_frontier`), the whole curve only on request.
         curve: this split's full sweep (every threshold where the policy changes).
         patience: for P = 1..K, accuracy and mean cost of exiting once P consecutive exits agree (PABEE); it fits
             nothing, so it is reported on this split directly.
@@ -62,7 +63,9 @@ class EvaluationReport:
         return rows
 
     def to_dict(self, curve: bool = False) -> dict[str, Any]:
-        """JSON-ready dict (NaN becomes None): the metrics, the frontier, patience; the full sweep with `curve`."""
+        """JSON-ready dict (NaN becomes None): the metrics, the frontier (at most 500 of its points), patience; the
+        full sweep with `curve`."""
+        front = thin_frontier(self.frontier)
         out = {
             "source": self.source,
             "score": self.score,
@@ -70,7 +73,7 @@ class EvaluationReport:
             "thresholds_from": self.thresholds_from,
             "metrics": self.metrics,
             "budgets": [c._asdict() for c in self.budgets],
-            "frontier": [[float(c), float(a)] for c, a in zip(self.frontier.cost, self.frontier.accuracy)],
+            "frontier": np.stack([front.cost, front.accuracy], axis=1),
             "patience": self.patience,
         }
         if curve:

@@ -214,6 +214,16 @@ def frontier(mean_cost, accuracy) -> Frontier:
     return Frontier(np.asarray(mean_cost, dtype=np.float64)[idx], np.asarray(accuracy, dtype=np.float64)[idx])
 
 
+def thin_frontier(front: Frontier, max_points: int = 500) -> Frontier:
+    """At most `max_points` points of `front`: the point chosen at each of `max_points` evenly spaced costs from the
+    cheapest to the dearest point (so the first and the last are kept). Every point kept is a frontier point."""
+    if front.cost.size <= max_points:
+        return front
+    grid = np.linspace(front.cost[0], front.cost[-1], max_points)
+    idx = np.unique(np.searchsorted(front.cost, grid, side="right") - 1)
+    return Frontier(front.cost[idx], front.accuracy[idx])
+
+
 def select_by_budget(fit_cost, fit_acc, budget: float, slack: float = 0.0) -> int:
     """Index of the best fit accuracy with fit cost <= budget + slack; ties go to the lower cost, then the lower
     index; -1 if no candidate fits. NaN candidates are ignored."""

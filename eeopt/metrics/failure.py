@@ -16,11 +16,11 @@ Kubaty et al. ("Rethinking Calibration for Early-Exit Neural Networks"), whose e
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import numpy as np
 from numpy.typing import ArrayLike
-from scipy.special import xlogy
 
 from eeopt.metrics.checks import as_binary, check_paired
 
@@ -233,7 +233,8 @@ def _risk_coverage(err: np.ndarray, size: np.ndarray) -> RiskCoverage:
 
 
 def _optimal_aurc(r: float) -> float:
-    return r + float(xlogy(1.0 - r, 1.0 - r))
+    """r + (1 - r) ln(1 - r), with 0 ln 0 = 0."""
+    return r + ((1.0 - r) * math.log(1.0 - r) if r < 1.0 else 0.0)
 
 
 # --------------------------------------------------------------------------------------------------- checks
