@@ -144,7 +144,12 @@ def evaluate_thresholds(
 
 
 def _count_exits(scores: np.ndarray, correct: np.ndarray, thr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Samples leaving at each exit [M, K] and correct samples [M] of M policies (K >= 2), by bitsets."""
+    """Samples leaving at each exit [M, K] and correct samples [M] of M policies (K >= 2), by bitsets.
+
+    Longer than the house limit on purpose: it is one loop nest (policy blocks, exits, cache-sized chunks) that
+    shares preallocated buffers across levels; split into functions it would pass a dozen arrays around and the
+    inner loop would pay call overhead on every chunk. The module docstring explains the algorithm.
+    """
     k, n = scores.shape
     m = thr.shape[0]
     words = -(-n // 64)

@@ -10,12 +10,12 @@ import pytest
 from scipy import optimize, special, stats
 from sklearn.isotonic import IsotonicRegression
 
+from eeopt.calibration.functional import _vector_objective
 from eeopt.calibration import (
     TOP_LABEL_CEIL_GAP,
     TOP_LABEL_MARGIN,
     top_label_probs,
     Calibrator,
-    _vector_objective,
     create_calibrator,
     fit_temperature,
     kendall_tau,

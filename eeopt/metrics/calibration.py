@@ -149,12 +149,20 @@ def _logsumexp(z: np.ndarray) -> np.ndarray:
     return log_softmax_parts(z)[1]
 
 
-def _bin(conf: np.ndarray, corr: np.ndarray, n_bins: int) -> ReliabilityBins:
-    # b / n_bins correctly rounded (linspace can be an ulp off), so a confidence equal to the float nearest b / n
-    # (e.g. 0.6 for 9/15) lands in the lower bin as the definition says
+def bin_index(confidence: np.ndarray, n_bins: int) -> np.ndarray:
+    """Right-closed equal-width bin of each confidence: b with b/n < c <= (b+1)/n; c = 0 goes to bin 0.
+
+    Edges are b / n_bins correctly rounded (linspace can be an ulp off), so a confidence equal to the float nearest
+    b / n (e.g. 0.6 for 9/15) lands in the lower bin as the definition says. Shared with histogram binning.
+    """
     edges = np.arange(n_bins + 1) / n_bins
     # side="left" gives i with edges[i-1] < c <= edges[i]: right-closed bins; c == 0 -> i = 0 -> first bin
-    idx = np.clip(np.searchsorted(edges, conf, side="left") - 1, 0, n_bins - 1)
+    return np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, n_bins - 1)
+
+
+def _bin(conf: np.ndarray, corr: np.ndarray, n_bins: int) -> ReliabilityBins:
+    edges = np.arange(n_bins + 1) / n_bins
+    idx = bin_index(conf, n_bins)
     count = np.bincount(idx, minlength=n_bins)
     conf_sum = np.bincount(idx, weights=conf, minlength=n_bins)
     corr_sum = np.bincount(idx, weights=corr, minlength=n_bins)

@@ -119,36 +119,11 @@ def global_sweep(scores: np.ndarray, correct: np.ndarray, costs: np.ndarray) -> 
     if not costs[-1] > 0:
         raise ValueError(f"costs[-1] must be > 0 (budgets are shares of it), got {costs.tolist()}")
     k, n = scores.shape
-    scores = scores.astype(np.float64, copy=False)  # thresholds are compared in float64
     base_correct = int(np.count_nonzero(correct[-1]))
-    top = np.array([np.inf])
+    first = SweepCurve(np.array([np.inf]), np.array([base_correct / n]), np.array([costs[-1]]))
     if k == 1:
-        return SweepCurve(top, np.array([base_correct / n]), np.array([costs[0]]))
-
-    # Events per non-final exit, built from the last towards the first so the "next" exit is known.
-    next_exit = np.full(n, k - 1, dtype=np.int8 if k <= 127 else np.int32)
-    next_correct = correct[-1].copy()
-    running_max = np.fmax.accumulate(scores[:-1], axis=0)  # ignores NaN
-    values, codes = [], []
-    code_dtype = np.int16 if 3 * k * (k - 1) < (1 << 15) else np.int32
-    for e in range(k - 2, -1, -1):
-        s = scores[e]
-        if e == 0:
-            record = ~np.isnan(s)
-        else:
-            record = ~(s <= running_max[e - 1])  # also True when every earlier score is NaN
-            record &= ~np.isnan(s)
-        where = np.flatnonzero(record)
-        values.append(s[where])
-        # code = (next * 3 + change in correctness + 1) * (K-1) + e indexes the tables below
-        dacc = correct[e, where].astype(np.int8) - next_correct[where].astype(np.int8)
-        codes.append(((next_exit[where].astype(np.int32) * 3 + dacc + 1) * (k - 1) + e).astype(code_dtype))
-        next_exit[where] = e
-        next_correct[where] = correct[e, where]
-    values = np.concatenate(values)
-    codes = np.concatenate(codes)
-    del running_max, next_exit, next_correct
-    first = SweepCurve(top, np.array([base_correct / n]), np.array([costs[-1]]))
+        return first
+    values, codes = _record_events(scores.astype(np.float64, copy=False), correct)
     if values.size == 0:  # every non-final score is NaN
         return first
 
@@ -170,6 +145,33 @@ def global_sweep(scores: np.ndarray, correct: np.ndarray, costs: np.ndarray) -> 
     if curve.threshold[0] == np.inf:  # events at +inf belong to the +inf point
         return curve
     return SweepCurve(*(np.concatenate([a, b]) for a, b in zip(first, curve)))
+
+
+def _record_events(scores: np.ndarray, correct: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The sweep's events: each record score of each sample at a non-final exit, with a code for what happens.
+
+    A record score[e, n] is above every earlier score of sample n; when the threshold falls to it, the sample moves
+    from its next later record exit (or K-1) to e. code = (next * 3 + change in correctness + 1) * (K-1) + e indexes
+    the sweep's tables. Events are built from the last exit towards the first so the "next" exit is known.
+    """
+    k, n = scores.shape
+    next_exit = np.full(n, k - 1, dtype=np.int8 if k <= 127 else np.int32)
+    next_correct = correct[-1].copy()
+    running_max = np.fmax.accumulate(scores[:-1], axis=0)  # ignores NaN
+    values, codes = [], []
+    code_dtype = np.int16 if 3 * k * (k - 1) < (1 << 15) else np.int32
+    for e in range(k - 2, -1, -1):
+        s = scores[e]
+        record = ~np.isnan(s)
+        if e > 0:
+            record &= ~(s <= running_max[e - 1])  # also True when every earlier score is NaN
+        where = np.flatnonzero(record)
+        values.append(s[where])
+        dacc = correct[e, where].astype(np.int8) - next_correct[where].astype(np.int8)
+        codes.append(((next_exit[where].astype(np.int32) * 3 + dacc + 1) * (k - 1) + e).astype(code_dtype))
+        next_exit[where] = e
+        next_correct[where] = correct[e, where]
+    return np.concatenate(values), np.concatenate(codes)
 
 
 def sweep_at(curve: SweepCurve, thresholds) -> tuple[np.ndarray, np.ndarray]:
