@@ -57,6 +57,9 @@ def exits_evaluate(
     fit_on: Annotated[Optional[Path], typer.Option("--fit-on", help="Validation outputs: fit calibrator and thresholds here.")] = None,
     calibrate: CalibrateOpt = "none",
     score: ScoreOpt = "msp",
+    compare: Annotated[Optional[str], typer.Option(
+        "--compare", help="Also evaluate under these calibrators, fitted on --fit-on: e.g. none,temperature,isotonic "
+        "(keys calib/{name}/...).")] = None,
     as_json: JsonFlag = False,
     curve: Annotated[bool, typer.Option("--curve", help="With --json: the full sweep curve, not only its frontier.")] = False,
 ) -> None:
@@ -66,7 +69,8 @@ def exits_evaluate(
 
     evaluated = ExitOutputs.load(outputs)
     fit = ExitOutputs.load(fit_on) if fit_on is not None else None
-    report = evaluate_exits(evaluated, fit_on=fit, calibrate=calibrate, score=score)
+    names = [c.strip() for c in compare.split(",") if c.strip()] if compare else []
+    report = evaluate_exits(evaluated, fit_on=fit, calibrate=calibrate, score=score, compare=names)
     if as_json:
         typer.echo(json.dumps(report.to_dict(curve=curve), indent=1))
         return

@@ -114,13 +114,27 @@ class TrainingConfig(_Strict):
 
 
 class CalibrationConfig(_Strict):
+    """The calibrator that drives the objective, and the ones reported beside it (each fitted on val)."""
+
     method: str = Field("none", description="none, or a registered calibrator: temperature, vector, histogram, isotonic")
+    compare: list[str] = Field(
+        default_factory=list,
+        description="calibrators (and none) also evaluated on every trial, logged under calib/{name}/...",
+    )
+
+    @field_validator("compare")
+    @classmethod
+    def _unique(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"lists a calibrator twice: {value}")
+        return value
 
 
 class PolicyConfig(_Strict):
     score: str = Field("msp", description="exit score: msp, entropy, margin, doctor, learned, or a registered one")
     trials: int = Field(300, ge=1, description="trials of the per-exit threshold search")
     sampler: Literal["nsga2", "tpe"] = "nsga2"
+    seed: int = Field(0, description="seed of the per-exit threshold search (the same for every trial)")
 
 
 class TrainConfig(_Strict):

@@ -70,9 +70,29 @@ def print_report(report, outputs=None) -> None:
         + f"  mean_cost={cost}"
     )
     console.print(f"thresholds chosen on: {report.thresholds_from}")
+    _print_compared(report.metrics)
     if report.patience and last:
         console.print("patience (exit once P exits agree): " + "  ".join(
             f"P={p['patience']}: {fmt(p['accuracy'])} at {100 * p['mean_cost'] / last:.0f}%" for p in report.patience))
+
+
+_COMPARED = ("mean/ece", "mean/nll", "mean/auroc", "mean/aurc", "mean/eefp", "mean/kendall_tau", "sweep/acc_cost_auc")
+
+
+def _print_compared(metrics: dict[str, float]) -> None:
+    """One row per compared calibrator (`calib/{name}/...` keys): the headline proxies and the sweep's efficiency."""
+    names = list(dict.fromkeys(k.split("/")[1] for k in metrics if k.startswith("calib/")))
+    if not names:
+        return
+    from eeopt.names import metric_of
+
+    table = Table(title="calibrators compared (each fitted on the fit split)", title_justify="left")
+    table.add_column("calibrator", no_wrap=True)
+    for key in _COMPARED:
+        table.add_column(f"{key} {'↑' if metric_of(key).higher_is_better else '↓'}", justify="right", no_wrap=True)
+    for name in names:
+        table.add_row(name, *(fmt(metrics.get(f"calib/{name}/{key}")) for key in _COMPARED))
+    console.print(table)
 
 
 def print_search(summary: dict[str, Any]) -> None:

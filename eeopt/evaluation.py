@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -16,7 +17,7 @@ import numpy as np
 from eeopt.metrics.calibration import calibration_metrics
 from eeopt.metrics.efficiency import BudgetChoice, Frontier, SweepCurve, frontier, sweep_efficiency, thin_frontier
 from eeopt.metrics.failure import failure_metrics
-from eeopt.names import EXIT_METRIC_NAMES, exit_key, mean_key
+from eeopt.names import EXIT_METRIC_NAMES, exit_key, mean_key, with_variant
 from eeopt.policies import evaluate_patience, float_to_json
 from eeopt.prepared import PreparedSplit, prepare_pair
 
@@ -152,16 +153,24 @@ def evaluate_exits(
     fit_on: "ExitOutputs | None" = None,
     calibrate: "str | Calibrator" = "none",
     score: str = "msp",
+    compare: Sequence[str] = (),
     n_bins: int = 15,
 ) -> EvaluationReport:
     """`evaluate` from exit outputs: calibrator and thresholds fitted on `fit_on` when given.
+
+    Each calibrator in `compare` ("none" included) is fitted on `fit_on` too and its metrics join the report's under
+    `calib/{name}/...`.
 
     Raises:
         ExitOutputsError: the splits do not come from the same model, or the score needs arrays they lack.
         ConfigError: unknown calibrator or score, or calibration without `fit_on`.
     """
     fit, split = prepare_pair(fit_on, outputs, calibrate=calibrate, score=score, names=("fit", "evaluated"))
-    return evaluate(split, fit, n_bins)
+    report = evaluate(split, fit, n_bins)
+    for name in compare:
+        other_fit, other = prepare_pair(fit_on, outputs, calibrate=name, score=score, names=("fit", "evaluated"))
+        report.metrics.update(with_variant("calib", name, evaluate(other, other_fit, n_bins).metrics))
+    return report
 
 
 def _kendall_tau(split: PreparedSplit) -> np.ndarray | None:

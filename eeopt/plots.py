@@ -99,10 +99,10 @@ def save_trial_plots(result, folder: Path) -> list[Path]:
     """The standard plots of a study trial (test split; calibration per the trial's config, fitted on val)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    evaluation = result.evaluation
-    test = evaluation.test
+    primary = result.evaluation.primary
+    test = primary.test
     return [
-        plot_accuracy_vs_cost(evaluation.search.to_dict(), folder / "accuracy_vs_cost.png"),
+        plot_accuracy_vs_cost(primary.search.to_dict(), folder / "accuracy_vs_cost.png"),
         plot_reliability(test.outputs, folder / "reliability_test.png"),
         plot_risk_coverage(test.outputs, test.scores, folder / "risk_coverage_test.png"),
     ]

@@ -26,6 +26,7 @@ def test_evaluate_trial_keys_and_protocol():
     test = synthetic_exit_outputs(3, 700, 10, seed=2)
     evaluation = evaluate_trial(val, test, CFG)
     metrics = evaluation.metrics
+    search = evaluation.primary.search
     for split in ("val", "test"):
         for key in ("acc_at_25", "acc_at_50", "acc_at_75", "acc_at_100", "acc_cost_auc", "mean_cost",
                     "sweep/acc_cost_auc", "sweep/mean_cost", "mean/ece", "mean/eefp", "exit1/auroc",
@@ -40,8 +41,8 @@ def test_evaluate_trial_keys_and_protocol():
     report = evaluate_exits(test, fit_on=val, calibrate="temperature")
     assert metrics["test/sweep/acc_cost_auc"] == report.metrics["sweep/acc_cost_auc"]
     assert metrics["test/exit2/ece"] == report.metrics["exit2/ece"]
-    assert metrics["test/acc_cost_auc"] == evaluation.search.result.efficiency.acc_cost_auc
-    assert metrics["val/mean_cost"] == evaluation.search.result.fit_efficiency.cost_at[100]
+    assert metrics["test/acc_cost_auc"] == search.result.efficiency.acc_cost_auc
+    assert metrics["val/mean_cost"] == search.result.fit_efficiency.cost_at[100]
 
 
 def test_run_trial_with_named_and_custom_objectives(tmp_path):
@@ -84,6 +85,6 @@ def test_search_summary_is_json_safe():
     from eeopt.evaluation import jsonable
 
     val, test = synthetic_exit_outputs(3, 300, 5, seed=1), synthetic_exit_outputs(3, 300, 5, seed=2)
-    summary = evaluate_trial(val, test, CFG).search.to_dict()
+    summary = evaluate_trial(val, test, CFG).primary.search.to_dict()
     text = json.dumps(jsonable(summary), allow_nan=False)
     assert "Infinity" not in text and np.isfinite(json.loads(text)["metrics"]["acc_cost_auc"])

@@ -20,9 +20,7 @@ from eeopt.errors import ConfigError
 from eeopt.outputs import ExitOutputs
 
 if TYPE_CHECKING:
-    from eeopt.evaluation import EvaluationReport
-    from eeopt.prepared import PreparedSplit
-    from eeopt.search import PolicySearch
+    from eeopt.assess import Assessment
 
 #: A custom objective: receives the trial's results, returns one float per study objective.
 ObjectiveFn = Callable[["TrialResult"], "float | Sequence[float]"]
@@ -36,44 +34,27 @@ class TrialResult:
     val: ExitOutputs
     test: ExitOutputs
     metrics: dict[str, float]
-    evaluation: TrialEvaluation
+    evaluation: Assessment
     history: list[dict[str, Any]]
     output_dir: Path | None = None
 
 
-def evaluate_trial(val: ExitOutputs, test: ExitOutputs, cfg: TrainConfig, seed: int = 0) -> TrialEvaluation:
-    """Metrics of a trained model's exit outputs under the configured calibrator (fitted once, on val) and score.
+def evaluate_trial(val: ExitOutputs, test: ExitOutputs, cfg: TrainConfig) -> Assessment:
+    """Metrics of a trained model's exit outputs (`eeopt.assess.assess_model` with the trial's settings).
 
     `metrics` uses `eeopt.names` keys with the split in front: `val/...` and `test/...` for the per-exit metrics,
     their means, the per-exit search's efficiency (`acc_cost_auc`, ..., val in-sample, test with the val-chosen
-    policies) and the global sweep's (`sweep/...`). `eeopt exits evaluate` / `exits search --json` print the same
-    numbers under the same keys (without the split) for the same calibrator, score, seed and trials.
+    policies) and the global sweep's (`sweep/...`), under the configured calibrator (fitted once, on val) and score;
+    the same under `calib/{name}/` for each of `calibration.compare` and under `score/{name}/` for the other score
+    of a model with failure heads. `eeopt exits evaluate` / `exits search --json` print the same numbers under the
+    same keys (without the split) for the same calibrator, score and `policy` settings.
     """
-    from eeopt.evaluation import evaluate
-    from eeopt.names import with_split
-    from eeopt.prepared import prepare_pair
-    from eeopt.search import search_policies
+    from eeopt.assess import assess_model
 
-    val_split, test_split = prepare_pair(val, test, calibrate=cfg.calibration.method, score=cfg.policy.score)
-    search = search_policies(val_split, test_split, trials=cfg.policy.trials, sampler=cfg.policy.sampler, seed=seed)
-    val_report, test_report = evaluate(val_split, val_split), evaluate(test_split, val_split)
-    metrics = {
-        **with_split("val", {**val_report.metrics, **search.metrics("fit")}),
-        **with_split("test", {**test_report.metrics, **search.metrics("report")}),
-    }
-    return TrialEvaluation(metrics, val_split, test_split, search, val_report, test_report)
-
-
-@dataclasses.dataclass(frozen=True)
-class TrialEvaluation:
-    """What `evaluate_trial` computed: the flat metrics and the pieces they came from (for plots and files)."""
-
-    metrics: dict[str, float]
-    val: "PreparedSplit"
-    test: "PreparedSplit"
-    search: "PolicySearch"
-    val_report: "EvaluationReport"
-    test_report: "EvaluationReport"
+    return assess_model(
+        val, test, calibration=cfg.calibration.method, compare=cfg.calibration.compare, score=cfg.policy.score,
+        trials=cfg.policy.trials, sampler=cfg.policy.sampler, seed=cfg.policy.seed,
+    )
 
 
 def run_trial(
@@ -98,13 +79,13 @@ def run_trial(
 
     output_dir = Path(output_dir) if output_dir is not None else None
     trained = train(cfg, output_dir, progress=progress, callback=on_epoch)
-    evaluation = evaluate_trial(trained.val, trained.test, cfg, seed=seed)
+    evaluation = evaluate_trial(trained.val, trained.test, cfg)
     result = TrialResult(cfg, trained.val, trained.test, evaluation.metrics, evaluation, trained.history, output_dir)
     if output_dir is not None:
         from eeopt.evaluation import jsonable
 
         (output_dir / "metrics.json").write_text(json.dumps(jsonable(evaluation.metrics), indent=1, sort_keys=True))
-        (output_dir / "pareto.json").write_text(json.dumps(jsonable(evaluation.search.to_dict()), indent=1))
+        (output_dir / "pareto.json").write_text(json.dumps(jsonable(evaluation.primary.search.to_dict()), indent=1))
     values = objective_values(result, objectives, objective)
     return result, values
 
