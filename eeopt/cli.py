@@ -196,7 +196,7 @@ def train_cmd(
 ) -> None:
     """Train one multi-exit model with fixed hyperparameters; write its exit outputs for `eeopt exits`."""
     from eeopt.config import load_train_config
-    from eeopt.registries import check_train_config
+    from eeopt.training.checks import check_train_config
 
     cfg = load_train_config(config, overrides or [])
     check_train_config(cfg, source=str(config))

@@ -45,3 +45,32 @@ def test_bad_train_config_exit_2_and_writes_nothing(tmp_path, capsys, args, expe
     err = capsys.readouterr().err
     assert expected in err and err.count("\n") == 1, err
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--set", "model.exits=[2, 99]"],
+         "model.exits: block 99 does not exist (tinyresnet has 5 blocks; use numbers 1..5)"),
+        (["--set", "data.name=fashion-mnist", "--set", "data.root=MISSING"],
+         "data.root: MISSING has no fashion-mnist files (train-images-idx3-ubyte[.gz] not found in MISSING"),
+        (["--set", "data.name=imagefolder", "--set", "data.root=MISSING"],
+         "data.root: MISSING has no imagefolder files (MISSING/train: not found"),
+    ],
+)
+def test_missing_data_and_exits_beyond_the_backbone_exit_2_before_training(tmp_path, capsys, args, expected):
+    missing = str(tmp_path / "missing")
+    args = [arg.replace("MISSING", missing) for arg in args]
+    assert main(["train", str(QUICKSTART), "--output-dir", str(tmp_path / "out"), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {QUICKSTART}: " + expected.replace("MISSING", missing)), err
+    assert err.count("\n") == 1, err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_output_dir_that_is_a_file_exits_2_at_once(tmp_path, capsys):
+    file = tmp_path / "out"
+    file.write_text("not a folder")
+    assert main(["train", str(QUICKSTART), "-o", str(file), "--quiet"]) == 2
+    assert capsys.readouterr().err == f"error: --output-dir {file}: exists and is not a directory\n"
+    assert file.read_text() == "not a folder" and [p.name for p in tmp_path.iterdir()] == ["out"]

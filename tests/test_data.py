@@ -9,6 +9,7 @@ import hashlib
 import http.server
 import json
 import pickle
+import re
 import struct
 import threading
 from collections import Counter
@@ -23,6 +24,7 @@ from eeopt.data import (
     Dataset,
     RawData,
     Split,
+    check_dataset_files,
     iterate_batches,
     list_datasets,
     load_dataset,
@@ -635,3 +637,93 @@ def test_iterate_batches_covers_every_sample_once(shuffle):
     with pytest.raises(ValueError, match="batch_size"):
         next(iterate_batches(split, 0, shuffle=False))
     assert len(split) == n
+
+
+# --------------------------------------------------------------------------------------------------- presence checks
+def test_presence_checks_pass_on_present_files_without_reading_them(tmp_path):
+    """Files with the right names but garbage inside pass the check (it only looks); loading them fails."""
+    for name in FILES:
+        (tmp_path / "fashion" / f"{name}.gz").parent.mkdir(exist_ok=True)
+        (tmp_path / "fashion" / f"{name}.gz").write_bytes(b"not gzip")
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        (tmp_path / "cifar" / "cifar-10-batches-py").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "cifar" / "cifar-10-batches-py" / name).write_bytes(b"garbage")
+    for part in ("train", "test"):
+        (tmp_path / "images" / part).mkdir(parents=True)
+    present = [
+        DataConfig(name="fashion-mnist", root=str(tmp_path / "fashion")),
+        DataConfig(name="cifar10", root=str(tmp_path / "cifar")),
+        DataConfig(name="imagefolder", root=str(tmp_path / "images")),
+        DataConfig(name="digits"),
+    ]
+    for cfg in present:
+        check_dataset_files(cfg)
+    for cfg in present[:3]:
+        with pytest.raises(DataError):
+            load_dataset(cfg, 0)
+
+
+def test_presence_check_of_fashion_mnist_names_data_root_and_the_missing_file(tmp_path, monkeypatch):
+    paths = _write_fashion(tmp_path, _fake_fashion(), gz=True)
+    cfg = DataConfig(name="fashion-mnist", root=str(tmp_path))
+    check_dataset_files(cfg)
+    paths[FILES[2]].unlink()
+    root = re.escape(str(tmp_path))
+    with pytest.raises(DataError, match=rf"^data\.root: {root} has no fashion-mnist files \({FILES[2]}\[\.gz\] "
+                                        rf"not found in {root}, {root}/fashion-mnist\); .*data\.download: true$"):
+        check_dataset_files(cfg)
+    check_dataset_files(DataConfig(name="fashion-mnist", root=str(tmp_path), download=True))  # fetched later
+    with pytest.raises(DataError, match=rf"^data\.root: {root}/nope has no fashion-mnist files \({FILES[0]}"):
+        check_dataset_files(DataConfig(name="fashion-mnist", root=str(tmp_path / "nope")))
+    monkeypatch.setattr(idx_module, "DEBIAN_FASHION_MNIST", tmp_path / "no-debian")
+    with pytest.raises(DataError, match=r"^data\.root: not set, and the default folders have no fashion-mnist"):
+        check_dataset_files(DataConfig(name="fashion-mnist"))
+
+
+def test_presence_check_of_cifar_names_the_missing_batch(tmp_path):
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "cifar-10-batches-py"
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        _dump(folder / name, _cifar_batch(2, rng))
+    check_dataset_files(DataConfig(name="cifar10", root=str(tmp_path)))
+    (folder / "data_batch_4").unlink()
+    root = re.escape(str(tmp_path))
+    with pytest.raises(DataError, match=rf"^data\.root: {root} has no cifar10 files \({root}/cifar-10-batches-py/"
+                                        r"data_batch_4: not found; expected the cifar10 batch"):
+        check_dataset_files(DataConfig(name="cifar10", root=str(tmp_path)))
+    no_cifar100 = rf"^data\.root: {root} has no cifar100 files \(train not found in {root} or .*cifar-100-python; "
+    with pytest.raises(DataError, match=no_cifar100 + r"extract .* data\.download is not supported for CIFAR"):
+        check_dataset_files(DataConfig(name="cifar100", root=str(tmp_path), download=True))
+    with pytest.raises(DataError, match=r"^data\.root: not set; set data\.root \(or \$EEOPT_DATA_DIR\)"):
+        check_dataset_files(DataConfig(name="cifar10"))
+
+
+def test_presence_check_of_imagefolder_needs_train_and_test(tmp_path):
+    _image_tree(tmp_path, np.random.default_rng(0))
+    check_dataset_files(DataConfig(name="imagefolder", root=str(tmp_path)))
+    for path in sorted((tmp_path / "test").rglob("*"), reverse=True):
+        path.unlink() if path.is_file() else path.rmdir()
+    (tmp_path / "test").rmdir()
+    root = re.escape(str(tmp_path))
+    with pytest.raises(DataError, match=rf"^data\.root: {root} has no imagefolder files \({root}/test: not found"):
+        check_dataset_files(DataConfig(name="imagefolder", root=str(tmp_path)))
+    with pytest.raises(DataError, match=r"^data\.root: not set; imagefolder needs"):
+        check_dataset_files(DataConfig(name="imagefolder"))
+
+
+def test_register_dataset_keeps_its_check_next_to_the_loader(registry, tmp_path):
+    marker = tmp_path / "marker"
+    _indexed(registry, name="unchecked")
+
+    @register_dataset("checked", check=lambda cfg: None if marker.exists() else f"data.root: {marker} is missing")
+    def _load(cfg):
+        return registry.get("unchecked").load(cfg)
+
+    check_dataset_files(DataConfig(name="unchecked"))  # no check: nothing to find
+    with pytest.raises(DataError, match=r"^data\.root: .*marker is missing$"):
+        check_dataset_files(DataConfig(name="checked"))
+    marker.touch()
+    check_dataset_files(DataConfig(name="checked"))
+    assert len(load_dataset(DataConfig(name="checked"), 0).test) == 50
+    with pytest.raises(UnknownNameError, match=r"^data\.name: unknown dataset 'nope'"):
+        check_dataset_files(DataConfig(name="nope"))

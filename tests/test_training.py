@@ -26,8 +26,8 @@ from eeopt.training import (
     load_model,
     train,
 )
-from eeopt.training import loop
-from eeopt.training.loop import lr_factor, plan_stages
+from eeopt.training import epoch
+from eeopt.training.stages import lr_factor, plan_stages
 
 FASHION_ROOT = Path("/usr/share/datasets/fashion-mnist")
 
@@ -269,7 +269,7 @@ def test_a_diverging_run_stops_at_once(digits):
 
 
 def test_a_nan_loss_raises_on_the_first_step(digits, monkeypatch):
-    monkeypatch.setattr(loop, "stage_loss", lambda *a, **k: torch.tensor(float("nan"), requires_grad=True))
+    monkeypatch.setattr(epoch, "stage_loss", lambda *a, **k: torch.tensor(float("nan"), requires_grad=True))
     with pytest.raises(TrainingDiverged, match="epoch 1, step 1 "):
         train(_cfg(), progress=False, dataset=digits)
 

@@ -1,7 +1,8 @@
 """Dataset registry and the one path from raw arrays to training-ready splits.
 
 A loader registered with `register_dataset` only reads files and returns `RawData` (the official train and test
-images as NumPy arrays). `load_dataset` then does the same for every dataset:
+images as NumPy arrays); its optional `check` only looks for the files, so `check_dataset_files` can report a missing
+folder before a run starts. `load_dataset` then does the same for every dataset:
 
 1. a seeded train/val split of the *train* images (stratified by label when every class has >= 2 images);
 2. subsets: the first `train_subset` / `val_subset` images of the (seeded, shuffled) train / val splits, and the
@@ -89,21 +90,55 @@ class RawData:
 
 # --------------------------------------------------------------------------------------------------- registry
 Loader = Callable[[DataConfig], RawData]
-DATASETS: Registry[Loader] = Registry("dataset")
+# check(cfg) -> None when the files look present, else one line starting with the dotted field ("data.root: ...").
+FilesCheck = Callable[[DataConfig], str | None]
 
 
-def register_dataset(name: str) -> Callable[[Loader], Loader]:
+@dataclass(frozen=True)
+class DatasetEntry:
+    """A registered dataset: its loader and an optional cheap presence check of its files (None: none to find)."""
+
+    load: Loader
+    check: FilesCheck | None = None
+
+
+DATASETS: Registry[DatasetEntry] = Registry("dataset")
+
+
+def register_dataset(name: str, check: FilesCheck | None = None) -> Callable[[Loader], Loader]:
     """Decorator: register `loader(cfg: DataConfig) -> RawData` under `name` (the `data.name` used in YAML).
+
+    `check(cfg) -> str | None` looks for the files without reading them (`check_dataset_files` calls it before a
+    run starts, so a missing folder is found in a second rather than inside a study trial). It returns None when
+    they look present, else what is missing as one line naming the field, e.g. ``data.root: /x has no ... files``.
 
     Raises:
         ValueError: `name` is already registered.
     """
-    return DATASETS.register(name)
+
+    def deco(loader: Loader) -> Loader:
+        DATASETS.register(name)(DatasetEntry(loader, check))
+        return loader
+
+    return deco
 
 
 def list_datasets() -> list[str]:
     """Registered dataset names, sorted."""
     return DATASETS.names()
+
+
+def check_dataset_files(cfg: DataConfig) -> None:
+    """Check that `cfg.name`'s files are there, cheaply (the dataset's registered `check`; none for digits).
+
+    Raises:
+        UnknownNameError: unknown dataset name.
+        DataError: the check's one-line message (it names the field, e.g. data.root).
+    """
+    check = DATASETS.get(cfg.name, where="data.name").check
+    problem = check(cfg) if check is not None else None
+    if problem:
+        raise DataError(problem)
 
 
 # --------------------------------------------------------------------------------------------------- loading
@@ -117,7 +152,7 @@ def load_dataset(cfg: DataConfig, seed: int) -> Dataset:
         UnknownNameError: unknown dataset name (the message lists the registered ones).
         DataError: missing or malformed files.
     """
-    raw = DATASETS.get(cfg.name, where="data.name")(cfg)
+    raw = DATASETS.get(cfg.name, where="data.name").load(cfg)
     _check_raw(cfg.name, raw)
 
     rng = np.random.default_rng(seed % 2**64)

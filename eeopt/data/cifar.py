@@ -14,6 +14,8 @@ from __future__ import annotations
 import io
 import os
 import pickle
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -84,57 +86,89 @@ def load_batch(path: str | os.PathLike, label_key: bytes) -> tuple[np.ndarray, n
     return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels.astype(np.int64)
 
 
-def _find_folder(cfg: DataConfig, name: str, standard: str, first_file: str) -> Path:
+@dataclass(frozen=True)
+class _Cifar:
+    """Where one CIFAR variant's batches are and how to read them."""
+
+    name: str
+    folder: str  # the standard folder the official tar.gz extracts to
+    train_files: tuple[str, ...]
+    test_file: str
+    label_key: bytes
+    num_classes: int
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        return (*self.train_files, self.test_file)
+
+
+CIFAR10 = _Cifar("cifar10", "cifar-10-batches-py", tuple(f"data_batch_{i}" for i in range(1, 6)), "test_batch",
+                 b"labels", 10)
+CIFAR100 = _Cifar("cifar100", "cifar-100-python", ("train",), "test", b"fine_labels", 100)
+
+
+def _locate(cfg: DataConfig, spec: _Cifar) -> Path | str:
+    """The folder holding every batch of `spec`, or (a string) why there is none, as one line."""
     base = cfg.root or os.environ.get("EEOPT_DATA_DIR")
+    url = _URLS[spec.name]
     if base is None:
-        raise DataError(
-            f"{name}: set data.root (or $EEOPT_DATA_DIR) to the folder holding {standard}/ "
-            f"(extract {_URLS[name]} there)"
-        )
+        return f"set data.root (or $EEOPT_DATA_DIR) to the folder holding {spec.folder}/ (extract {url} there)"
     base_path = Path(base).expanduser()
-    candidates = [base_path, base_path / standard]
-    for folder in candidates:
-        if (folder / first_file).is_file():
-            return folder
-    hint = "; data.download is not supported for CIFAR" if cfg.download else ""
-    raise DataError(
-        f"{name}: {first_file} not found in {' or '.join(str(c) for c in candidates)}; extract {_URLS[name]} "
-        f"into {base_path}{hint}"
-    )
+    candidates = [base_path, base_path / spec.folder]
+    folder = next((c for c in candidates if (c / spec.files[0]).is_file()), None)
+    if folder is None:
+        hint = "; data.download is not supported for CIFAR" if cfg.download else ""
+        where = " or ".join(str(c) for c in candidates)
+        return f"{spec.files[0]} not found in {where}; extract {url} into {base_path}{hint}"
+    missing = next((f for f in spec.files if not (folder / f).is_file()), None)
+    if missing is not None:
+        return f"{folder / missing}: not found; expected the {spec.name} batch {missing} next to {spec.files[0]}"
+    return folder
 
 
-def _load(cfg: DataConfig, name: str, standard: str, train_files: list[str], test_file: str,
-          label_key: bytes, num_classes: int) -> RawData:
-    folder = _find_folder(cfg, name, standard, train_files[0])
+def _check(spec: _Cifar) -> Callable[[DataConfig], str | None]:
+    """The presence check of `register_dataset` for `spec` (the batches are not opened)."""
+
+    def check(cfg: DataConfig) -> str | None:
+        found = _locate(cfg, spec)
+        if isinstance(found, Path):
+            return None
+        base = cfg.root or os.environ.get("EEOPT_DATA_DIR")
+        return f"data.root: {base} has no {spec.name} files ({found})" if base else f"data.root: not set; {found}"
+
+    return check
+
+
+def _load(cfg: DataConfig, spec: _Cifar) -> RawData:
+    found = _locate(cfg, spec)
+    if not isinstance(found, Path):
+        raise DataError(f"{spec.name}: {found}")
     parts = {}
-    for filename in [*train_files, test_file]:
-        path = folder / filename
-        if not path.is_file():
-            raise DataError(f"{path}: not found; expected the {name} batch {filename} next to {train_files[0]}")
-        parts[filename] = load_batch(path, label_key)
-        if len(parts[filename][1]) and parts[filename][1].max() >= num_classes:
-            raise DataError(f"{path}: labels must lie in 0..{num_classes - 1}, found {parts[filename][1].max()}")
-    train_images = np.concatenate([parts[f][0] for f in train_files])
-    train_labels = np.concatenate([parts[f][1] for f in train_files])
+    for filename in spec.files:
+        path = found / filename
+        parts[filename] = images, labels = load_batch(path, spec.label_key)
+        if len(labels) and labels.max() >= spec.num_classes:
+            raise DataError(f"{path}: labels must lie in 0..{spec.num_classes - 1}, found {labels.max()}")
+    train_images = np.concatenate([parts[f][0] for f in spec.train_files])
+    train_labels = np.concatenate([parts[f][1] for f in spec.train_files])
     return RawData(
         train_images=train_images,
         train_labels=train_labels,
-        test_images=parts[test_file][0],
-        test_labels=parts[test_file][1],
-        num_classes=num_classes,
-        sources=(str(folder),),
+        test_images=parts[spec.test_file][0],
+        test_labels=parts[spec.test_file][1],
+        num_classes=spec.num_classes,
+        sources=(str(found),),
         hflip=True,
     )
 
 
-@register_dataset("cifar10")
+@register_dataset("cifar10", check=_check(CIFAR10))
 def load_cifar10(cfg: DataConfig) -> RawData:
     """CIFAR-10: 50000 train and 10000 test RGB images [N, 32, 32, 3], 10 classes."""
-    train = [f"data_batch_{i}" for i in range(1, 6)]
-    return _load(cfg, "cifar10", "cifar-10-batches-py", train, "test_batch", b"labels", 10)
+    return _load(cfg, CIFAR10)
 
 
-@register_dataset("cifar100")
+@register_dataset("cifar100", check=_check(CIFAR100))
 def load_cifar100(cfg: DataConfig) -> RawData:
     """CIFAR-100: 50000 train and 10000 test RGB images [N, 32, 32, 3], 100 fine classes."""
-    return _load(cfg, "cifar100", "cifar-100-python", ["train"], "test", b"fine_labels", 100)
+    return _load(cfg, CIFAR100)

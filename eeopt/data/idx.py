@@ -213,16 +213,29 @@ def download_fashion_mnist(
     return paths
 
 
-def _missing_message(root: str | None) -> str:
+def _first_missing(root: str | None) -> tuple[str, str]:
+    """(the first missing file of the most complete searched folder, the searched folders as text)."""
     dirs = fashion_mnist_dirs(root)
-    # name the first missing file of the most complete folder
     best = max(dirs, key=lambda d: sum(_find_file(d, n) is not None for n in FASHION_MNIST_FILES))
     missing = next(n for n in FASHION_MNIST_FILES if _find_file(best, n) is None)
-    looked = ", ".join(str(d) for d in dirs)
+    return missing, ", ".join(str(d) for d in dirs)
+
+
+def _missing_message(root: str | None) -> str:
+    missing, looked = _first_missing(root)
     return f"fashion-mnist: {missing}[.gz] not found (looked in {looked}); {_HINT}"
 
 
-@register_dataset("fashion-mnist")
+def check_fashion_mnist(cfg: DataConfig) -> str | None:
+    """The presence check: None when a searched folder holds all four files, or when data.download will get them."""
+    if cfg.download or find_fashion_mnist(cfg.root) is not None:
+        return None
+    missing, looked = _first_missing(cfg.root)
+    where = f"{cfg.root} has" if cfg.root is not None else "not set, and the default folders have"
+    return f"data.root: {where} no fashion-mnist files ({missing}[.gz] not found in {looked}); {_HINT}"
+
+
+@register_dataset("fashion-mnist", check=check_fashion_mnist)
 def load_fashion_mnist(cfg: DataConfig) -> RawData:
     """The four IDX files -> 60000 train and 10000 test uint8 images [N, 28, 28], 10 classes."""
     paths = find_fashion_mnist(cfg.root)

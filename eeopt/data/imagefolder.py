@@ -56,7 +56,19 @@ def _read_images(files: list[tuple[Path, int]]) -> list:
     return images
 
 
-@register_dataset("imagefolder")
+def check_imagefolder(cfg: DataConfig) -> str | None:
+    """The presence check: data.root is set and holds train/ and test/ folders (their images are not opened)."""
+    if cfg.root is None:
+        return "data.root: not set; imagefolder needs a folder with train/<class>/* and test/<class>/* images"
+    root = Path(cfg.root).expanduser()
+    missing = next((part for part in ("train", "test") if not (root / part).is_dir()), None)
+    if missing is None:
+        return None
+    expected = f"{root}/{missing}/<class>/*"
+    return f"data.root: {cfg.root} has no imagefolder files ({root / missing}: not found; expected {expected})"
+
+
+@register_dataset("imagefolder", check=check_imagefolder)
 def load_imagefolder(cfg: DataConfig) -> RawData:
     """data.root/{train,test}/<class>/* -> uint8 images [N, H, W] (grey) or [N, H, W, 3], labels by sorted class."""
     from PIL import Image

@@ -203,12 +203,15 @@ def _block_output_shapes(backbone: nn.Module, input_shape: tuple[int, int, int])
 
 
 # --------------------------------------------------------------------------------------------------- building
-def resolve_exit_blocks(exits: object, backbone: nn.Module, input_shape: tuple[int, int, int]) -> list[int]:
+def resolve_exit_blocks(
+    exits: object, backbone: nn.Module, input_shape: tuple[int, int, int], backbone_name: str = "the backbone"
+) -> list[int]:
     """0-based blocks carrying an exit, increasing, the last block always included.
 
     `exits`: 'every_block'; 1-based block numbers; or `FlopShares`, which picks for each share the block whose
     cumulative backbone FLOPs (stem included, heads excluded) divided by the whole backbone's is closest to it (the
-    earlier block on a tie), duplicates dropped.
+    earlier block on a tie), duplicates dropped. Only `FlopShares` runs the backbone (to count FLOPs).
+    `backbone_name` is how the message names the backbone ("tinyresnet").
 
     Raises:
         ConfigError: a block number beyond the backbone's blocks, or an unrecognised `exits` value.
@@ -224,7 +227,7 @@ def resolve_exit_blocks(exits: object, backbone: nn.Module, input_shape: tuple[i
         bad = [b for b in exits if not 1 <= b <= n]
         if bad:
             raise ConfigError(
-                f"model.exits: block {bad[0]} does not exist; the backbone has {n} blocks (use numbers 1..{n})"
+                f"model.exits: block {bad[0]} does not exist ({backbone_name} has {n} blocks; use numbers 1..{n})"
             )
         chosen = [b - 1 for b in exits]
     else:
@@ -246,7 +249,7 @@ def build_model(
     image_size = (int(image_size[0]), int(image_size[1]))
     input_shape = (int(in_channels), *image_size)
     backbone = create_backbone(cfg.backbone, in_channels, image_size, cfg.width, **cfg.backbone_kwargs)
-    exit_blocks = resolve_exit_blocks(cfg.exits, backbone, input_shape)
+    exit_blocks = resolve_exit_blocks(cfg.exits, backbone, input_shape, cfg.backbone)
     if cfg.head not in HEAD_TYPES:
         raise ConfigError(f"model.head: expected one of {', '.join(HEAD_TYPES)}, got {cfg.head!r}")
     if num_classes < 1:

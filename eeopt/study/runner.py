@@ -328,7 +328,7 @@ def _hashable(value: Any) -> Any:
 
 def _check_names(config: StudyConfig) -> None:
     """Registry names (dataset, backbone, calibrator, score) checked before Ray starts, for every sampled choice."""
-    from eeopt.registries import check_train_config
+    from eeopt.training.checks import check_train_config
 
     check_train_config(config.train_config(), source="study file")
     for path, dist in config.search_space.items():

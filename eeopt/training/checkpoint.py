@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import yaml
 
+from eeopt.config import TrainConfig
 from eeopt.errors import ConfigError
 
 MODEL_FORMAT = "eeopt.model/1"
@@ -114,6 +115,15 @@ def restore_rng_state(state: dict[str, Any], generator: torch.Generator | None =
 
 
 # ------------------------------------------------------------------------------------------------ checkpoints
+def config_fingerprint(cfg: TrainConfig) -> str:
+    """A `TrainConfig` as canonical JSON, minus the settings that do not change what is trained (device,
+    threads): a checkpoint resumes only a run with the same fingerprint."""
+    tree = cfg.model_dump(mode="json")
+    tree["training"].pop("device", None)
+    tree["training"].pop("threads", None)
+    return json.dumps(tree, sort_keys=True)
+
+
 def save_checkpoint(path: str | os.PathLike, **fields: Any) -> Path:
     """Write a resumable training checkpoint (a dict of tensors, state dicts and plain values) atomically."""
     return atomic_torch_save({"format": CHECKPOINT_FORMAT, **fields}, path)
