@@ -53,6 +53,8 @@ def _check_names(cfg: TrainConfig) -> None:
     ]
     if cfg.calibration.method != "none":
         checks.append(("calibration.method", cfg.calibration.method, CALIBRATORS))
+    checks += [(f"calibration.compare.{i}", name, CALIBRATORS)
+               for i, name in enumerate(cfg.calibration.compare) if name != "none"]
     for path, value, registry in checks:
         registry.get(value, where=path)
 
