@@ -154,41 +154,21 @@ def load_dataset(cfg: DataConfig, seed: int) -> Dataset:
     """
     raw = DATASETS.get(cfg.name, where="data.name").load(cfg)
     _check_raw(cfg.name, raw)
-
     rng = np.random.default_rng(seed % 2**64)
     train_idx, val_idx, stratified = split_indices(raw.train_labels, cfg.val_fraction, rng)
     train_idx = train_idx[: cfg.train_subset]  # both are already in a seeded random order
     val_idx = val_idx[: cfg.val_subset]
     test_idx = np.arange(len(raw.test_labels) if cfg.test_subset is None else min(cfg.test_subset, len(raw.test_labels)))
-
-    size = (cfg.image_size, cfg.image_size) if cfg.image_size is not None else None
-    xs = {
-        "train": to_tensor(raw.train_images[train_idx], size),
-        "val": to_tensor(raw.train_images[val_idx], size),
-        "test": to_tensor(raw.test_images[test_idx], size),
-    }
-    ys = {
-        "train": torch.from_numpy(raw.train_labels[train_idx].astype(np.int64)),
-        "val": torch.from_numpy(raw.train_labels[val_idx].astype(np.int64)),
-        "test": torch.from_numpy(raw.test_labels[test_idx].astype(np.int64)),
-    }
-    channels = xs["train"].shape[1]
-    if cfg.normalize:
-        mean, std = channel_stats(xs["train"])
-        xs = {key: normalize(x, mean, std) for key, x in xs.items()}
-    else:
-        mean, std = [0.0] * channels, [1.0] * channels
-
-    image_size = (int(xs["train"].shape[2]), int(xs["train"].shape[3]))
+    splits, mean, std = _tensor_splits(raw, cfg, {"train": train_idx, "val": val_idx, "test": test_idx})
+    channels, image_size = splits["train"].x.shape[1], tuple(int(d) for d in splits["train"].x.shape[2:])
     augment = None
     if cfg.augment:
         fill = tuple((0.0 - m) / s for m, s in zip(mean, std))  # raw black, in normalised units
         augment = RandomCropFlip(pad=max(1, min(image_size) // 8), flip=raw.hflip, fill=fill)
-
     info: dict[str, Any] = {
         "name": cfg.name,
         "sources": list(raw.sources),
-        "sizes": {key: len(ys[key]) for key in ("train", "val", "test")},
+        "sizes": {key: len(split) for key, split in splits.items()},
         "split_seed": int(seed),
         "stratified": stratified,
         "val_indices_sha1": indices_sha1(val_idx),
@@ -199,16 +179,25 @@ def load_dataset(cfg: DataConfig, seed: int) -> Dataset:
     }
     if raw.test_note:
         info["test_split"] = raw.test_note
-    return Dataset(
-        train=Split(xs["train"], ys["train"]),
-        val=Split(xs["val"], ys["val"]),
-        test=Split(xs["test"], ys["test"]),
-        num_classes=raw.num_classes,
-        in_channels=channels,
-        image_size=image_size,
-        augment=augment,
-        info=info,
-    )
+    return Dataset(**splits, num_classes=raw.num_classes, in_channels=channels, image_size=image_size,
+                   augment=augment, info=info)
+
+
+def _tensor_splits(raw: RawData, cfg: DataConfig, indices: dict[str, np.ndarray]):
+    """The train/val/test `Split`s of the chosen images (resized, normalised with train statistics), and the
+    per-channel mean and std used."""
+    size = (cfg.image_size, cfg.image_size) if cfg.image_size is not None else None
+    images = {"train": raw.train_images, "val": raw.train_images, "test": raw.test_images}
+    labels = {"train": raw.train_labels, "val": raw.train_labels, "test": raw.test_labels}
+    xs = {key: to_tensor(images[key][idx], size) for key, idx in indices.items()}
+    ys = {key: torch.from_numpy(labels[key][idx].astype(np.int64)) for key, idx in indices.items()}
+    channels = xs["train"].shape[1]
+    if cfg.normalize:
+        mean, std = channel_stats(xs["train"])
+        xs = {key: normalize(x, mean, std) for key, x in xs.items()}
+    else:
+        mean, std = [0.0] * channels, [1.0] * channels
+    return {key: Split(xs[key], ys[key]) for key in indices}, mean, std
 
 
 def _check_raw(name: str, raw: RawData) -> None:

@@ -16,7 +16,7 @@ from typing import NamedTuple
 import numpy as np
 from numpy.typing import ArrayLike
 
-from eeopt.metrics.checks import as_binary, check_paired
+from eeopt.metrics.checks import check_paired
 from eeopt.outputs import log_softmax_parts
 
 

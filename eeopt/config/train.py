@@ -1,0 +1,146 @@
+"""The schema of a train file (and of a study file's fixed part): data, model, training, calibration, policy."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class Strict(BaseModel):
+    """Unknown keys are errors; defaults are validated too."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class DataConfig(Strict):
+    """Which dataset, where its files are, and how it is split (the test split is never used for fitting)."""
+
+    name: str = "digits"
+    root: str | None = None
+    download: bool = False
+    val_fraction: float = Field(0.1, gt=0, lt=1)
+    train_subset: int | None = Field(None, ge=1, description="use at most this many training images (after the val split)")
+    val_subset: int | None = Field(None, ge=1)
+    test_subset: int | None = Field(None, ge=1, description="report on the first N test images only")
+    normalize: bool = True
+    augment: bool = False
+    image_size: int | None = Field(None, ge=4, description="resize images (imagefolder); None keeps the native size")
+
+
+class FlopShares(Strict):
+    """Place exits at the blocks closest to these shares of the backbone's FLOPs (Shallow-Deep Networks)."""
+
+    flops: list[Annotated[float, Field(gt=0, lt=1)]] = Field(min_length=1)
+
+
+class ModelConfig(Strict):
+    backbone: str = "resnet20"
+    width: int = Field(16, ge=1, description="channels of the first stage; later stages scale from it")
+    exits: Any = Field("every_block", description="'every_block', block numbers [2, 4, 6], or {flops: [0.25, 0.5]}")
+    head: Literal["linear", "sdn", "conv"] = "linear"
+    cascade: bool = False
+    failure_head: bool = False
+    backbone_kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("exits", mode="before")
+    @classmethod
+    def _exits(cls, value: Any) -> Any:
+        expected = "expected 'every_block', increasing block numbers >= 1 such as [2, 4, 6], or {flops: [0.25, 0.5]}"
+        if value == "every_block":
+            return value
+        if isinstance(value, dict):
+            try:
+                return FlopShares.model_validate(value)
+            except ValidationError as exc:
+                raise ValueError(f"{expected}: {exc.errors()[0]['msg']}") from None
+        if isinstance(value, FlopShares):
+            return value
+        if (
+            isinstance(value, list)
+            and value
+            and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value)
+            and all(a < b for a, b in zip(value, value[1:]))
+        ):
+            return value
+        raise ValueError(expected)
+
+
+class TrainingConfig(Strict):
+    mode: Literal["joint", "frozen", "two_stage"] = "joint"
+    epochs: int = Field(3, ge=0)
+    backbone_epochs: int = Field(0, ge=0, description="frozen/two_stage: epochs of backbone-only training first")
+    backbone_checkpoint: str | None = Field(None, description="frozen: load the backbone from this model.pt instead")
+    batch_size: int = Field(128, ge=1)
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(5e-4, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    exit_weights: Literal["uniform", "linear", "sdn"] = "uniform"
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    failure_loss: Literal["none", "bce", "tcp", "ranking"] = "none"
+    failure_weight: float = Field(0.1, ge=0)
+    distillation: float = Field(0.0, ge=0, description="weight of distilling the last exit into earlier ones")
+    distill_temperature: float = Field(1.0, gt=0)
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")
+    threads: int | None = Field(None, ge=1, description="torch threads on CPU; None lets torch decide")
+    deterministic: bool = True
+
+    @model_validator(mode="after")
+    def _modes(self) -> TrainingConfig:
+        if self.failure_loss != "none" and self.failure_weight == 0:
+            raise ValueError("failure_weight must be > 0 when failure_loss is set")
+        if self.mode != "joint":
+            if self.backbone_epochs == 0 and self.backbone_checkpoint is None:
+                raise ValueError(
+                    f"mode {self.mode} first trains the backbone; set training.backbone_epochs > 0 "
+                    "or training.backbone_checkpoint to a model.pt of a previous run"
+                )
+            if self.backbone_epochs > 0 and self.backbone_checkpoint is not None:
+                raise ValueError("set either training.backbone_epochs or training.backbone_checkpoint, not both")
+        return self
+
+
+class CalibrationConfig(Strict):
+    """The calibrator that drives the objective, and the ones reported beside it (each fitted on val)."""
+
+    method: str = Field("none", description="none, or a registered calibrator: temperature, vector, histogram, isotonic")
+    compare: list[str] = Field(
+        default_factory=list,
+        description="calibrators (and none) also evaluated on every trial, logged under calib/{name}/...",
+    )
+
+    @field_validator("compare")
+    @classmethod
+    def _unique(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"lists a calibrator twice: {value}")
+        return value
+
+
+class PolicyConfig(Strict):
+    score: str = Field("msp", description="exit score: msp, entropy, margin, doctor, learned, or a registered one")
+    trials: int = Field(300, ge=1, description="trials of the per-exit threshold search")
+    sampler: Literal["nsga2", "tpe"] = "nsga2"
+    seed: int = Field(0, description="seed of the per-exit threshold search (the same for every trial)")
+
+
+class TrainConfig(Strict):
+    """Everything `eeopt train` needs; the fixed part of a study file."""
+
+    seed: int = 0
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainConfig:
+        t = self.training
+        if t.failure_loss != "none" and not self.model.failure_head:
+            raise ValueError(f"training.failure_loss: {t.failure_loss} trains failure heads; set model.failure_head: true")
+        if self.policy.score == "learned" and not self.model.failure_head:
+            raise ValueError("policy.score: 'learned' needs the scores of failure heads; set model.failure_head: true")
+        return self
