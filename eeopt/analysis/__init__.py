@@ -1,4 +1,4 @@
-"""Proxy analysis: across trained models, do calibration or failure-prediction scores track early-exit efficiency?
+"""Proxy analysis: across trained models, does calibration or failure prediction track early-exit efficiency?
 
 Pure numpy/scipy core (no torch, Ray, MLflow or Optuna); matplotlib loads only when `write_report` draws.
 

@@ -1,10 +1,10 @@
-"""Rank correlations of proxy metrics with efficiency across models, with trial-resampling bootstrap intervals.
+"""Rank correlations of proxies with efficiency across models, with trial-resampling bootstrap intervals.
 
-Every statistic here is computed on a *weighted* sample: point p counts `w[p]` times. The estimate uses w = 1; a
-bootstrap resample draws trials with replacement and gives each point the number of times its trial was drawn, so
-all calibrator points of a model come and go together. Midranks, Spearman's rho and Kendall's tau-b of the
-weighted sample equal those of the sample with each point written out `w[p]` times, and all resamples are ranked at
-once ([B, m] arrays), which keeps 150 proxy-target pairs x 1000 resamples on 100 points to about a second.
+Every statistic here is computed on a *weighted* sample: point p counts `w[p]` times. The estimate uses w = 1;
+a bootstrap resample draws trials with replacement and gives each point the number of times its trial was
+drawn, so all calibrator points of a model come and go together. Midranks, Spearman's rho and Kendall's tau-b
+of the weighted sample equal those of the sample with each point written out `w[p]` times, and all resamples
+are ranked at once ([B, m] arrays): 180 proxy-target rows x 1000 resamples on 100 points take under a second.
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ DEFAULT_TARGETS = (
 MIN_TRIALS = 5
 CONFIDENCE = 0.95
 SIGN_CONVENTION = (
-    "Both sides are in higher-is-better form: metrics where lower is better (ECE, MCE, adaptive ECE, Brier, NLL, "
-    "FPR@95, AURC, E-AURC; costs) are negated before ranking, so a proxy that tracks efficiency has a large "
-    "positive Spearman, Kendall and partial value whichever way its raw scale points."
+    "Both sides are in higher-is-better form: metrics where lower is better (ECE, MCE, adaptive ECE, Brier, "
+    "NLL, FPR@95, AURC, E-AURC; costs) are negated before ranking, so a proxy that tracks efficiency has a "
+    "large positive Spearman, Kendall and partial value whichever way its raw scale points."
 )
 
 
@@ -39,7 +39,8 @@ class Correlation:
 
     `spearman_ci` and `kendall_ci` are 95 % bootstrap percentile intervals over resampled trials;
     `partial_spearman` controls for the last exit's accuracy. Undefined numbers are NaN, and `note` says why
-    ("fewer than 5 trials (3)", "constant proxy", "constant control"); it is "" for a complete row.
+    ("fewer than 5 trials (3)", "constant proxy", "constant control", "no last-exit accuracy for the
+    partial"); it is "" for a complete row.
     """
 
     proxy: str
@@ -64,7 +65,7 @@ class Correlation:
         }
 
 
-# ------------------------------------------------------------------------------------------ weighted statistics
+# -------------------------------------------------------------------------------------- weighted statistics
 class Resamples(NamedTuple):
     """B weighted samples of m points from T trials: a trial's points come and go together."""
 
@@ -86,7 +87,7 @@ class Ranked(NamedTuple):
 
 
 def rank_sample(values: np.ndarray, weights: np.ndarray) -> Ranked:
-    """Rank `values` [m] in each weighted sample `weights` [B, m] (point p present w[b, p] times), all at once."""
+    """Rank `values` [m] in each weighted sample `weights` [B, m] (point p present w[b, p] times) at once."""
     order = np.argsort(values, kind="stable")
     ordered = values[order]
     new_group = np.r_[True, ordered[1:] != ordered[:-1]]
@@ -99,12 +100,14 @@ def rank_sample(values: np.ndarray, weights: np.ndarray) -> Ranked:
 
 
 def weighted_pearson(a: np.ndarray, b: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """Pearson correlation of rows of `a` and `b` [B, m] under `weights` [B, m]; NaN where a side is constant."""
+    """Pearson correlation of the rows of `a` and `b` [B, m] under `weights` [B, m]; NaN where a side is
+    constant."""
     total = weights.sum(axis=1, keepdims=True)
     da = a - (weights * a).sum(axis=1, keepdims=True) / total
     db = b - (weights * b).sum(axis=1, keepdims=True) / total
+    spread = (weights * da * da).sum(axis=1) * (weights * db * db).sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return (weights * da * db).sum(axis=1) / np.sqrt((weights * da * da).sum(axis=1) * (weights * db * db).sum(axis=1))
+        return (weights * da * db).sum(axis=1) / np.sqrt(spread)
 
 
 def spearman_ranked(x: Ranked, y: Ranked, weights: np.ndarray) -> np.ndarray:
@@ -113,11 +116,11 @@ def spearman_ranked(x: Ranked, y: Ranked, weights: np.ndarray) -> np.ndarray:
 
 
 def kendall_ranked(x: Ranked, y: Ranked, samples: Resamples) -> np.ndarray:
-    """Kendall's tau-b [B] = (C - D) / sqrt((n0 - n1)(n0 - n2)), n0 = n(n-1)/2 pairs, n1 and n2 the pairs tied in x
-    and in y (two copies of one point are a pair tied in both).
+    """Kendall's tau-b [B] = (C - D) / sqrt((n0 - n1)(n0 - n2)), n0 = n(n-1)/2 pairs, n1 and n2 the pairs tied
+    in x and in y (two copies of one point are a pair tied in both).
 
-    C - D = w' S w / 2 with S [m, m] the pairs' concordance; as w is constant within a trial, it is c' S_T c / 2
-    with S_T [T, T] summed over the trials' points: O(B T^2) rather than O(B m^2).
+    C - D = w' S w / 2 with S [m, m] the pairs' concordance; as w is constant within a trial, it is
+    c' S_T c / 2 with S_T [T, T] summed over the trials' points: O(B T^2) rather than O(B m^2).
     """
     onehot = np.zeros((samples.counts.shape[1], len(samples.index)))
     onehot[samples.index, np.arange(len(samples.index))] = 1
@@ -141,8 +144,9 @@ def weighted_kendall(x: np.ndarray, y: np.ndarray, weights: np.ndarray) -> np.nd
 
 
 def partial_spearman(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> float:
-    """Spearman correlation of `x` and `y` [m] controlling for `z` [m]: the partial correlation of their midranks,
-    (r_xy - r_xz r_yz) / sqrt((1 - r_xz^2)(1 - r_yz^2)). NaN when a side is constant or z ranks x or y exactly."""
+    """Spearman correlation of `x` and `y` [m] controlling for `z` [m]: the partial correlation of their
+    midranks, (r_xy - r_xz r_yz) / sqrt((1 - r_xz^2)(1 - r_yz^2)). NaN when a side is constant or z ranks x or
+    y exactly."""
     ones = np.ones((1, len(x)))
     rx, ry, rz = (rank_sample(v, ones).ranks for v in (x, y, z))
     r_xy, r_xz, r_yz = (float(weighted_pearson(a, b, ones)[0]) for a, b in ((rx, ry), (rx, rz), (ry, rz)))
@@ -151,9 +155,9 @@ def partial_spearman(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> float:
 
 
 def resample_trials(trial_index: np.ndarray, n_boot: int, seed: int) -> Resamples:
-    """`n_boot` bootstrap samples of the points whose trials are `trial_index` [m] (any labels): each draws as many
-    trials as there are, with replacement, from `numpy.random.default_rng(seed)`; a point's weight is how often its
-    trial was drawn. The same trials and seed give the same samples."""
+    """`n_boot` bootstrap samples of the points whose trials are `trial_index` [m] (any labels): each draws as
+    many trials as there are, with replacement, from `numpy.random.default_rng(seed)`; a point's weight is how
+    often its trial was drawn. The same number of trials and seed give the same samples."""
     trials, index = np.unique(trial_index, return_inverse=True)
     t = len(trials)
     draws = np.random.default_rng(seed).integers(0, t, size=(n_boot, t))
@@ -162,7 +166,8 @@ def resample_trials(trial_index: np.ndarray, n_boot: int, seed: int) -> Resample
 
 
 def percentile_interval(samples: np.ndarray) -> tuple[float, float]:
-    """The central `CONFIDENCE` percentile interval of the finite `samples` [B]; NaN when there are none."""
+    """The central `CONFIDENCE` percentile interval of the finite `samples` [B] (a resample whose side is
+    constant has no correlation and is left out); NaN when there are none."""
     finite = samples[np.isfinite(samples)]
     if finite.size == 0:
         return (math.nan, math.nan)
@@ -171,7 +176,7 @@ def percentile_interval(samples: np.ndarray) -> tuple[float, float]:
     return (float(low), float(high))
 
 
-# ------------------------------------------------------------------------------------------ proxy x target rows
+# -------------------------------------------------------------------------------------- proxy x target rows
 class _Samples:
     """Weights and ranked sides shared by the rows of one analysis.
 
@@ -220,7 +225,9 @@ def _row(proxy: str, target: str, x: np.ndarray, y: np.ndarray, control: np.ndar
     partial = math.nan
     if control is not None:
         has = keep & np.isfinite(control)
-        if _constant(control[has]):
+        if not has.any():
+            notes.append("no last-exit accuracy for the partial")
+        elif _constant(control[has]):
             notes.append("constant control")
         elif _constant(x[has]) or _constant(y[has]):
             notes.append("constant proxy or target where the control is defined")
@@ -234,23 +241,27 @@ def _row(proxy: str, target: str, x: np.ndarray, y: np.ndarray, control: np.ndar
 def correlate(x: np.ndarray, y: np.ndarray, trial_index: np.ndarray, control: np.ndarray | None = None, *,
               proxy: str = "proxy", target: str = "target", n_boot: int = 1000, seed: int = 0) -> Correlation:
     """One `Correlation` of `x` and `y` [P] (already in higher-is-better form) over the points where both are
-    finite, bootstrapping the trials `trial_index` [P] (any labels) with `default_rng(seed)`; the partial controls
-    for `control` [P] on the points where it is finite too. Degenerate rows carry NaN and a note."""
+    finite, bootstrapping the trials `trial_index` [P] (any labels) with `default_rng(seed)`; the partial
+    controls for `control` [P] on the points where it is finite too. Degenerate rows carry NaN and a note.
+
+    Raises `AnalysisError` when the arrays are not 1-D of one length.
+    """
     x, y, trial_index = (np.asarray(v) for v in (x, y, trial_index))
     if not x.shape == y.shape == trial_index.shape or x.ndim != 1:
-        raise AnalysisError(f"x, y and trial_index must be 1-D arrays of one length, got {x.shape}, {y.shape}, "
-                            f"{trial_index.shape}")
+        raise AnalysisError("x, y and trial_index must be 1-D arrays of one length, got "
+                            f"{x.shape}, {y.shape}, {trial_index.shape}")
     control = None if control is None else np.asarray(control, dtype=float)
-    return _row(proxy, target, x.astype(float), y.astype(float), control, _Samples(trial_index, n_boot, seed))
+    samples = _Samples(trial_index, n_boot, seed)
+    return _row(proxy, target, x.astype(float), y.astype(float), control, samples)
 
 
 def correlations(table: PointTable, targets: list[str] | tuple[str, ...], n_boot: int = 1000,
                  seed: int = 0) -> list[Correlation]:
     """Every proxy key of `table` against every target, target by target in the given order.
 
-    The partial controls for the last exit's accuracy (`exit{K}/accuracy` of each point). Every row draws its
-    resamples from a fresh `default_rng(seed)`, so a row's interval does not depend on which other keys are
-    present, and rows over the same points share their resamples.
+    The partial controls for the last exit's accuracy (`exit{K}/accuracy` of each point). Every row draws
+    its resamples from a fresh `default_rng(seed)`, so a row's interval does not depend on which other keys
+    are present, and rows over the same points share their resamples.
     """
     control = table.last_exit_accuracy()
     samples = _Samples(table.trial_index, n_boot, seed)
@@ -265,8 +276,9 @@ def resolve_targets(table: PointTable, targets: list[str] | tuple[str, ...] | No
     if targets is None:
         found = tuple(t for t in DEFAULT_TARGETS if t in table.parsed)
         if not found:
-            raise AnalysisError(f"none of the default targets ({', '.join(DEFAULT_TARGETS)}) is in the points; "
-                                f"pass targets=[...] (efficiency keys present: {', '.join(present) or 'none'})")
+            raise AnalysisError(f"none of the default targets ({', '.join(DEFAULT_TARGETS)}) is in the "
+                                "points; pass targets=[...] (efficiency keys present: "
+                                f"{', '.join(present) or 'none'})")
         return found
     for target in targets:
         try:

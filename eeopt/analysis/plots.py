@@ -1,7 +1,7 @@
-"""Figures of the proxy analysis: proxy vs target scatter, a forest plot of Spearman intervals, accuracy vs cost.
+"""Figures of the proxy analysis: proxy vs target, a forest plot of Spearman intervals, accuracy vs cost.
 
-They consume computed results (points, `Correlation` rows, curves) and draw; matplotlib (Agg) loads only when a
-figure is drawn. Every figure names the split in its title, labels its axes and has a legend.
+They consume computed results (points, `Correlation` rows, curves) and draw; matplotlib (Agg) loads only when
+a figure is drawn. Every figure names the split in its title, labels its axes and has a legend.
 """
 
 from __future__ import annotations
@@ -13,13 +13,13 @@ from pathlib import Path
 import numpy as np
 
 from eeopt.analysis.correlations import Correlation
-from eeopt.analysis.points import UNCALIBRATED, Point, as_float
+from eeopt.analysis.points import UNCALIBRATED, AnalysisError, Point, as_float
 from eeopt.names import parse_key
 
 _NAMES = {
-    "accuracy": "accuracy", "ece": "ECE", "mce": "MCE", "adaptive_ece": "adaptive ECE", "brier": "Brier score",
-    "nll": "NLL", "auroc": "AUROC", "aupr_error": "AUPR-error", "fpr95": "FPR@95", "aurc": "AURC",
-    "eaurc": "E-AURC", "eefp": "EEFP", "kendall_tau": "Kendall tau (order kept)",
+    "accuracy": "accuracy", "ece": "ECE", "mce": "MCE", "adaptive_ece": "adaptive ECE",
+    "brier": "Brier score", "nll": "NLL", "auroc": "AUROC", "aupr_error": "AUPR-error", "fpr95": "FPR@95",
+    "aurc": "AURC", "eaurc": "E-AURC", "eefp": "EEFP", "kendall_tau": "Kendall tau (order kept)",
     "acc_cost_auc": "area under the accuracy-cost curve", "mean_cost": "mean cost",
 }
 _FAMILY_COLOURS = {"calibration": "#d95f02", "failure": "#1b6fb5"}
@@ -74,13 +74,14 @@ def _figure(path: Path, size: tuple[float, float]):
             plt.close(fig)
 
 
-def _calibrator_colours(calibrators: list[str]) -> dict[str, str]:
-    """"none" near-black, the others tab10 in the order given (pass the same order to every figure)."""
+def _calibrator_colours(*orders: list[str]) -> dict[str, str]:
+    """"none" near-black, the others tab10 in the order given (pass the same order to every figure); names
+    of later `orders` missing from the first are appended."""
     import matplotlib
 
     palette = matplotlib.colormaps["tab10"].colors
-    others = [name for name in calibrators if name != UNCALIBRATED]
-    colours = {name: matplotlib.colors.to_hex(palette[i % len(palette)]) for i, name in enumerate(others)}
+    names = dict.fromkeys(name for order in orders for name in order if name != UNCALIBRATED)
+    colours = {name: matplotlib.colors.to_hex(palette[i % len(palette)]) for i, name in enumerate(names)}
     colours[UNCALIBRATED] = "#222222"
     return colours
 
@@ -88,13 +89,13 @@ def _calibrator_colours(calibrators: list[str]) -> dict[str, str]:
 def plot_proxy_vs_target(points: tuple[Point, ...], proxy: str, target: str, correlation: Correlation | None,
                          path: Path, split: str = "test", calibrators: list[str] | None = None) -> Path:
     """One dot per (trial, calibrator): the proxy in higher-is-better form against the target, coloured by
-    calibrator (in the order of `calibrators`, default as they come); each trial's calibrated dots joined to its
-    uncalibrated dot by a thin grey line."""
+    calibrator (colours in the order of `calibrators`, default as they come); each trial's calibrated dots
+    joined to its uncalibrated dot by a thin grey line."""
     sign = 1.0 if parse_key(proxy).metric.higher_is_better else -1.0
-    xy = {(repr(p.trial), p.calibrator): (sign * as_float(p.metrics.get(proxy)), as_float(p.metrics.get(target)))
+    xy = {(p.trial, p.calibrator): (sign * as_float(p.metrics.get(proxy)), as_float(p.metrics.get(target)))
           for p in points}
     present = list(dict.fromkeys(p.calibrator for p in points))
-    colours = _calibrator_colours(calibrators or present)
+    colours = _calibrator_colours(calibrators or [], present)
     with _figure(path, (8, 5.5)) as (fig, ax):
         joined = False
         for (trial, calibrator), (x, y) in xy.items():
@@ -105,23 +106,23 @@ def plot_proxy_vs_target(points: tuple[Point, ...], proxy: str, target: str, cor
                 joined = True
         for calibrator in present:
             pts = np.array([v for (_, c), v in xy.items() if c == calibrator], dtype=float).reshape(-1, 2)
-            ax.scatter(pts[:, 0], pts[:, 1], s=46, color=colours[calibrator], edgecolor="white", linewidth=0.6,
-                       label=calibrator, zorder=2 if calibrator != UNCALIBRATED else 3)
+            ax.scatter(pts[:, 0], pts[:, 1], s=46, color=colours[calibrator], edgecolor="white",
+                       linewidth=0.6, label=calibrator, zorder=3 if calibrator == UNCALIBRATED else 2)
         ax.set_xlabel(describe_oriented(proxy))
         ax.set_ylabel(describe(target))
         stats = ""
         if correlation is not None and math.isfinite(correlation.spearman):
             low, high = correlation.spearman_ci
-            stats = f"\nSpearman {correlation.spearman:+.2f} [{low:+.2f}, {high:+.2f}], " \
-                    f"{correlation.n_trials} models"
+            stats = (f"\nSpearman {correlation.spearman:+.2f} [{low:+.2f}, {high:+.2f}], "
+                     f"{correlation.n_trials} models")
         ax.set_title(f"{_NAMES.get(parse_key(proxy).metric.name, proxy)} vs efficiency, {split} split{stats}")
         ax.legend(title="calibrator", loc="best", framealpha=0.85)
     return path
 
 
 def plot_forest(rows: list[Correlation], path: Path, split: str = "test") -> Path:
-    """Spearman with 95 % trial-bootstrap intervals, one line per proxy (best at the top), coloured by family.
-    Rows without numbers are left out."""
+    """Spearman with 95 % trial-bootstrap intervals, one line per proxy (best at the top), coloured by
+    family. Rows without numbers are left out."""
     rows = sorted((r for r in rows if math.isfinite(r.spearman)), key=lambda r: r.spearman)
     target = rows[0].target if rows else ""
     with _figure(path, (9, 1.2 + 0.42 * max(len(rows), 3))) as (fig, ax):
@@ -136,7 +137,8 @@ def plot_forest(rows: list[Correlation], path: Path, split: str = "test") -> Pat
             ax.errorbar(rho, ys, xerr=err, fmt="o", color=colour, ms=7, capsize=3, lw=1.6,
                         label="calibration" if family == "calibration" else "failure prediction")
         for i, r in enumerate(rows):
-            ax.annotate(f"{r.spearman:+.2f}", (1.02, i), xycoords=("axes fraction", "data"), va="center", fontsize=10)
+            ax.annotate(f"{r.spearman:+.2f}", (1.02, i), xycoords=("axes fraction", "data"), va="center",
+                        fontsize=10)
         ax.axvline(0, color="grey", lw=1, ls="--")
         ax.set_yticks(range(len(rows)), [describe_oriented(r.proxy).split("  (")[0] for r in rows])
         ax.set_xlim(-1.05, 1.05)
@@ -150,20 +152,25 @@ def plot_forest(rows: list[Correlation], path: Path, split: str = "test") -> Pat
 def plot_accuracy_vs_cost(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, split: str = "test",
                           model: str = "", calibrators: list[str] | None = None) -> Path:
     """Accuracy against cost (shares of the last exit's cost, drawn in %) of one model under each calibrator:
-    `curves` maps a calibrator to (cost_share [n], accuracy [n]). Raises ValueError for mismatched arrays."""
-    colours = _calibrator_colours([*(calibrators or []), *(c for c in curves if c not in (calibrators or []))])
+    `curves` maps a calibrator to (cost_share [n], accuracy [n]). Raises `AnalysisError` for arrays that are
+    not 1-D of one length."""
+    arrays = {}
+    for calibrator, (cost, accuracy) in curves.items():
+        cost, accuracy = np.asarray(cost, dtype=float), np.asarray(accuracy, dtype=float)
+        if cost.shape != accuracy.shape or cost.ndim != 1:
+            raise AnalysisError(f"curve {calibrator!r}: cost and accuracy must be 1-D arrays of one length, "
+                                f"got {cost.shape} and {accuracy.shape}")
+        order = np.argsort(cost, kind="stable")
+        arrays[calibrator] = cost[order], accuracy[order]
+    colours = _calibrator_colours(calibrators or [], list(curves))
     with _figure(path, (8, 5.5)) as (fig, ax):
-        for calibrator, (cost, accuracy) in curves.items():
-            cost, accuracy = np.asarray(cost, dtype=float), np.asarray(accuracy, dtype=float)
-            if cost.shape != accuracy.shape or cost.ndim != 1:
-                raise ValueError(f"curve {calibrator!r}: cost and accuracy must be 1-D arrays of one length, got "
-                                 f"{cost.shape} and {accuracy.shape}")
-            order = np.argsort(cost, kind="stable")
-            ax.plot(cost[order] * 100, accuracy[order] * 100, color=colours[calibrator], label=calibrator,
-                    lw=2.4 if calibrator == UNCALIBRATED else 1.6, ls="-" if calibrator == UNCALIBRATED else "--")
+        for calibrator, (cost, accuracy) in arrays.items():
+            plain = calibrator == UNCALIBRATED
+            ax.plot(cost * 100, accuracy * 100, color=colours[calibrator], label=calibrator,
+                    lw=2.4 if plain else 1.6, ls="-" if plain else "--")
         ax.set_xlabel("mean cost (% of the last exit's cost)")
         ax.set_ylabel("accuracy (%)")
-        ax.set_title(f"Accuracy vs cost {('of ' + model + ' ') if model else ''}before and after calibration, "
-                     f"{split} split")
+        of_model = f"of {model} " if model else ""
+        ax.set_title(f"Accuracy vs cost {of_model}before and after calibration, {split} split")
         ax.legend(title="calibrator", loc="lower right", frameon=False)
     return path

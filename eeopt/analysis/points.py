@@ -1,8 +1,8 @@
 """The analysis input: one `Point` per (model, calibrator), and `PointTable`, the same points as columns.
 
 A point's metrics are flat keys of `eeopt.names` without the split prefix (`mean/ece`, `exit2/auroc`,
-`acc_cost_auc`, `sweep/acc_cost_auc`, `score/learned/mean/auroc`). NaN (or None, as JSON brings it back) means
-undefined. Keys outside the scheme are carried along but never analysed.
+`acc_cost_auc`, `sweep/acc_cost_auc`, `score/learned/mean/auroc`). NaN (or None, as JSON brings it back)
+means undefined. Keys outside the scheme are carried along but never analysed.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ UNCALIBRATED = "none"
 
 
 class AnalysisError(EeoptError):
-    """The points given to the analysis cannot be analysed (empty, duplicated, a key with a split prefix, ...)."""
+    """The points cannot be analysed (none, a repeated (trial, calibrator), a key with a split prefix)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,30 +79,31 @@ def _key_order(parsed: Key) -> tuple:
 
 
 class PointTable:
-    """The points as columns: `column(key)` is a float array [P] over the points, NaN where a point lacks the key.
+    """The points as columns: `column(key)` is a float array [P] over the points, NaN where a point lacks it.
 
-    Trials are numbered by first appearance in `trial_index` [P]. Raises `AnalysisError` for no points, a repeated
-    (trial, calibrator) pair, or a key with a split prefix.
+    Trials are numbered by first appearance in `trial_index` [P]. Raises `AnalysisError` for no points, a
+    repeated (trial, calibrator) pair, or a key with a split prefix.
     """
 
     def __init__(self, points: list[Point] | tuple[Point, ...]):
         self.points = tuple(points)
         if not self.points:
             raise AnalysisError("no points to analyse: give at least one Point per (trial, calibrator)")
-        seen: set[tuple[str, str]] = set()
-        trials: dict[Any, int] = {}
+        seen: set[tuple[int | str, str]] = set()
+        trials: dict[int | str, int] = {}
         for point in self.points:
             if not isinstance(point, Point):
                 raise AnalysisError(f"expected eeopt.analysis.Point, got {type(point).__name__}")
-            pair = (repr(point.trial), point.calibrator)
-            if pair in seen:
-                raise AnalysisError(f"trial {point.trial!r} has two points for calibrator {point.calibrator!r}: "
-                                    "give one point per (trial, calibrator) and split")
-            seen.add(pair)
+            if (point.trial, point.calibrator) in seen:
+                raise AnalysisError(f"trial {point.trial!r} has two points for calibrator "
+                                    f"{point.calibrator!r}: give one point per (trial, calibrator) and split")
+            seen.add((point.trial, point.calibrator))
             trials.setdefault(point.trial, len(trials))
         self.trials = tuple(trials)
         self.trial_index = np.array([trials[p.trial] for p in self.points], dtype=np.int64)
-        self.parsed = {key: parsed for p in self.points for key in p.metrics if (parsed := _parsed(key))}
+        keys = dict.fromkeys(key for p in self.points for key in p.metrics)
+        #: every key of the scheme present in some point, parsed
+        self.parsed = {key: parsed for key in keys if (parsed := _parsed(key))}
         self._columns: dict[str, np.ndarray] = {}
 
     @property
@@ -124,7 +125,8 @@ class PointTable:
         return self.column(key) if parse_key(key).metric.higher_is_better else -self.column(key)
 
     def proxy_keys(self) -> list[str]:
-        """Every calibration or failure-prediction key present: mean, per exit and variants, in a stable order."""
+        """Every calibration or failure-prediction key present (mean, per exit, variants), in a stable
+        order."""
         keys = [key for key, parsed in self.parsed.items() if parsed.metric.group in PROXY_GROUPS]
         return sorted(keys, key=lambda key: _key_order(self.parsed[key]))
 
@@ -133,5 +135,6 @@ class PointTable:
         values = []
         for point in self.points:
             exits = [parsed.exit for key in point.metrics if (parsed := self.parsed.get(key)) and parsed.exit]
-            values.append(as_float(point.metrics.get(exit_key(max(exits), "accuracy"))) if exits else math.nan)
+            last = exit_key(max(exits), "accuracy") if exits else None
+            values.append(as_float(point.metrics.get(last)))
         return np.array(values, dtype=float)

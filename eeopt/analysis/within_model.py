@@ -1,33 +1,34 @@
-"""Within-model view: the same trained model before and after post-hoc calibration, so training differences drop out.
+"""Within-model view: each model before and after post-hoc calibration, so training differences drop out.
 
-For each trial and each calibrator with a "none" point of the same trial: the change (calibrated minus none) in
-mean ECE, mean AUROC, mean EEFP and each target, and the calibrated point's `mean/kendall_tau` (how much of the
-exits' sample ranking the calibrator kept). The summary counts, per calibrator and over all pairs, the models
-where calibration cut ECE and, among those, where each target rose, stayed within a tolerance, or fell.
+For each trial and each calibrator with a "none" point of the same trial: the change (calibrated minus none)
+in mean ECE, mean AUROC, mean EEFP and each target, and the calibrated point's `mean/kendall_tau` (how much of
+the exits' sample ranking the calibrator kept). The summary counts, per calibrator and over all pairs, the
+models where calibration cut ECE and, among those, where each target rose, stayed within a tolerance, or fell.
 """
 
 from __future__ import annotations
 
 import dataclasses
+
 import numpy as np
 
 from eeopt.analysis.points import UNCALIBRATED, Point, as_float, json_float
 from eeopt.names import mean_key
 
+ECE = mean_key("ece")
 #: Exit metrics whose change is reported beside the targets.
-CHANGED_PROXIES = (mean_key("ece"), mean_key("auroc"), mean_key("eefp"))
+CHANGED_PROXIES = (ECE, mean_key("auroc"), mean_key("eefp"))
 RANK_KEPT = mean_key("kendall_tau")
 #: |change| at most this is "stayed".
 TOLERANCE = 0.001
-ECE = mean_key("ece")
 
 
 @dataclasses.dataclass(frozen=True)
 class WithinModelRow:
     """One model under one calibrator against the same model uncalibrated.
 
-    `change` maps each of `CHANGED_PROXIES` and each target to calibrated minus none (raw scale, NaN where either
-    side is undefined); `kendall_tau` is the calibrated point's `mean/kendall_tau`.
+    `change` maps each of `CHANGED_PROXIES` and each target to calibrated minus none (raw scale, NaN where
+    either side is undefined); `kendall_tau` is the calibrated point's `mean/kendall_tau`.
     """
 
     trial: int | str
@@ -42,12 +43,13 @@ class WithinModelRow:
                 "kendall_tau": json_float(self.kendall_tau)}
 
 
-def within_model_rows(points: list[Point] | tuple[Point, ...], targets: tuple[str, ...]) -> list[WithinModelRow]:
+def within_model_rows(points: list[Point] | tuple[Point, ...],
+                      targets: tuple[str, ...]) -> list[WithinModelRow]:
     """One row per calibrated point whose trial also has a "none" point, in the order of the points."""
-    uncalibrated = {repr(p.trial): p for p in points if p.calibrator == UNCALIBRATED}
+    uncalibrated = {p.trial: p for p in points if p.calibrator == UNCALIBRATED}
     rows = []
     for point in points:
-        base = uncalibrated.get(repr(point.trial))
+        base = uncalibrated.get(point.trial)
         if point.calibrator == UNCALIBRATED or base is None:
             continue
         change = {key: as_float(point.metrics.get(key)) - as_float(base.metrics.get(key))
