@@ -249,6 +249,8 @@ def test_bad_input_is_refused_with_a_reason():
         analyze([Point(0, "none", None, {"mean/ece": 0.1})])
     with pytest.raises(AnalysisError, match="n_boot"):
         analyze([point], n_boot=-1)
+    with pytest.raises(AnalysisError, match="tolerance"):
+        analyze([point], tolerance=-0.1)
 
 
 # ------------------------------------------------------------------------------------------ within model
@@ -329,6 +331,15 @@ def test_write_report_writes_the_markdown_and_its_figures(tmp_path):
     assert table and f"`{best.proxy}`" in table[0]
     overall = analysis.within_summary["overall"]
     assert f"Calibration cut mean ECE in **{overall['ece_cut']} of {overall['pairs']}**" in text
+
+
+@pytest.mark.filterwarnings("error")
+def test_a_forest_without_numbers_says_why(tmp_path):
+    from eeopt.analysis.plots import plot_forest
+
+    few = analyze(_study(3), n_boot=10)
+    path = plot_forest(few.ranked(), tmp_path / "forest.png", split="val")
+    assert path.read_bytes()[:4] == b"\x89PNG"
 
 
 def test_curves_must_pair_costs_with_accuracies(tmp_path):

@@ -49,29 +49,32 @@ def describe(key: str) -> str:
     return text
 
 
-def describe_oriented(key: str) -> str:
-    """`describe(key)` in higher-is-better form: a minus sign in front of lower-is-better metrics."""
+def describe_oriented(key: str, explain: bool = True) -> str:
+    """`describe(key)` in higher-is-better form: a minus sign in front of lower-is-better metrics (and, with
+    `explain`, a note saying so)."""
     text = describe(key)
-    return text if parse_key(key).metric.higher_is_better else f"−{text}  (negated: higher is better)"
+    if parse_key(key).metric.higher_is_better:
+        return text
+    return f"−{text}  (negated: higher is better)" if explain else f"−{text}"
 
 
 @contextlib.contextmanager
 def _figure(path: Path, size: tuple[float, float]):
-    """A styled figure and axes; on exit, grid, tight layout, the PNG written and the figure closed."""
+    """A styled figure and axes; on exit, a grid, tight layout and the PNG written.
+
+    A bare `matplotlib.figure.Figure` renders with Agg without pyplot, so the caller's backend and pyplot's
+    figure list are left alone.
+    """
     import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    with plt.rc_context(_STYLE):
-        fig, ax = plt.subplots(figsize=size)
-        try:
-            yield fig, ax
-            ax.grid(alpha=0.3)
-            fig.tight_layout()
-            fig.savefig(path, dpi=110, bbox_inches="tight")
-        finally:
-            plt.close(fig)
+    with matplotlib.rc_context(_STYLE):
+        fig = Figure(figsize=size)
+        ax = fig.add_subplot()
+        yield fig, ax
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(path, dpi=110, bbox_inches="tight")
 
 
 def _calibrator_colours(*orders: list[str]) -> dict[str, str]:
@@ -96,13 +99,13 @@ def plot_proxy_vs_target(points: tuple[Point, ...], proxy: str, target: str, cor
           for p in points}
     present = list(dict.fromkeys(p.calibrator for p in points))
     colours = _calibrator_colours(calibrators or [], present)
-    with _figure(path, (8, 5.5)) as (fig, ax):
+    with _figure(path, (8.5, 5.5)) as (fig, ax):
         joined = False
         for (trial, calibrator), (x, y) in xy.items():
             base = xy.get((trial, UNCALIBRATED))
             if calibrator != UNCALIBRATED and base is not None:
                 ax.plot([base[0], x], [base[1], y], color="grey", lw=0.7, alpha=0.5, zorder=1,
-                        label=None if joined else "one model: none to calibrated")
+                        label=None if joined else "one model:\nnone to calibrated")
                 joined = True
         for calibrator in present:
             pts = np.array([v for (_, c), v in xy.items() if c == calibrator], dtype=float).reshape(-1, 2)
@@ -116,16 +119,21 @@ def plot_proxy_vs_target(points: tuple[Point, ...], proxy: str, target: str, cor
             stats = (f"\nSpearman {correlation.spearman:+.2f} [{low:+.2f}, {high:+.2f}], "
                      f"{correlation.n_trials} models")
         ax.set_title(f"{_NAMES.get(parse_key(proxy).metric.name, proxy)} vs efficiency, {split} split{stats}")
-        ax.legend(title="calibrator", loc="best", framealpha=0.85)
+        ax.legend(title="calibrator", loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)  # never on a dot
     return path
 
 
 def plot_forest(rows: list[Correlation], path: Path, split: str = "test") -> Path:
-    """Spearman with 95 % trial-bootstrap intervals, one line per proxy (best at the top), coloured by
-    family. Rows without numbers are left out."""
-    rows = sorted((r for r in rows if math.isfinite(r.spearman)), key=lambda r: r.spearman)
+    """Spearman with 95 % trial-bootstrap intervals of `rows` (one target), one line per proxy (best at the
+    top), coloured by family. Rows without numbers are left out; with none left, the figure says why."""
     target = rows[0].target if rows else ""
+    notes = list(dict.fromkeys(r.note for r in rows if not math.isfinite(r.spearman)))
+    rows = sorted((r for r in rows if math.isfinite(r.spearman)), key=lambda r: r.spearman)
     with _figure(path, (9, 1.2 + 0.42 * max(len(rows), 3))) as (fig, ax):
+        if not rows:
+            ax.text(0, 1, "no proxy has numbers:\n" + "\n".join(notes or ["no rows"]), ha="center", va="center",
+                    bbox={"facecolor": "white", "edgecolor": "grey"})
+            ax.set_ylim(0, 2)
         for family, colour in _FAMILY_COLOURS.items():
             chosen = [(i, r) for i, r in enumerate(rows) if parse_key(r.proxy).metric.group == family]
             if not chosen:
@@ -140,12 +148,14 @@ def plot_forest(rows: list[Correlation], path: Path, split: str = "test") -> Pat
             ax.annotate(f"{r.spearman:+.2f}", (1.02, i), xycoords=("axes fraction", "data"), va="center",
                         fontsize=10)
         ax.axvline(0, color="grey", lw=1, ls="--")
-        ax.set_yticks(range(len(rows)), [describe_oriented(r.proxy).split("  (")[0] for r in rows])
+        ax.set_yticks(range(len(rows)), [describe_oriented(r.proxy, explain=False) for r in rows])
         ax.set_xlim(-1.05, 1.05)
         ax.set_xlabel("Spearman rho (higher-is-better form), 95 % bootstrap interval over models")
         ax.set_title(f"Which proxy tracks efficiency? {split} split\n"
                      f"target: {describe(target) if target else '-'}")
-        ax.legend(title="proxy family", loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2, frameon=False)
+        if rows:
+            ax.legend(title="proxy family", loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2,
+                      frameon=False)
     return path
 
 

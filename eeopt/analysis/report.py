@@ -76,10 +76,12 @@ def analyze(points: list[Point] | tuple[Point, ...], targets: list[str] | tuple[
     `targets` default to those of `DEFAULT_TARGETS` present (acc_cost_auc first); `n_boot` 0 skips the
     intervals; `tolerance` is the |change| of a target that counts as "stayed" in the within-model summary.
     Raises `AnalysisError` for no points, a repeated (trial, calibrator), keys with a split prefix, an unknown
-    or absent target, or a negative `n_boot`.
+    or absent target, or a negative `n_boot` or `tolerance`.
     """
     if not isinstance(n_boot, (int, np.integer)) or n_boot < 0:
         raise AnalysisError(f"n_boot must be a whole number >= 0 (0 skips the intervals), got {n_boot!r}")
+    if not tolerance >= 0:
+        raise AnalysisError(f"tolerance must be >= 0 (the |change| that counts as stayed), got {tolerance!r}")
     table = PointTable(points)
     targets = resolve_targets(table, targets)
     rows = within_model_rows(table.points, targets)

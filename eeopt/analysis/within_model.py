@@ -93,8 +93,9 @@ def within_model_summary(rows: list[WithinModelRow], targets: tuple[str, ...],
     """Counts per calibrator and over all (model, calibrator) pairs, JSON-ready.
 
     A pair "cut ECE" when its `mean/ece` change is below 0. Among those pairs each target "rose" (change above
-    `tolerance`), "stayed" (|change| <= tolerance), "fell" (below -tolerance) or is "undefined" (NaN);
-    `median_change` is over the defined changes of the ECE-cutting pairs.
+    `tolerance`), "stayed" (|change| <= tolerance), "fell" (below -tolerance) or is "undefined" (NaN), on the
+    raw scale (a cost target that rose got worse); `median_change` is over the defined changes of the
+    ECE-cutting pairs, `median_kendall_tau` over all pairs.
     """
     calibrators = list(dict.fromkeys(row.calibrator for row in rows))
     return {
