@@ -199,6 +199,8 @@ def test_degenerate_rows_say_why_and_carry_no_numbers():
     assert math.isnan(row.spearman) and math.isnan(row.spearman_ci[0]) and math.isnan(row.partial_spearman)
     assert _row(analyze(_points({"mean/auroc": rng.normal(size=6)}, {"acc_cost_auc": rng.normal(size=6)})),
                 "mean/auroc").note == "no last-exit accuracy for the partial"
+    both = correlate(np.ones(4), np.arange(4.0), np.arange(4))
+    assert both.note == "fewer than 5 trials (4); constant proxy"
     assert few.to_dict()["correlations"][0]["spearman"] is None
     assert few.to_dict()["correlations"][0]["spearman_ci"] == [None, None]
 
@@ -229,7 +231,7 @@ def test_proxy_keys_are_the_calibration_and_failure_keys_present():
     assert proxies[6:] == ["exit1/auroc", "exit1/eefp", "exit2/ece", "exit2/auroc", "exit2/eefp",
                            "exit3/auroc", "exit3/eefp", "score/learned/mean/auroc"]
     assert analysis.targets == ("acc_cost_auc", "sweep/acc_cost_auc", "acc_at_25", "acc_at_50", "acc_at_75")
-    assert _row(analysis, "exit3/eefp").note.startswith("fewer than 5 trials (0)")  # NaN at the last exit
+    assert _row(analysis, "exit3/eefp").note == "fewer than 5 trials (0)"  # NaN at the last exit
     assert _row(analysis, "mean/eefp").n_points == 18
 
 

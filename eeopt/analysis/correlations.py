@@ -213,7 +213,8 @@ def _row(proxy: str, target: str, x: np.ndarray, y: np.ndarray, control: np.ndar
     keep = np.isfinite(x) & np.isfinite(y)
     n_trials, n_points = len(np.unique(samples.trial_index[keep])), int(keep.sum())
     notes = [f"fewer than {MIN_TRIALS} trials ({n_trials})"] if n_trials < MIN_TRIALS else []
-    notes += [f"constant {side}" for side, v in (("proxy", x[keep]), ("target", y[keep])) if _constant(v)]
+    if n_points > 1:  # with none or one point, "constant" would only repeat the first note
+        notes += [f"constant {side}" for side, v in (("proxy", x[keep]), ("target", y[keep])) if _constant(v)]
     nan2 = (math.nan, math.nan)
     if notes:
         return Correlation(proxy, target, math.nan, nan2, math.nan, nan2, math.nan, n_trials, n_points,
