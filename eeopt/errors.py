@@ -34,3 +34,7 @@ class StorageError(EeoptError):
 
 class StudyError(EeoptError):
     """A study cannot run or continue (e.g. too many failed trials)."""
+
+
+class AnalysisError(EeoptError):
+    """Points cannot be analysed (none, a repeated (trial, calibrator), a key with a split prefix, no target)."""

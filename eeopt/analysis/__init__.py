@@ -10,8 +10,9 @@ Pure numpy/scipy core (no torch, Ray, MLflow or Optuna); matplotlib loads only w
 from __future__ import annotations
 
 from eeopt.analysis.correlations import Correlation
-from eeopt.analysis.points import AnalysisError, Point
+from eeopt.analysis.points import Point
 from eeopt.analysis.report import Analysis, analyze, write_report
 from eeopt.analysis.within_model import WithinModelRow
+from eeopt.errors import AnalysisError
 
 __all__ = ["Analysis", "AnalysisError", "Correlation", "Point", "WithinModelRow", "analyze", "write_report"]

@@ -15,7 +15,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from eeopt.analysis.points import AnalysisError, PointTable, json_float
+from eeopt.analysis.points import PointTable, json_float
+from eeopt.errors import AnalysisError
 from eeopt.names import BUDGETS, efficiency_key, parse_key
 
 #: Targets analysed when the caller names none (those present in the points).

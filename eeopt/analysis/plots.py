@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from eeopt.analysis.correlations import Correlation
-from eeopt.analysis.points import UNCALIBRATED, AnalysisError, Point, as_float
+from eeopt.analysis.points import UNCALIBRATED, Point, as_float
+from eeopt.errors import AnalysisError
 from eeopt.names import parse_key
 
 _NAMES = {

@@ -13,17 +13,13 @@ from typing import Any
 
 import numpy as np
 
-from eeopt.errors import EeoptError
+from eeopt.errors import AnalysisError
 from eeopt.names import EXIT_METRIC_NAMES, Key, exit_key, parse_key
 
 #: Families of exit metrics that are proxies for efficiency.
 PROXY_GROUPS = ("calibration", "failure")
 #: What a Point's calibrator is called when no post-hoc calibration was applied.
 UNCALIBRATED = "none"
-
-
-class AnalysisError(EeoptError):
-    """The points cannot be analysed (none, a repeated (trial, calibrator), a key with a split prefix)."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from eeopt.analysis.correlations import SIGN_CONVENTION, Correlation, correlations, resolve_targets
-from eeopt.analysis.points import AnalysisError, Point, PointTable
+from eeopt.analysis.points import Point, PointTable
 from eeopt.analysis.within_model import (
     CHANGED_PROXIES,
     TOLERANCE,
@@ -21,6 +21,7 @@ from eeopt.analysis.within_model import (
     within_model_rows,
     within_model_summary,
 )
+from eeopt.errors import AnalysisError
 from eeopt.names import mean_key, parse_key
 
 CONTROL = "exit{K}/accuracy, K the largest exit index among each point's keys"
