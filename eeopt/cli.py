@@ -117,6 +117,51 @@ def exits_search(
         typer.echo(f"policies written to {save_policy}")
 
 
+@exits_app.command("analyze")
+def exits_analyze(
+    folders: Annotated[list[Path], typer.Argument(help="One folder per model with val.npz and test.npz.")],
+    target: Annotated[Optional[str], typer.Option("--target", help="Efficiency target of the table (default acc_cost_auc).")] = None,
+    split: Annotated[str, typer.Option("--split", help="test (held out) or val.")] = "test",
+    compare: Annotated[Optional[str], typer.Option("--compare", help="Calibrators, comma-separated (default: none and all).")] = None,
+    score: ScoreOpt = "msp",
+    trials: Annotated[int, typer.Option("--trials", min=1, help="Trials of each threshold search (policy.trials).")] = 300,
+    sampler: Annotated[str, typer.Option("--sampler", help="nsga2 or tpe (policy.sampler).")] = "nsga2",
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the threshold search (policy.seed).")] = 0,
+    per_exit: Annotated[bool, typer.Option("--per-exit", help="Also list the per-exit proxies.")] = False,
+    output_dir: Annotated[Optional[Path], typer.Option("--output-dir", help="Write report.md and plots here.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Which proxy predicts efficiency, over models trained elsewhere (bring your own exit outputs)."""
+    from eeopt.errors import ConfigError
+
+    if split not in ("val", "test"):
+        raise ConfigError(f"--split: expected val or test, got {split!r}")
+    if output_dir is not None:
+        _check_output_dir(output_dir, "--output-dir")
+    from eeopt.analysis import analyze, write_report
+    from eeopt.analysis.gather import assess_folders
+
+    names = [c.strip() for c in compare.split(",") if c.strip()] if compare else None
+    points, curves = assess_folders(folders, compare=names, score=score, trials=trials, sampler=sampler, seed=seed,
+                                    split=split, progress=lambda line: typer.echo(line, err=True))
+    analysis = analyze(points, targets=[target] if target else None)
+    if output_dir is not None:
+        best = max(curves, key=lambda name: curves[name]["none"][1].max() if "none" in curves[name] else 0.0)
+        write_report(analysis, output_dir, curves=curves[best], split=split, curves_model=best)
+    _show_analysis(analysis, as_json, target, per_exit, output_dir)
+
+
+def _show_analysis(analysis, as_json: bool, target: str | None, per_exit: bool, output_dir: Path | None) -> None:
+    if as_json:
+        typer.echo(json.dumps(analysis.to_dict(), indent=1))
+        return
+    from eeopt import display
+
+    display.print_analysis(analysis, target, per_exit)
+    if output_dir is not None:
+        typer.echo(f"report: {output_dir / 'report.md'}")
+
+
 @exits_app.command("synthesize")
 def exits_synthesize(
     output_dir: Annotated[Path, typer.Argument(help="Folder for val.npz and test.npz.")],

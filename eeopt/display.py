@@ -161,3 +161,40 @@ def print_study_summary(summary, study) -> None:
         console.print(table)
     for line in study.where_to_look():
         console.print(f"  {line}")
+
+
+def print_analysis(analysis, target: str | None = None, per_exit: bool = False) -> None:
+    """The proxies against one target, highest Spearman first, with intervals, the partial correlation and the
+    sample sizes; rows without numbers say why. Then the within-model summary in one line per calibrator."""
+    from eeopt.names import parse_key
+
+    target = target or analysis.main_target
+    rows = [r for r in analysis.ranked(target) if per_exit or parse_key(r.proxy).scope == "mean"]
+    table = Table(title=f"Which proxy predicts {target}? {analysis.n_trials} models, {analysis.n_points} "
+                  "(model, calibrator) points", title_justify="left", caption=analysis.sign_convention,
+                  caption_justify="left")
+    for col in ("proxy", "family", "Spearman", "95 % CI", "Kendall", "95 % CI", "partial", "models", "points"):
+        table.add_column(col, justify="left" if col in ("proxy", "family") else "right", no_wrap=True)
+    for r in rows:
+        family = parse_key(r.proxy).metric.group
+        if r.note:
+            table.add_row(r.proxy, family, "-", "-", "-", "-", "-", str(r.n_trials), str(r.n_points) + f"  {r.note}")
+            continue
+        table.add_row(r.proxy, family, fmt(r.spearman, 3), _ci(r.spearman_ci), fmt(r.kendall, 3), _ci(r.kendall_ci),
+                      fmt(r.partial_spearman, 3), str(r.n_trials), str(r.n_points))
+    console.print(table)
+    summary = analysis.within_summary
+    for name, c in summary["by_calibrator"].items():
+        t = c["targets"].get(target)
+        if not c["pairs"] or t is None:
+            continue
+        console.print(f"{name}: cut mean ECE in {c['ece_cut']} of {c['pairs']} models; there {target} rose in "
+                      f"{t['rose']}, stayed (±{summary['tolerance']:g}) in {t['stayed']}, fell in {t['fell']}"
+                      f" (median change {fmt(t['median_change'])})")
+
+
+def _ci(ci) -> str:
+    lo, hi = ci
+    if lo is None or hi is None or (isinstance(lo, float) and math.isnan(lo)):
+        return "-"
+    return f"[{lo:.2f}, {hi:.2f}]"

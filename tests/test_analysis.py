@@ -359,3 +359,37 @@ def test_the_analysis_imports_no_torch_ray_mlflow_optuna_nor_matplotlib():
             "print(sorted(m for m in heavy if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+# --------------------------------------------------------------------------------------------------- from folders
+def test_exits_analyze_folders_end_to_end(tmp_path, capsys):
+    """Models on disk -> every calibrator fitted on val -> one point per (model, calibrator) -> the analysis,
+    whose Spearman equals scipy's on the points it reports."""
+    import json
+
+    from scipy.stats import spearmanr
+
+    from eeopt.cli import main
+    from eeopt.synthetic import synthetic_exit_outputs
+
+    folders = []
+    for i in range(5):
+        folder = tmp_path / f"model{i}"
+        synthetic_exit_outputs(3, 600, 6, seed=10 + i).save(folder / "val.npz")
+        synthetic_exit_outputs(3, 600, 6, seed=20 + i).save(folder / "test.npz")
+        folders.append(str(folder))
+    argv = ["exits", "analyze", *folders, "--trials", "20", "--compare", "none,temperature,isotonic", "--json",
+            "--output-dir", str(tmp_path / "report")]
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert len(out["points"]) == 15 and {p["run_id"] for p in out["points"]} == {None}
+    points = out["points"]
+    for proxy in ("mean/ece", "mean/auroc"):
+        row = next(r for r in out["correlations"] if r["proxy"] == proxy and r["target"] == "acc_cost_auc")
+        sign = 1 if proxy == "mean/auroc" else -1
+        expected = spearmanr([sign * p["metrics"][proxy] for p in points],
+                             [p["metrics"]["acc_cost_auc"] for p in points]).statistic
+        assert row["spearman"] == pytest.approx(expected, abs=1e-12)
+    assert (tmp_path / "report" / "report.md").is_file() and (tmp_path / "report" / "accuracy_vs_cost.png").is_file()
+    assert main(["exits", "analyze", str(tmp_path)]) == 2  # a folder without exit outputs: one line
+    assert "no val.npz" in capsys.readouterr().err
