@@ -165,7 +165,9 @@ def check_store_answers(url: str, what: str) -> None:
         if scheme == "sqlite":
             _check_sqlite(url)
         elif scheme == "file":
-            _check_creatable(Path(url.split("://", 1)[1]), folder=True)
+            from urllib.parse import unquote, urlparse
+
+            _check_creatable(Path(unquote(urlparse(url).path)), folder=True)
         elif scheme in ("http", "https"):
             _check_mlflow_server(url)
         elif scheme != "databricks":
