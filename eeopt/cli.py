@@ -305,12 +305,13 @@ def study_list(
     """Every study in an Optuna storage."""
     from eeopt import display
     from eeopt.study import list_studies
+    from eeopt.study.storage import mask_url
 
     rows = list_studies(storage)
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
-    display.print_rows(rows, title=f"studies in {storage}")
+    display.print_rows(rows, title=f"studies in {mask_url(storage)}")
 
 
 @study_app.command("export")
@@ -388,8 +389,10 @@ def dashboard_cmd(
     exe = shutil.which("optuna-dashboard") or str(Path(sys.executable).with_name("optuna-dashboard"))
     if not Path(exe).exists():
         raise EeoptError("optuna-dashboard is not installed: pip install 'eeopt[dashboard]'")
+    from eeopt.study.storage import normalize_url, require_optuna_schema
+
+    require_optuna_schema(study.storage_url)  # optuna-dashboard would create an empty storage
     typer.echo(f"optuna-dashboard for study {study.name}: http://127.0.0.1:{port}  (Ctrl-C to stop)", err=True)
-    from eeopt.study.storage import normalize_url
 
     raise typer.Exit(subprocess.call([exe, normalize_url(study.storage_url), "--host", "127.0.0.1", "--port", str(port)]))
 

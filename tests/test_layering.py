@@ -1,17 +1,101 @@
-"""The dependency rules of shared/DESIGN.md, checked statically (import-linter) and at run time."""
+"""The dependency rules of shared/DESIGN.md, checked statically (import-linter, an import graph) and at run time."""
 
+import ast
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+LINT = Path(sys.executable).with_name("lint-imports")
+
+
+def import_graph(package_dir: Path) -> dict[str, set[str]]:
+    """module -> the package's modules it imports anywhere in its source, module level and inside functions alike.
+    `from a import b` points at `a.b` when that is a module, else at `a`. Imports under `if TYPE_CHECKING:` are left
+    out: they never run, and naming a type from a module that imports yours is not a dependency at run time."""
+    root = package_dir.parent
+    modules = {}
+    for path in package_dir.rglob("*.py"):
+        parts = list(path.relative_to(root).with_suffix("").parts)
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    prefix = package_dir.name
+    graph = {}
+    for name, path in modules.items():
+        targets = set()
+        tree = ast.parse(path.read_text())
+        for guard in [n for n in ast.walk(tree) if isinstance(n, ast.If) and ast.unparse(n.test).endswith("TYPE_CHECKING")]:
+            guard.body = []
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                targets |= {a.name for a in node.names if a.name.split(".")[0] == prefix}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == prefix:
+                targets |= {f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module
+                            for a in node.names}
+        graph[name] = {t for t in targets if t in modules and t != name}
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle (a list of modules, first = last), or None."""
+    state: dict[str, int] = {}  # 1 = on the stack, 2 = done
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return stack[stack.index(nxt):] + [nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return None
+
+
+def test_no_import_cycles_anywhere_in_eeopt():
+    graph = import_graph(ROOT / "eeopt")
+    assert len(graph) > 40
+    cycle = find_cycle(graph)
+    assert cycle is None, " -> ".join(cycle)
+
+
+def test_the_cycle_finder_sees_function_level_imports(tmp_path):
+    """evaluation.py and search.py once imported each other inside functions; such a cycle is found."""
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "evaluation.py").write_text("def f():\n    from pkg.search import g\n    return g\n")
+    (pkg / "search.py").write_text("def g():\n    from pkg import evaluation\n    return evaluation\n")
+    (pkg / "leaf.py").write_text("import pkg.search\n")
+    assert find_cycle(import_graph(pkg)) == ["pkg.evaluation", "pkg.search", "pkg.evaluation"]
+
+
+def _lint(cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([str(LINT), "--config", str(cwd / "pyproject.toml")], capture_output=True, text=True,
+                          cwd=cwd)
 
 
 def test_import_contracts_hold():
-    exe = Path(sys.executable).with_name("lint-imports")
-    done = subprocess.run([str(exe), "--config", str(ROOT / "pyproject.toml")], capture_output=True, text=True, cwd=ROOT)
+    done = _lint(ROOT)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
-    assert "2 kept, 0 broken" in done.stdout
+    assert "4 kept, 0 broken" in done.stdout
+
+
+def test_layer_contract_breaks_when_the_core_reaches_up(tmp_path):
+    """The old edge metrics/efficiency.py -> policies (a lower layer importing a higher one) breaks the contract."""
+    shutil.copytree(ROOT / "eeopt", tmp_path / "eeopt", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    target = tmp_path / "eeopt" / "metrics" / "efficiency.py"
+    target.write_text(target.read_text() + "\n\ndef _reach_up():\n    from eeopt.policies import evaluate_thresholds\n")
+    done = _lint(tmp_path)
+    assert done.returncode != 0 and "eeopt.metrics.efficiency -> eeopt.policies" in done.stdout, done.stdout[-2000:]
 
 
 def test_core_runs_without_heavy_libraries():

@@ -126,6 +126,20 @@ def test_failing_trial_is_recorded_and_the_study_goes_on(tmp_path, ray_local):
     assert failed_run.info.status == "FAILED" and "diverged" in failed_run.data.tags["eeopt.error"]
 
 
+def test_categorical_search_over_lists(tmp_path, ray_local):
+    """`model.exits` searched over lists: the trial completes (every trial failed while the choices reached the
+    config as repr strings), and Optuna's params and MLflow's show the readable value."""
+    cfg = dict(BASE, study=dict(BASE["study"], name="exits", trials=1))
+    cfg["search_space"] = {"model.exits": {"type": "categorical", "choices": [[1, 3], [2, 3]]}}
+    study = Study.from_yaml(_write(tmp_path, cfg))
+    summary = study.run(progress=False)
+    assert summary.completed == 1 and summary.failed == 0, summary
+    (trial,) = optuna.load_study(study_name="exits", storage=study.storage_url).get_trials()
+    assert trial.params["model.exits"] in ("[1, 3]", "[2, 3]")
+    (child,) = [r for r in _mlflow_runs(study) if r.data.tags.get("eeopt.role") == "trial"]
+    assert child.data.params["sampled.model.exits"] == child.data.params["model.exits"] == trial.params["model.exits"]
+
+
 def test_status_of_a_study_never_run_writes_nothing(tmp_path, capsys):
     path = _write(tmp_path, BASE)
     assert main(["study", "status", str(path)]) == 2

@@ -6,7 +6,7 @@ import copy
 import re
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from eeopt.config.paths import first_error, set_path
 from eeopt.config.train import Strict, TrainConfig
@@ -98,10 +98,11 @@ class StudySettings(Strict):
 
     @field_validator("objectives")
     @classmethod
-    def _objective_names(cls, value: dict[str, str], info: ValidationInfo) -> dict[str, str]:
-        custom = info.data.get("objective") is not None  # `objective` is declared (so validated) first
+    def _objective_names(cls, value: dict[str, str]) -> dict[str, str]:
+        # Only the val/ prefix here: whether the names must be metrics depends on the objective, which a Python
+        # caller may still pass to `Study.run`; the run checks them then (`eeopt.names.check_objective`).
         for key in value:
-            check_objective(key, custom=custom)
+            check_objective(key, custom=True)
         return value
 
     @field_validator("objective")

@@ -8,13 +8,14 @@ under `train/...` with `step` = epoch.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from eeopt.study.storage import mask_url
+from eeopt.study.storage import mask_url, translate_errors
 
 MAX_PARAM_LENGTH = 500
 _BATCH = 900  # MLflow accepts up to 1000 metrics per batch
@@ -112,3 +113,39 @@ def finish_run(mlflow_client, run_id: str, state: str, error: str | None = None)
     if error:
         mlflow_client.set_tag(run_id, "eeopt.error", error[:4000])
     mlflow_client.set_terminated(run_id, status=status)
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyRuns:
+    """The MLflow side of one `eeopt study run`: its client, experiment and parent run; one child run per trial."""
+
+    client: Any
+    experiment_id: str
+    parent_run_id: str
+    study_name: str
+
+    @classmethod
+    def start(cls, tracking_uri: str, experiment: str, artifact_root: str, study_name: str,
+              tags: Mapping[str, str]) -> StudyRuns:
+        """Create (or find) the experiment and open the parent run.
+
+        Raises:
+            StorageError: the tracking store cannot be used (the URI masked).
+        """
+        mlflow_client = client(tracking_uri)
+        with translate_errors(tracking_uri, what="MLflow tracking store"):
+            experiment_id = ensure_experiment(mlflow_client, experiment, artifact_root)
+            parent = start_parent_run(mlflow_client, experiment_id, study_name, tags)
+        return cls(mlflow_client, experiment_id, parent, study_name)
+
+    def start_trial(self, trial_number: int, tags: Mapping[str, str] | None = None) -> str:
+        """Open the child run of a trial; returns its run id."""
+        return start_child_run(self.client, self.experiment_id, self.parent_run_id, self.study_name, trial_number,
+                               tags=tags)
+
+    def finish_trial(self, run_id: str, state: str, error: str | None = None) -> None:
+        finish_run(self.client, run_id, state, error)
+
+    def finish(self, state: str) -> None:
+        """Close the parent run: COMPLETE, FAIL or KILLED."""
+        finish_run(self.client, self.parent_run_id, state)

@@ -65,7 +65,6 @@ def run_trial(
     objectives: Sequence[str] = ("val/acc_cost_auc",),
     objective: ObjectiveFn | str | None = None,
     progress: bool = False,
-    seed: int = 0,
 ) -> tuple[TrialResult, list[float]]:
     """Train and evaluate one configuration; return the result and its objective values.
 

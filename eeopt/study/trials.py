@@ -1,0 +1,340 @@
+"""The Optuna side of a study: the study in its storage, and the life of its trials (ask, complete, fail, prune,
+requeue, heartbeat, dead-trial failing), behind one typed interface.
+
+The rest of eeopt never touches Optuna trial objects or storage ids: it holds `TrialTicket`s. Only public Optuna
+APIs are used (the `RDBStorage` is the one this module built, trial ids come from
+`get_trial_id_from_study_id_trial_number`), except in `_stale_trial_ids`, whose docstring says why.
+
+States: a trial is RUNNING from `ask` to `complete` / `fail` / `prune`; `requeue` puts it back to WAITING, and the
+next `ask` (of any worker on the storage) takes it first with the same number and params. "Occupied" trials
+(COMPLETE, PRUNED, RUNNING) count against the study's total, so reruns and workers share it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from eeopt.errors import ConfigError, StorageError, StudyError
+from eeopt.study import storage as storage_mod
+
+#: Optuna trial user attributes eeopt writes.
+ATTR_MLFLOW_RUN = "mlflow_run_id"
+ATTR_ERROR = "eeopt_error"
+ATTR_RAY_TRIAL = "ray_trial_id"
+#: Optuna study user attribute: the objective names, in order (Optuna itself keeps only their directions).
+STUDY_ATTR_OBJECTIVES = "objectives"
+DEAD_TRIAL_REASON = "its process stopped sending heartbeats (killed?)"
+MAX_ERROR_LENGTH = 2000
+
+
+@dataclasses.dataclass(frozen=True)
+class TrialTicket:
+    """A trial this process asked for and has to finish (or requeue).
+
+    Attributes:
+        requeued: an interrupted trial taken from the queue: same number, params and output folder as before.
+    """
+
+    number: int
+    trial_id: int
+    params: dict[str, Any]
+    requeued: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class DeadTrial:
+    """A trial `fail_dead_trials` marked failed, with the MLflow run that still has to be closed."""
+
+    number: int
+    mlflow_run_id: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class TrialCounts:
+    complete: int = 0
+    pruned: int = 0
+    failed: int = 0
+    running: int = 0
+    waiting: int = 0
+
+    @property
+    def finished(self) -> int:
+        """Trials that count as done: COMPLETE and PRUNED."""
+        return self.complete + self.pruned
+
+    @property
+    def occupied(self) -> int:
+        """Trials that count against the study's total: finished or running."""
+        return self.finished + self.running
+
+
+@dataclasses.dataclass(frozen=True)
+class StoredStudy:
+    """One study of a storage as `list_studies` shows it."""
+
+    name: str
+    directions: list[str]
+    objectives: list[str] | None
+    counts: TrialCounts
+    trials: int
+    started: datetime | None
+
+
+def create_sampler(kind: str, seed: int, trials: int):
+    """The Optuna sampler named in `study.sampler`: tpe, nsga2 or random."""
+    import optuna
+
+    if kind == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)
+    if kind == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(20, trials)))
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+class TrialStore:
+    """An Optuna study in persistent storage, and the bookkeeping of its trials.
+
+    Args:
+        url: the storage URL (any SQLAlchemy URL; passwords are masked in every message).
+        directions: 'maximize' / 'minimize' per objective; must match a study that exists (not checked when empty).
+        objectives: the objective names, kept as a study user attribute; must match a study that exists.
+        create: create the storage and the study when missing. With False nothing is ever created: a storage
+            without Optuna's tables or without the study raises `StudyError`.
+    Raises:
+        StorageError: the storage cannot be reached or used. StudyError: `create=False` and no such study.
+        ConfigError: the study exists with other objectives or directions.
+    """
+
+    def __init__(self, url: str, name: str, *, directions: Sequence[str] = (), objectives: Sequence[str] = (),
+                 sampler=None, create: bool = True):
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        self.url = url
+        self.name = name
+        if not create and not storage_mod.has_optuna_schema(url):
+            raise StudyError(f"no study named {name!r}: no Optuna storage at {storage_mod.mask_url(url)} "
+                             "(run the study first)")
+        self.storage, self.study = self._open(sampler, list(directions), create)
+        with self._errors():
+            self._study_id = self.storage.get_study_id_from_name(name)
+        if directions:
+            self._check_objectives(list(directions), list(objectives), record=create)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return storage_mod.is_sqlite(self.url)
+
+    # -------------------------------------------------------------------------------------------- opening
+    def _open(self, sampler, directions: list[str], create: bool):
+        """(RDBStorage, optuna.Study), retrying the race of workers that start together on a new storage."""
+        import optuna
+
+        for attempt in range(5):
+            try:
+                storage = storage_mod.open_storage(self.url, create=create)
+                with self._errors():
+                    if not create:
+                        return storage, optuna.load_study(study_name=self.name, storage=storage, sampler=sampler)
+                    return storage, optuna.create_study(study_name=self.name, storage=storage, sampler=sampler,
+                                                        directions=directions, load_if_exists=True)
+            except KeyError:
+                raise StudyError(f"no study named {self.name!r} in {storage_mod.mask_url(self.url)} "
+                                 "(run it first)") from None
+            except StorageError as exc:
+                # Both create the schema or the study ("duplicate key"); the loser finds it a moment later.
+                if "duplicate key" not in str(exc) and "already exists" not in str(exc) or attempt == 4:
+                    raise
+                time.sleep(0.5 + attempt)
+        raise AssertionError("unreachable")
+
+    def _check_objectives(self, directions: list[str], objectives: list[str], record: bool) -> None:
+        """The study's directions and objective names are this file's; `record` keeps the names on a study that
+        has none yet."""
+        where = f"study {self.name!r} in {storage_mod.mask_url(self.url)}"
+        existing = [d.name.lower() for d in self.study.directions]
+        if existing != directions:
+            raise ConfigError(f"study.objectives: {where} was created with directions {existing}, this file asks "
+                              f"for {directions}; use another study.name")
+        stored = self.study.user_attrs.get(STUDY_ATTR_OBJECTIVES)
+        if stored is None and record:
+            with self._errors():
+                self.study.set_user_attr(STUDY_ATTR_OBJECTIVES, objectives)
+        elif stored is not None and stored != objectives:
+            raise ConfigError(f"study.objectives: {where} optimises {stored}, this file asks for {objectives}; "
+                              "use another study.name")
+
+    def _errors(self):
+        return storage_mod.translate_errors(self.url)
+
+    # -------------------------------------------------------------------------------------------- trials
+    def ask(self, distributions: Mapping[str, Any]) -> TrialTicket:
+        """Start a trial: a requeued (WAITING) one first, else a new one the sampler fills; its heartbeat starts."""
+        with self._errors(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "heartbeat is supposed to be used with Study.optimize": we beat it
+            trial = self.study.ask(dict(distributions))
+            trial_id = self.storage.get_trial_id_from_study_id_trial_number(self._study_id, trial.number)
+            self.storage.record_heartbeat(trial_id)
+            return TrialTicket(trial.number, trial_id, dict(trial.params), ATTR_MLFLOW_RUN in trial.user_attrs)
+
+    def claim(self, distributions: Mapping[str, Any], total: int) -> TrialTicket | None:
+        """`ask`, unless `total` trials are already occupied; None when there is no slot left.
+
+        Another worker may take the last slot between the count and the ask: then the trial goes back to the queue.
+        """
+        if self.counts().occupied >= total:
+            return None
+        ticket = self.ask(distributions)
+        if self.occupied(up_to=ticket.number) > total:
+            self.requeue(ticket)
+            return None
+        return ticket
+
+    def set_attrs(self, ticket: TrialTicket, attrs: Mapping[str, Any]) -> None:
+        """Set user attributes of a running trial (None, bool, int, float, str or JSON-able lists and dicts)."""
+        with self._errors():
+            for key, value in attrs.items():
+                self.storage.set_trial_user_attr(ticket.trial_id, key, value)
+
+    def complete(self, ticket: TrialTicket, values: Sequence[float], attrs: Mapping[str, Any] | None = None) -> None:
+        """Finish a trial with its objective values, after setting `attrs` (e.g. headline test metrics)."""
+        self.set_attrs(ticket, attrs or {})
+        with self._errors():
+            self.study.tell(ticket.number, list(values))
+
+    def fail(self, ticket: TrialTicket, error: str | None) -> None:
+        """Mark a trial FAIL; `error` is kept as the `eeopt_error` user attribute."""
+        from optuna.trial import TrialState
+
+        if error:
+            self.set_attrs(ticket, {ATTR_ERROR: error[:MAX_ERROR_LENGTH]})
+        with self._errors():
+            self.study.tell(ticket.number, state=TrialState.FAIL)
+
+    def prune(self, ticket: TrialTicket) -> None:
+        from optuna.trial import TrialState
+
+        with self._errors():
+            self.study.tell(ticket.number, state=TrialState.PRUNED)
+
+    def requeue(self, ticket: TrialTicket) -> None:
+        """Put a running trial back in the queue (WAITING): the next `ask` takes it, same number and params."""
+        from optuna.trial import TrialState
+
+        with self._errors():
+            self.storage.set_trial_state_values(ticket.trial_id, TrialState.WAITING)
+
+    def heartbeat(self, tickets: Iterable[TrialTicket]) -> None:
+        """Tell the storage these trials' process is alive (call more often than `HEARTBEAT_GRACE`)."""
+        with self._errors():
+            for ticket in tickets:
+                self.storage.record_heartbeat(ticket.trial_id)
+
+    def fail_dead_trials(self) -> list[DeadTrial]:
+        """Mark failed the RUNNING trials whose heartbeat stopped longer than `HEARTBEAT_GRACE` ago (their process
+        was killed), with `DEAD_TRIAL_REASON` as their error. Returns them, for their MLflow runs to be closed."""
+        from optuna.exceptions import UpdateFinishedTrialError
+        from optuna.trial import TrialState
+
+        dead = []
+        with self._errors():
+            for trial_id in _stale_trial_ids(self.storage, self._study_id):
+                trial = self.storage.get_trial(trial_id)
+                try:
+                    # The reason first: a finished trial's attributes can no longer be set.
+                    self.storage.set_trial_user_attr(trial_id, ATTR_ERROR, DEAD_TRIAL_REASON)
+                    if not self.storage.set_trial_state_values(trial_id, TrialState.FAIL):
+                        continue
+                except UpdateFinishedTrialError:  # its process (or another worker) finished it meanwhile
+                    continue
+                dead.append(DeadTrial(trial.number, trial.user_attrs.get(ATTR_MLFLOW_RUN)))
+        return dead
+
+    # -------------------------------------------------------------------------------------------- counts
+    def trials(self, states: Sequence[Any] | None = None) -> list:
+        """The study's trials (Optuna `FrozenTrial`s, read-only), optionally only those in `states`."""
+        with self._errors():
+            return self.study.get_trials(deepcopy=False, states=tuple(states) if states else None)
+
+    def counts(self) -> TrialCounts:
+        return _count(self.trials())
+
+    def occupied(self, up_to: int | None = None) -> int:
+        """Trials that count against the total (COMPLETE, PRUNED, RUNNING), up to trial number `up_to`."""
+        from optuna.trial import TrialState
+
+        trials = self.trials((TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
+        return sum(1 for t in trials if up_to is None or t.number <= up_to)
+
+    def best_value(self) -> float | None:
+        """The best value of the first objective over the completed trials (None before the first)."""
+        from optuna.trial import TrialState
+
+        values = [t.values[0] for t in self.trials((TrialState.COMPLETE,)) if t.values]
+        if not values:
+            return None
+        return max(values) if self.study.directions[0].name == "MAXIMIZE" else min(values)
+
+    def best_trials(self) -> list:
+        """The best trial, or the Pareto front with several objectives (by number); [] before the first."""
+        from optuna.trial import TrialState
+
+        if not self.trials((TrialState.COMPLETE,)):
+            return []
+        with self._errors():
+            if len(self.study.directions) == 1:
+                return [self.study.best_trial]
+            return sorted(self.study.best_trials, key=lambda t: t.number)
+
+
+def read_studies(url: str) -> list[StoredStudy]:
+    """Every study in the storage at `url`, with its trial counts. Creates nothing.
+
+    Raises:
+        StorageError: the storage cannot be reached, or holds no Optuna storage ("no Optuna storage at ...").
+    """
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = storage_mod.open_storage(url, heartbeat=False, create=False)
+    out = []
+    with storage_mod.translate_errors(url):
+        for s in optuna.get_all_study_summaries(storage, include_best_trial=False):
+            trials = storage.get_all_trials(storage.get_study_id_from_name(s.study_name), deepcopy=False)
+            out.append(StoredStudy(
+                name=s.study_name,
+                directions=[d.name.lower() for d in s.directions],
+                objectives=s.user_attrs.get(STUDY_ATTR_OBJECTIVES),
+                counts=_count(trials),
+                trials=len(trials),
+                started=s.datetime_start,
+            ))
+    return out
+
+
+def _count(trials) -> TrialCounts:
+    from optuna.trial import TrialState
+
+    names = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed",
+             TrialState.RUNNING: "running", TrialState.WAITING: "waiting"}
+    counts = dict.fromkeys(names.values(), 0)
+    for t in trials:
+        counts[names[t.state]] += 1
+    return TrialCounts(**counts)
+
+
+def _stale_trial_ids(storage, study_id: int) -> list[int]:
+    """Ids of the study's RUNNING trials whose heartbeat is older than the storage's grace period.
+
+    Why a private method: Optuna's only public way, `optuna.storages.fail_stale_trials`, fails those trials in one
+    go, and a finished trial's user attributes can no longer be set; eeopt needs to write the reason
+    (`ATTR_ERROR`) first, so it asks the storage for the ids that `fail_stale_trials` itself uses.
+    """
+    if storage.get_heartbeat_interval() is None:
+        return []
+    return storage._get_stale_trial_ids(study_id)

@@ -1,0 +1,79 @@
+"""The worker side of a study: the Tune trainable that runs one trial on a Ray worker.
+
+It receives a `TrialSpec`, runs `run_trial` (train -> evaluate -> search) with MLflow logging into the trial's run,
+reports each epoch as an `EpochReport` (for early stopping and progress lines) and the outcome as a `TrialReport`.
+Every error becomes a FAIL report: the trial is recorded as failed and the study goes on.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from eeopt.config import TrainConfig
+from eeopt.study import tracking
+from eeopt.study.records import HEADLINE_METRICS, EpochReport, TrialReport, TrialSpec
+from eeopt.study.trial import run_trial
+
+#: Files of a trial's output folder logged as MLflow artifacts.
+TRIAL_ARTIFACTS = ("val.npz", "test.npz", "config.yaml", "pareto.json", "metrics.json", "history.json", "model.pt")
+
+
+def run_trial_on_worker(config: dict[str, Any], objective_fn=None) -> None:
+    """What a Ray worker runs for one trial; `config` carries a `TrialSpec`, `objective_fn` a custom objective
+    given as a callable to `Study.run` (a 'module:function' objective travels in the spec)."""
+    from ray import tune
+
+    last_acc = [math.nan]
+    try:
+        spec = TrialSpec.from_config(config)
+        report = _run(spec, objective_fn, last_acc)
+    except Exception as exc:  # noqa: BLE001 - every failure is recorded on the trial, the study goes on
+        report = TrialReport.fail(f"{type(exc).__name__}: {exc}", last_acc[0])
+    tune.report(report.to_result())
+
+
+def _run(spec: TrialSpec, objective_fn, last_acc: list[float]) -> TrialReport:
+    from ray import tune
+
+    client = tracking.client(spec.tracking_uri)
+    run_id = spec.mlflow_run_id
+    cfg = TrainConfig.model_validate(spec.train_config)
+    tracking.log_params(client, run_id, tracking.params_from_config(spec.train_config, spec.sampled))
+
+    def on_epoch(epoch: int, row: dict[str, Any]) -> None:
+        numeric = {f"train/{k}": float(v) for k, v in row.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "epoch"}
+        tracking.log_metrics(client, run_id, numeric, step=epoch)
+        accs = [v for k, v in sorted(row.items(), key=lambda kv: _exit_index(kv[0])) if k.startswith("val_acc_exit")]
+        last_acc[0] = float(accs[-1]) if accs else math.nan
+        tune.report(EpochReport(epoch, last_acc[0]).to_result())
+
+    result, values = run_trial(
+        cfg, output_dir=spec.output_dir, on_epoch=on_epoch, objectives=list(spec.objectives),
+        objective=objective_fn or spec.objective_ref,
+    )
+    tracking.log_metrics(client, run_id, result.metrics)
+    _log_trial_artifacts(client, run_id, result)
+    k = result.test.num_exits
+    headline = {name: result.metrics[name] for name in (*HEADLINE_METRICS, f"test/exit{k}/accuracy")}
+    return TrialReport.complete(values, headline, last_acc[0])
+
+
+def _exit_index(key: str) -> int:
+    digits = "".join(ch for ch in key if ch.isdigit())
+    return int(digits) if digits else -1
+
+
+def _log_trial_artifacts(client, run_id: str, result) -> None:
+    out = result.output_dir
+    if out is None:
+        return
+    tracking.log_artifacts(client, run_id, [out / name for name in TRIAL_ARTIFACTS])
+    try:
+        from eeopt.plots import save_trial_plots
+
+        plots = save_trial_plots(result, out / "plots")
+        tracking.log_artifacts(client, run_id, plots, artifact_path="plots")
+    except ImportError:
+        pass
