@@ -55,8 +55,8 @@ def test_cli_json_metrics_equal_the_trials_mlflow_metrics(tmp_path, capsys):
         "model": {"backbone": "tinyresnet", "width": 8, "exits": [1, 3, 5]},
         "training": {"epochs": 1, "batch_size": 64},
         "calibration": {"method": "temperature"},
-        "policy": {"score": "entropy", "trials": 60, "sampler": "tpe"},
-        "study": {"name": "names", "trials": 1, "seed": 7, "resources": {"cpus_per_trial": 1, "max_concurrent": 1},
+        "policy": {"score": "entropy", "trials": 60, "sampler": "tpe", "seed": 7},
+        "study": {"name": "names", "trials": 1, "seed": 3, "resources": {"cpus_per_trial": 1, "max_concurrent": 1},
                   "ray": {"num_cpus": 1}},
     }
     path = tmp_path / "study.yaml"

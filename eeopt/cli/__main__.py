@@ -1,0 +1,7 @@
+"""`python -m eeopt.cli`."""
+
+import sys
+
+from eeopt.cli import main
+
+sys.exit(main())

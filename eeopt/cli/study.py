@@ -1,0 +1,148 @@
+"""`eeopt study ...`: run, inspect, export and analyze studies."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from eeopt.cli.common import JsonFlag, SetOpt, StudyArg, check_output_dir, check_output_file
+
+study_app = typer.Typer(help="Studies: Optuna search over training and exit policies, run by Ray Tune, "
+                             "recorded in MLflow.", no_args_is_help=True)
+
+@study_app.command("run")
+def study_run(
+    study_file: StudyArg,
+    overrides: SetOpt = None,
+    trials: Annotated[Optional[int], typer.Option("--trials", min=1, help="Override study.trials (the total).")] = None,
+) -> None:
+    """Run or continue a study until it holds study.trials finished trials."""
+    from eeopt import display
+    from eeopt.study import Study
+
+    study = Study.from_yaml(study_file, overrides or [], trials=trials)
+    summary = study.run()
+    display.print_study_summary(summary, study)
+    if summary.interrupted:
+        raise typer.Exit(130)
+
+
+@study_app.command("status")
+def study_status(study_file: StudyArg, overrides: SetOpt = None,
+                 as_json: JsonFlag = False) -> None:
+    """Trial counts and the best trials of a study."""
+    from eeopt import display
+    from eeopt.study import Study
+
+    study = Study.from_yaml(study_file, overrides or [])
+    summary = study.summary()
+    if as_json:
+        import dataclasses
+
+        from eeopt.evaluation import jsonable
+
+        typer.echo(json.dumps(jsonable(dataclasses.asdict(summary)), indent=2))
+        return
+    display.print_study_summary(summary, study)
+
+
+@study_app.command("list")
+def study_list(
+    storage: Annotated[str, typer.Option("--storage", help="Optuna storage URL, e.g. sqlite:///eeopt.db")],
+    as_json: JsonFlag = False,
+) -> None:
+    """Every study in an Optuna storage."""
+    from eeopt import display
+    from eeopt.study import list_studies
+    from eeopt.study.storage import mask_url
+
+    rows = list_studies(storage)
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    display.print_rows(rows, title=f"studies in {mask_url(storage)}")
+
+
+@study_app.command("export")
+def study_export(
+    study_file: StudyArg,
+    fmt: Annotated[str, typer.Option("--format", help="csv or json.")] = "csv",
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="File to write (default: stdout).")] = None,
+    overrides: SetOpt = None,
+) -> None:
+    """One row per trial: params, val/test metrics, MLflow run id."""
+    from eeopt.errors import ConfigError
+    from eeopt.study import Study
+
+    if fmt not in ("csv", "json"):
+        raise ConfigError(f"--format: expected csv or json, got {fmt!r}")
+    if output is not None:
+        check_output_file(output, "--output")
+    rows = Study.from_yaml(study_file, overrides or []).export()
+    from eeopt.evaluation import jsonable
+
+    if fmt == "json":
+        text = json.dumps(jsonable(rows), indent=2)
+    else:
+        import csv
+        import io
+
+        columns: list[str] = []
+        for row in rows:
+            columns += [c for c in row if c not in columns]
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+        text = buf.getvalue()
+    if output is None:
+        typer.echo(text, nl=False if fmt == "csv" else True)
+    else:
+        output.write_text(text)
+        typer.echo(f"wrote {len(rows)} trials to {output}", err=True)
+
+
+# ------------------------------------------------------------------------------------------------------ uis
+
+
+@study_app.command("analyze")
+def study_analyze(
+    study_file: StudyArg,
+    target: Annotated[Optional[str], typer.Option("--target", help="Efficiency target of the table (default acc_cost_auc).")] = None,
+    split: Annotated[str, typer.Option("--split", help="test (held out, default) or val.")] = "test",
+    per_exit: Annotated[bool, typer.Option("--per-exit", help="Also list the per-exit proxies.")] = False,
+    output_dir: Annotated[Optional[Path], typer.Option("--output-dir", help="Write report.md and plots here.")] = None,
+    as_json: JsonFlag = False,
+    overrides: SetOpt = None,
+) -> None:
+    """Which proxy (calibration or failure prediction) predicts efficiency across the study's trials?
+
+    Reads every finished trial (Optuna joined to MLflow); a point is a (trial, calibrator) pair. The report is also
+    logged to the study's latest MLflow parent run.
+    """
+    from eeopt.errors import ConfigError
+
+    if split not in ("val", "test"):
+        raise ConfigError(f"--split: expected val or test, got {split!r}")
+    if output_dir is not None:
+        check_output_dir(output_dir, "--output-dir")
+    import tempfile
+
+    from eeopt.analysis import write_report
+    from eeopt.cli.exits import show_analysis
+    from eeopt.study import Study
+    from eeopt.study.analysis import analyze_study, log_report
+
+    study = Study.from_yaml(study_file, overrides or [])
+    result = analyze_study(study, split=split, targets=[target] if target else None)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = output_dir if output_dir is not None else Path(tmp)
+        paths = write_report(result.analysis, folder, curves=result.curves or None, split=split,
+                             curves_model=result.curves_model)
+        run_id = log_report(study, result, paths)
+    show_analysis(result.analysis, as_json, target, per_exit, output_dir)
+    if run_id and not as_json:
+        typer.echo(f"report logged to the study's MLflow run {run_id} (artifacts/analysis/)", err=True)
