@@ -21,7 +21,7 @@ def test_trial_spec_round_trip():
     spec = TrialSpec(
         trial_number=3, train_config={"model": {"exits": [2, 4]}, "training": {"lr": 0.003}},
         sampled={"model.exits": [2, 4], "training.lr": 0.003}, output_dir="/runs/tiny/trial-3",
-        tracking_uri="sqlite:////x/mlflow.db", mlflow_run_id="abc", objectives=("val/acc_cost_auc", "val/mean_cost"),
+        mlflow_run_id="abc", objectives=("val/acc_cost_auc", "val/mean_cost"),
         objective_ref=None,
     )
     config = spec.to_config()

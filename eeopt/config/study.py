@@ -66,8 +66,14 @@ class ResourcesConfig(Strict):
 
 
 class RayConfig(Strict):
-    address: str | None = Field(None, description="None starts a local Ray; 'auto' or 'ray://host:port' joins a cluster")
+    address: str | None = Field(
+        None, description="None starts a local Ray; 'auto', 'host:port' or 'ray://host:port' joins a cluster"
+    )
     num_cpus: int | None = Field(None, ge=1, description="CPUs of the local Ray (None: all)")
+    storage_path: str | None = Field(
+        None, description="where trials write checkpoints and exit outputs (Ray Tune's storage_path): a folder "
+        "every node mounts at the same path, or a URI such as s3://bucket/runs; None: runs_dir (needed on a cluster)",
+    )
 
 
 class MlflowConfig(Strict):
@@ -95,6 +101,10 @@ class StudySettings(Strict):
     max_failures: int = Field(3, ge=0)
     timeout: float | None = Field(None, gt=0, description="seconds; stop starting new trials after this")
     pruner: Literal["none", "asha", "median"] = "none"
+    heartbeat_grace: float = Field(
+        120.0, ge=1, description="seconds a running trial may stay silent before it counts as dead (its driver was "
+        "killed): it is then failed and its slot taken by whichever worker of the study sees it first",
+    )
 
     @field_validator("objectives")
     @classmethod

@@ -1,14 +1,20 @@
 """The Ray Tune run of a study: Ray set-up, the scheduler (early stopping), the `tune.Tuner` that pairs the
 `StudySearcher` on the driver with `run_trial_on_worker` on the workers, and what happens on Ctrl-C.
+
+`ray_session` starts a local Ray (with a watchdog that ends it if this driver is killed) or joins the cluster at
+`study.ray.address`, and checks that some node can run a trial; `run_tune` runs the trials, with an upkeep thread
+beating the heartbeats and taking over the slots of dead workers' trials.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +22,12 @@ os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's own console tables wo
 
 from ray import tune  # noqa: E402
 
-from eeopt.config import RayConfig  # noqa: E402
+from eeopt.config import RayConfig, ResourcesConfig  # noqa: E402
+from eeopt.errors import ConfigError  # noqa: E402
+from eeopt.study.cluster import is_cluster, join_location  # noqa: E402
 from eeopt.study.progress import Reporter  # noqa: E402
 from eeopt.study.records import EPOCH_METRIC, TrialReport  # noqa: E402
-from eeopt.study.searcher import SearchPlan, StudySearcher  # noqa: E402
+from eeopt.study.searcher import SearchPlan, StudySearcher, heartbeat_every  # noqa: E402
 from eeopt.study.tracking import StudyRuns  # noqa: E402
 from eeopt.study.trials import TrialStore  # noqa: E402
 from eeopt.study.worker import run_trial_on_worker  # noqa: E402
@@ -27,66 +35,110 @@ from eeopt.study.worker import run_trial_on_worker  # noqa: E402
 
 @dataclasses.dataclass(frozen=True)
 class TuneOutcome:
-    """How the Tune run ended: interrupted (Ctrl-C; running trials were requeued) or stopped by failures."""
+    """How the Tune run ended: interrupted (Ctrl-C; running trials were requeued), stopped by failures, or by a
+    store that stopped answering."""
 
     interrupted: bool
     failures: int
     too_many_failures: bool
     last_error: str | None
+    storage_failed: bool = False
 
 
-def run_tune(plan: SearchPlan, store: TrialStore, runs: StudyRuns, reporter: Reporter,
+def run_tune(plan: SearchPlan, store: TrialStore, runs: StudyRuns, reporter: Reporter, tracking_uri: str,
              objective_fn: Callable | None = None) -> TuneOutcome:
-    """Run trials until the study holds `study.trials` finished ones, time or failures run out, or Ctrl-C.
+    """Run trials until the study holds `study.trials` finished ones, time or failures run out, or Ctrl-C, on the
+    Ray that `ray_session` started or joined. Trials still running at the end (Ctrl-C) are requeued.
 
-    Starts a local Ray (or joins `study.ray.address`) unless one is up, and shuts down only a Ray it started.
-    Trials still running at the end (Ctrl-C) are requeued.
+    `tracking_uri` reaches the workers through Ray's object store, never through Tune's files (it may hold a
+    password).
     """
-    import ray
-
-    started_ray = _start_ray(plan.settings.ray)
     for name in ("ray.tune", "ray.train", "ray.air"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
     stopped: set[str] = set()
     searcher = StudySearcher(plan, store, runs, reporter, stopped)
-    tuner = _tuner(plan, searcher, _scheduler(plan.settings.pruner, stopped), objective_fn)
+    tuner = _tuner(plan, searcher, _scheduler(plan.settings.pruner, stopped), objective_fn, tracking_uri)
     resources = plan.settings.resources
     reporter.line(f"study {store.name}: {store.counts().occupied} of {plan.settings.trials} trials done or running; "
                   f"running up to {resources.max_concurrent} at once")
     interrupted = False
+    upkeep = _UpkeepThread(searcher, heartbeat_every(plan.settings.heartbeat_grace))
+    upkeep.start()
     try:
         tuner.fit()
     except KeyboardInterrupt:
         interrupted = True
     finally:
+        upkeep.stop()
         if searcher.running:
             interrupted = True
             searcher.requeue_all()
-        if started_ray:
-            ray.shutdown()
     return TuneOutcome(
         interrupted=interrupted,
         failures=searcher.failures,
         too_many_failures=searcher.stop_reason == "failures",
         last_error=searcher.last_error,
+        storage_failed=searcher.stop_reason == "storage",
     )
 
 
-def _start_ray(settings: RayConfig) -> bool:
-    """Start (or join) Ray unless it is up; True when this call started it. Workers get this process's working
-    folder and PYTHONPATH, so a custom objective importable here is importable there."""
+@contextlib.contextmanager
+def ray_session(settings: RayConfig, resources: ResourcesConfig) -> Iterator[None]:
+    """Start (or join) Ray unless it is up, check that one of its nodes can run a trial, and shut down a Ray this
+    call started when done. A local Ray gets a watchdog (`reaper.Reaper`) that ends its processes should this
+    driver be killed.
+
+    Raises:
+        ConfigError: no node has the CPUs or GPUs one trial asks for (`study.resources`).
+    """
     import ray
 
-    if ray.is_initialized():
-        return False
+    reaper = None
+    started = not ray.is_initialized()
+    if started:
+        _init_ray(settings)
+        if not is_cluster(settings.address):
+            from eeopt.study.reaper import Reaper
+
+            reaper = Reaper.for_children()
+    try:
+        _check_resources(resources, settings.address)
+        yield
+    finally:
+        if started:
+            ray.shutdown()
+        if reaper is not None:
+            reaper.release()
+
+
+def _init_ray(settings: RayConfig) -> None:
+    """Start a local Ray or join a cluster. Workers of a local Ray get this process's working folder and
+    PYTHONPATH, so a custom objective importable here is importable there; a cluster's nodes have eeopt
+    installed (their own PYTHONPATH)."""
+    import ray
+
     kwargs: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
                                   configure_logging=True)
-    if settings.address is None:
+    if not is_cluster(settings.address):
         kwargs["num_cpus"] = settings.num_cpus
         kwargs["runtime_env"] = {"env_vars": {"PYTHONPATH": os.pathsep.join(
             [str(Path.cwd()), *filter(None, [os.environ.get("PYTHONPATH")])])}}
-    ray.init(address=settings.address, **kwargs)
-    return True
+    ray.init(address=None if settings.address == "local" else settings.address, **kwargs)
+
+
+def _check_resources(resources: ResourcesConfig, address: str | None) -> None:
+    """Raise `ConfigError` unless some alive node has `cpus_per_trial` CPUs and `gpus_per_trial` GPUs (a fraction
+    of a GPU is fine: Ray shares it); Tune would otherwise wait forever."""
+    import ray
+
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    where = f"the Ray cluster at {address}" if is_cluster(address) else "this machine's Ray"
+    for key, field, asked in (("CPU", "cpus_per_trial", resources.cpus_per_trial),
+                              ("GPU", "gpus_per_trial", resources.gpus_per_trial)):
+        most = max((n.get(key, 0.0) for n in nodes), default=0.0)
+        if asked > most:
+            raise ConfigError(f"study.resources.{field}: a trial asks for {asked:g} {key}s, but no node of {where} "
+                              f"has that many (the largest has {most:g})")
 
 
 def _scheduler(pruner: str, stopped: set[str]):
@@ -109,24 +161,41 @@ def _scheduler(pruner: str, stopped: set[str]):
     return _Recording()
 
 
-class _Upkeep(tune.Callback):
-    """Heartbeats of running trials on every step; the error text of a Ray worker that died."""
+class _WorkerErrors(tune.Callback):
+    """The error text of a Ray worker that died, for the trial's FAIL record."""
 
     def __init__(self, searcher: StudySearcher):
         self.searcher = searcher
-
-    def on_step_end(self, iteration, trials, **info):
-        self.searcher.heartbeat()
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.searcher.errors[trial.trial_id] = _error_text(trial)
 
 
-def _tuner(plan: SearchPlan, searcher: StudySearcher, scheduler, objective_fn: Callable | None) -> tune.Tuner:
+class _UpkeepThread(threading.Thread):
+    """Calls `searcher.upkeep()` every `every` seconds, independent of Tune's loop (which can block for long:
+    waiting for a trial, or on a slow store)."""
+
+    def __init__(self, searcher: StudySearcher, every: float):
+        super().__init__(name="eeopt-upkeep", daemon=True)
+        self.searcher = searcher
+        self.every = every
+        self._stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self._stopped.wait(self.every):
+            self.searcher.upkeep()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self.join(timeout=60)
+
+
+def _tuner(plan: SearchPlan, searcher: StudySearcher, scheduler, objective_fn: Callable | None,
+           tracking_uri: str) -> tune.Tuner:
     settings = plan.settings
     resources = settings.resources
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial_on_worker, objective_fn=objective_fn),
+        tune.with_parameters(run_trial_on_worker, objective_fn=objective_fn, tracking_uri=tracking_uri),
         {"cpu": resources.cpus_per_trial, "gpu": resources.gpus_per_trial},
     )
     return tune.Tuner(
@@ -143,9 +212,9 @@ def _tuner(plan: SearchPlan, searcher: StudySearcher, scheduler, objective_fn: C
         ),
         run_config=tune.RunConfig(
             name=f"tune-{time.strftime('%Y%m%d-%H%M%S')}",
-            storage_path=str(plan.runs_dir / "ray"),
+            storage_path=join_location(plan.runs_dir, "ray"),
             verbose=0,
-            callbacks=[_Upkeep(searcher)],
+            callbacks=[_WorkerErrors(searcher)],
             failure_config=tune.FailureConfig(max_failures=0),
         ),
     )

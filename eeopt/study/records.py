@@ -32,13 +32,16 @@ class TrialSpec:
         train_config: the resolved `TrainConfig` as JSON-ready data (`model_dump(mode="json")`).
         sampled: the sampled parameters by dotted config path, decoded (`model.exits: [2, 4]`, not its JSON text).
         objective_ref: a custom objective as 'package.module:function', or None for the named metrics.
+        output_dir: where the trial writes: a folder, or a URI its folder is synced to (`cluster.TrialFolder`).
+
+    The spec is written into Ray Tune's files (params.json, params.pkl): it carries no secret. The tracking URI,
+    which may hold a password, reaches the worker through `tune.with_parameters` (Ray's object store) instead.
     """
 
     trial_number: int
     train_config: dict[str, Any]
     sampled: dict[str, Any]
     output_dir: str
-    tracking_uri: str
     mlflow_run_id: str
     objectives: tuple[str, ...]
     objective_ref: str | None

@@ -5,7 +5,10 @@ storage) continues it: `study.trials` is the total number of finished trials, an
 Ray Tune gets a searcher that asks and tells that Optuna study (an equivalent of Tune's `OptunaSearch` that honours
 the total across reruns and workers); early stopping uses Tune's ASHA or median-stopping schedulers.
 Interrupted trials (Ctrl-C) go back to the queue (Optuna WAITING) and are re-run first next time; trials whose
-process died are found by their missing heartbeat and marked failed.
+process died are found by their missing heartbeat (silent for `study.heartbeat_grace` seconds) and marked failed,
+by the next run or by any live worker of the study, which then takes their slots; the MLflow runs a killed driver
+left open are closed as FAILED with the reason. With `study.ray.address` the trials run on a Ray cluster; stores
+its nodes could not reach are refused before anything starts (`cluster.check_cluster_stores`).
 
 Layers of `eeopt/study/` (each imports only those below it): `runner` (this: a study file bound to its stores) ->
 `loop` (the Tune run) -> `searcher` (driver) | `worker` (Ray worker) -> `trials` (Optuna bookkeeping) | `space`
@@ -22,14 +25,14 @@ from typing import Any
 
 from eeopt.config import StudyConfig, load_config
 from eeopt.errors import StorageError, StudyError
+from eeopt.study import cluster
 from eeopt.study import storage as storage_mod
 from eeopt.study import tracking
 from eeopt.study.progress import Reporter
+from eeopt.study.sampling import create_sampler
 from eeopt.study.space import SearchSpace
 from eeopt.study.trial import check_objective_names, load_objective
-from eeopt.study.trials import (
-    ATTR_ERROR, ATTR_MLFLOW_RUN, DEAD_TRIAL_REASON, TrialStore, create_sampler, read_studies,
-)
+from eeopt.study.trials import ATTR_ERROR, ATTR_MLFLOW_RUN, DEAD_TRIAL_REASON, TrialStore, read_studies
 
 log = logging.getLogger("eeopt.study")
 
@@ -81,6 +84,11 @@ class Study:
         self.directions = [self.settings.objectives[name] for name in self.objectives]
         runs = Path(self.settings.runs_dir) if self.settings.runs_dir else Path("runs")
         self.runs_dir = (runs if runs.is_absolute() else self.study_dir / runs).resolve() / self.name
+        #: Where trials write (checkpoints, exit outputs) and Tune keeps its files: `study.ray.storage_path` (a
+        #: folder or URI every node reaches) when set, else `runs_dir`.
+        storage_path = self.settings.ray.storage_path
+        self.trials_location = (cluster.join_location(storage_path, self.name) if storage_path
+                                else str(self.runs_dir))
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: list[str] | tuple[str, ...] = (), trials: int | None = None):
@@ -97,7 +105,8 @@ class Study:
         raises `StudyError` ("no study named ...")."""
         s = self.settings
         return TrialStore(self.storage_url, self.name, directions=self.directions, objectives=self.objectives,
-                          sampler=create_sampler(s.sampler, s.seed, s.trials), create=create)
+                          sampler=create_sampler(s.sampler, s.seed, s.trials), create=create,
+                          grace=s.heartbeat_grace)
 
     def optuna_study(self, create: bool = True):
         """The `optuna.Study` in the configured storage (created when `create` and missing)."""
@@ -111,15 +120,16 @@ class Study:
     def run(self, objective: Callable | str | None = None, *, progress: bool = True) -> StudySummary:
         """Run or continue the study until it holds `study.trials` finished trials (or time/failures run out).
 
-        Everything is checked before anything is written: the config, registry names, objectives, and that the
-        Optuna storage and the MLflow tracking store answer. Only then the storage, MLflow, the runs folder and
-        Ray are touched.
+        Everything is checked before anything is written: the config, registry names, objectives, that the stores
+        answer and (on a Ray cluster) that every node can reach them. Then Ray starts (or is joined), and only
+        then the storage, MLflow and the runs folder are touched.
 
         Args:
             objective: optional custom objective `fn(TrialResult) -> float | tuple` or 'module:function' (else
                 `study.objective`, else the named `study.objectives` metrics).
         Raises:
-            ConfigError, StorageError: before anything runs; StudyError: too many failed trials.
+            ConfigError, StorageError: before anything runs; StudyError: too many failed trials; StorageError: the
+            stores stopped answering for longer than the retries wait.
         """
         objective = objective or self.settings.objective
         if isinstance(objective, str):
@@ -128,38 +138,55 @@ class Study:
             check_objective_names(self.objectives)
         space = SearchSpace(self.config)
         space.check_names()
-        storage_mod.check_store_answers(self.storage_url, "Optuna storage")
-        storage_mod.check_store_answers(self.tracking_uri, "MLflow tracking store")
+        self.check_stores()
 
-        store = self.trial_store()
-        runs = self._start_runs(store)
-
-        from eeopt.study.loop import run_tune
+        from eeopt.study.loop import ray_session, run_tune
         from eeopt.study.searcher import SearchPlan
 
-        plan = SearchPlan(
-            settings=self.settings, space=space, objectives=tuple(self.objectives),
-            directions=tuple(self.directions), objective_ref=objective if isinstance(objective, str) else None,
-            runs_dir=self.runs_dir, tracking_uri=self.tracking_uri,
-        )
-        state, outcome = "KILLED", None
-        try:
-            outcome = run_tune(plan, store, runs, Reporter(enabled=progress),
-                               objective_fn=objective if callable(objective) else None)
-            state = "KILLED" if outcome.interrupted else "FAIL" if outcome.too_many_failures else "COMPLETE"
-        finally:
-            runs.finish(state)
+        reporter = Reporter(enabled=progress)
+        with ray_session(self.settings.ray, self.settings.resources):
+            store = self.trial_store()
+            runs = self._start_runs(store, reporter)
+            plan = SearchPlan(
+                settings=self.settings, space=space, objectives=tuple(self.objectives),
+                directions=tuple(self.directions), objective_ref=objective if isinstance(objective, str) else None,
+                runs_dir=self.trials_location,
+            )
+            state, outcome = "KILLED", None
+            try:
+                outcome = run_tune(plan, store, runs, reporter, self.tracking_uri,
+                                   objective_fn=objective if callable(objective) else None)
+                state = "COMPLETE" if not (outcome.interrupted or outcome.too_many_failures
+                                           or outcome.storage_failed) else "KILLED" if outcome.interrupted else "FAIL"
+            finally:
+                self._finish_runs(runs, state)
         summary = self.summary(store, interrupted=outcome.interrupted)
         if outcome.too_many_failures:
             raise StudyError(
                 f"study {self.name!r} stopped after {outcome.failures} failed trials (study.max_failures = "
                 f"{self.settings.max_failures}); last error: {outcome.last_error}"
             )
+        if outcome.storage_failed:
+            raise StorageError(f"study {self.name!r} stopped: {outcome.last_error}")
         return summary
 
-    def _start_runs(self, store: TrialStore) -> tracking.StudyRuns:
-        """Open this invocation's MLflow parent run (the study's fixed config as its params), and mark failed the
-        trials whose process died since the last run (Optuna FAIL with the reason, their MLflow runs closed)."""
+    def check_stores(self) -> None:
+        """The checks made before a run writes anything: stores reachable from where trials run (one line naming
+        the setting to change), no more SQLite writers than SQLite takes, and both stores answering.
+
+        Raises:
+            ConfigError, StorageError.
+        """
+        s = self.settings
+        cluster.check_cluster_stores(s.ray.address, self.storage_url, self.tracking_uri, s.ray.storage_path)
+        cluster.check_sqlite_writers(self.tracking_uri, s.resources.max_concurrent)
+        storage_mod.check_store_answers(self.storage_url, "Optuna storage")
+        storage_mod.check_store_answers(self.tracking_uri, "MLflow tracking store")
+
+    def _start_runs(self, store: TrialStore, reporter: Reporter) -> tracking.StudyRuns:
+        """Open this invocation's MLflow parent run (the study's fixed config as its params); mark failed the
+        trials whose process died since the last run (Optuna FAIL with the reason, their MLflow runs closed) and
+        close the runs of killed drivers; say which trials still look alive elsewhere (this run waits for them)."""
         runs = tracking.StudyRuns.start(
             self.tracking_uri, self.experiment_name, self.artifact_root, self.name,
             {"eeopt.storage": storage_mod.mask_url(self.storage_url) or "",
@@ -168,10 +195,25 @@ class Study:
         for dead in store.fail_dead_trials():
             if dead.mlflow_run_id:
                 runs.finish_trial(dead.mlflow_run_id, "FAIL", DEAD_TRIAL_REASON)
-            log.warning("trial %d: marked failed, %s", dead.number, DEAD_TRIAL_REASON)
+            reporter.line(f"trial {dead.number}: marked failed, {DEAD_TRIAL_REASON}")
+        runs.close_dead_runs(self.settings.heartbeat_grace)
+        elsewhere = store.waiting_on(own=())
+        if elsewhere:
+            reporter.line(f"trials {', '.join(map(str, elsewhere))} are RUNNING elsewhere: other workers', or a "
+                          f"killed run's (those are failed once silent for {self.settings.heartbeat_grace:g} s, "
+                          "study.heartbeat_grace); this run waits for them before it stops")
         tracking.log_params(runs.client, runs.parent_run_id, tracking.params_from_config(
             self.config.model_dump(mode="json", exclude={"search_space"})))
         return runs
+
+    def _finish_runs(self, runs: tracking.StudyRuns, state: str) -> None:
+        """Close this run's MLflow parent run, and any run a killed driver left open that is now past the grace.
+        A tracking store that does not answer at this point is reported, not raised over the study's outcome."""
+        try:
+            runs.close_dead_runs(self.settings.heartbeat_grace)
+            runs.finish(state)
+        except StorageError as exc:
+            log.warning("the MLflow parent run %s was not closed: %s", runs.parent_run_id, exc)
 
     # ------------------------------------------------------------------------------------------------ reports
     def summary(self, store: TrialStore | None = None, interrupted: bool = False) -> StudySummary:

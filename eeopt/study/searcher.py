@@ -5,24 +5,36 @@ Before each trial it claims a slot of the study's total over the whole storage (
 `study.trials`; requeued trials come first), opens the trial's MLflow child run and hands the worker a `TrialSpec`.
 When the trial ends it reads the worker's `TrialReport` and tells Optuna COMPLETE, PRUNED or FAIL, or requeues a
 trial that was stopped from outside (Ctrl-C), and closes the MLflow run.
+
+A worker stops only when the study holds `study.trials` finished trials (or failures or time run out): while the
+other slots are held by trials running elsewhere it waits, saying so, and takes over the slots of trials whose
+process died (`upkeep`, run by a thread of the loop, fails them once their heartbeat is `study.heartbeat_grace`
+seconds old). A store that does not answer delays trials (`retrying`) and, after a while, ends the run cleanly.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
-from pathlib import Path
 
 from ray.tune.search import Searcher
 
 from eeopt.config import StudySettings
+from eeopt.errors import StorageError
 from eeopt.study.progress import Reporter, format_params
 from eeopt.study.records import EpochReport, TrialReport, TrialSpec
 from eeopt.study.space import SearchSpace
+from eeopt.study.storage import RETRY_FOR
 from eeopt.study.tracking import StudyRuns
-from eeopt.study.trials import ATTR_MLFLOW_RUN, ATTR_RAY_TRIAL, TrialStore, TrialTicket
+from eeopt.study.trials import ATTR_MLFLOW_RUN, ATTR_RAY_TRIAL, DEAD_TRIAL_REASON, TrialStore, TrialTicket
 
-HEARTBEAT_EVERY = 10.0  # seconds between heartbeats of this driver's running trials
+#: Seconds between two looks at the storage while this worker has no slot (Tune asks about every second).
+LOOK_EVERY = 2.0
+
+
+def heartbeat_every(grace: float) -> float:
+    """Seconds between heartbeats for a heartbeat grace of `grace` seconds: four beats per grace, at most 10 s."""
+    return max(0.25, min(10.0, grace / 4))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,8 +47,7 @@ class SearchPlan:
     objectives: tuple[str, ...]
     directions: tuple[str, ...]
     objective_ref: str | None
-    runs_dir: Path
-    tracking_uri: str
+    runs_dir: str
 
     def trial_spec(self, ticket: TrialTicket, mlflow_run_id: str) -> TrialSpec:
         """What the worker gets for a claimed trial.
@@ -46,12 +57,13 @@ class SearchPlan:
         """
         threads = max(1, int(self.settings.resources.cpus_per_trial))
         cfg = self.space.train_config(ticket.params, threads=threads)
+        from eeopt.study.cluster import join_location
+
         return TrialSpec(
             trial_number=ticket.number,
             train_config=cfg.model_dump(mode="json"),
             sampled=self.space.decode(ticket.params),
-            output_dir=str(self.runs_dir / f"trial-{ticket.number}"),
-            tracking_uri=self.tracking_uri,
+            output_dir=join_location(self.runs_dir, f"trial-{ticket.number}"),
             mlflow_run_id=mlflow_run_id,
             objectives=self.objectives,
             objective_ref=self.objective_ref,
@@ -88,7 +100,9 @@ class StudySearcher(Searcher):
         self.best = store.best_value()
         self.finished_before = store.counts().finished  # COMPLETE + PRUNED in storage when this run started
         self.finished_here = 0
-        self._last_heartbeat = 0.0
+        self._next_look = 0.0  # monotonic time before which `suggest` does not ask the storage again
+        self._waiting_for: tuple[int, ...] = ()
+        self._trouble_since: float | None = None  # when the stores stopped answering (None: they answer)
 
     # Tune pickles its search algorithm to snapshot the experiment. eeopt never restores a Tune run (the Optuna
     # storage is the study's state), so the snapshot carries nothing: no database handles, no locks.
@@ -108,10 +122,27 @@ class StudySearcher(Searcher):
         settings = self.plan.settings
         if self.stop_reason is None and self.failures and self.failures >= settings.max_failures:
             self.stop_reason = "failures"
-        ticket = None if self.stop_reason else self.store.claim(self.distributions, settings.trials)
-        if ticket is None:
+        if self.stop_reason:
             return Searcher.FINISHED if not self.running else None
-        run_id = self.runs.start_trial(ticket.number, tags={"ray.trial_id": trial_id})
+        if time.monotonic() < self._next_look:
+            return None
+        try:
+            ticket = self.store.claim(self.distributions, settings.trials)
+            config = self._no_slot() if ticket is None else self._start(trial_id, ticket)
+        except StorageError as exc:
+            self._store_trouble(exc)
+            return None
+        self._trouble_since = None
+        return config
+
+    def _start(self, trial_id: str, ticket: TrialTicket) -> dict | None:
+        """Open the trial's MLflow run and hand Tune its spec (a trial whose MLflow run cannot be opened goes back
+        to the queue)."""
+        try:
+            run_id = self.runs.start_trial(ticket.number, tags={"ray.trial_id": trial_id, "eeopt.origin": ticket.origin})
+        except StorageError:
+            self.store.requeue(ticket)
+            raise
         self.store.set_attrs(ticket, {ATTR_MLFLOW_RUN: run_id, ATTR_RAY_TRIAL: trial_id})
         try:
             spec = self.plan.trial_spec(ticket, run_id)
@@ -119,9 +150,39 @@ class StudySearcher(Searcher):
             self._fail(_Running(ticket, run_id), str(exc))
             return None
         self.running[trial_id] = _Running(ticket, run_id)
-        what = "resumed (requeued; continues from its checkpoint)" if ticket.requeued else "started"
+        what = {"requeued": "resumed (requeued; continues from its checkpoint)", "queued": "started (queued)",
+                "sampled": "started"}[ticket.origin]
         self.reporter.line(f"trial {ticket.number} {what}  {format_params(spec.sampled)}")
         return spec.to_config()
+
+    def _no_slot(self) -> str | None:
+        """No slot left: FINISHED when the study holds its total, else wait (None) for the trials that hold the
+        other slots: this run's, other workers', or a killed driver's (failed once silent for the grace)."""
+        self._next_look = time.monotonic() + LOOK_EVERY
+        if self.running:
+            return None
+        if self.store.counts().finished >= self.plan.settings.trials:
+            return Searcher.FINISHED
+        others = tuple(self.store.waiting_on(own=()))
+        if others and others != self._waiting_for:
+            grace = self.plan.settings.heartbeat_grace
+            self.reporter.line(
+                f"waiting for trial{'s' if len(others) > 1 else ''} {', '.join(map(str, others))}, running "
+                f"elsewhere: another worker's, or a killed run's (a trial silent for {grace:g} s, "
+                f"study.heartbeat_grace, is failed and its slot taken)  {self.progress()}")
+        self._waiting_for = others
+        return None
+
+    def _store_trouble(self, exc: StorageError) -> None:
+        """A store did not answer: say so once, look again later, and stop starting trials after a while."""
+        now = time.monotonic()
+        if self._trouble_since is None:
+            self._trouble_since = now
+            self.reporter.line(f"{exc}; trying again  {self.progress()}")
+        self.last_error = str(exc)
+        self._next_look = now + LOOK_EVERY
+        if now - self._trouble_since > 2 * RETRY_FOR:
+            self.stop_reason = "storage"
 
     # -------------------------------------------------------------------------------------------- results
     def on_trial_result(self, trial_id: str, result: dict) -> None:
@@ -149,8 +210,9 @@ class StudySearcher(Searcher):
             self._requeue(entry)
 
     def _complete(self, entry: _Running, report: TrialReport) -> None:
-        self.store.complete(entry.ticket, report.values, attrs=report.headline)
-        self.runs.finish_trial(entry.run_id, "COMPLETE")
+        if not self._record(entry, "COMPLETE", lambda: self.store.complete(entry.ticket, report.values,
+                                                                           attrs=report.headline)):
+            return
         self.finished_here += 1
         first = report.values[0]
         maximize = self.plan.directions[0] == "maximize"
@@ -161,22 +223,48 @@ class StudySearcher(Searcher):
                            f"{self.best:.4f})  {self.progress()}")
 
     def _fail(self, entry: _Running, error: str | None) -> None:
-        self.store.fail(entry.ticket, error)
-        self.runs.finish_trial(entry.run_id, "FAIL", error)
         self.failures += 1
         self.last_error = error
-        self.reporter.line(f"trial {entry.ticket.number} FAILED: {error}  {self.progress()}")
+        if self._record(entry, "FAIL", lambda: self.store.fail(entry.ticket, error), error):
+            self.reporter.line(f"trial {entry.ticket.number} FAILED: {error}  {self.progress()}")
 
     def _prune(self, entry: _Running) -> None:
-        self.store.prune(entry.ticket)
-        self.runs.finish_trial(entry.run_id, "PRUNED")
-        self.finished_here += 1
-        self.reporter.line(f"trial {entry.ticket.number} pruned  {self.progress()}")
+        if self._record(entry, "PRUNED", lambda: self.store.prune(entry.ticket)):
+            self.finished_here += 1
+            self.reporter.line(f"trial {entry.ticket.number} pruned  {self.progress()}")
 
     def _requeue(self, entry: _Running) -> None:
-        self.store.requeue(entry.ticket)
-        self.runs.finish_trial(entry.run_id, "KILLED", "interrupted; the trial was requeued")
+        try:
+            self.store.requeue(entry.ticket)
+            self.runs.finish_trial(entry.run_id, "KILLED", "interrupted; the trial was requeued")
+        except StorageError as exc:
+            self.reporter.line(f"trial {entry.ticket.number} interrupted, but not requeued ({exc}); it is failed "
+                               "once its heartbeat is study.heartbeat_grace old")
+            return
         self.reporter.line(f"trial {entry.ticket.number} interrupted: requeued, it runs first next time")
+
+    def _record(self, entry: _Running, state: str, tell, error: str | None = None) -> bool:
+        """Tell Optuna (`tell()`) and close the MLflow run as `state`. False, with a line, when the trial was
+        failed as dead meanwhile (this driver was silent for the grace) or the stores could not be written: the
+        trial then counts as failed, and the study goes on."""
+        number = entry.ticket.number
+        try:
+            told = tell()
+        except StorageError as exc:
+            self.reporter.line(f"trial {number}: its end ({state}) could not be recorded: {exc}; it is failed once "
+                               "its heartbeat is study.heartbeat_grace old")
+            return False
+        try:
+            if told:
+                self.runs.finish_trial(entry.run_id, state, error)
+            else:
+                self.runs.finish_trial(entry.run_id, "FAIL", DEAD_TRIAL_REASON)
+        except StorageError as exc:
+            self.reporter.line(f"trial {number}: MLflow run {entry.run_id} not closed: {exc}")
+        if not told:
+            self.reporter.line(f"trial {number} ended ({state}) after another worker failed it as dead "
+                               f"({DEAD_TRIAL_REASON}); it counts as failed")
+        return told
 
     # -------------------------------------------------------------------------------------------- upkeep
     def requeue_all(self) -> int:
@@ -187,10 +275,19 @@ class StudySearcher(Searcher):
             self._requeue(entry)
         return len(entries)
 
-    def heartbeat(self) -> None:
-        """Beat for this driver's running trials, at most every `HEARTBEAT_EVERY` seconds (called every step)."""
-        now = time.time()
-        if now - self._last_heartbeat < HEARTBEAT_EVERY:
-            return
-        self._last_heartbeat = now
-        self.store.heartbeat(entry.ticket for entry in self.running.values())
+    def upkeep(self) -> None:
+        """Heartbeats for this driver's running trials and its MLflow parent run; then the trials of dead
+        processes are failed (their slots become free) and the MLflow runs killed drivers left open are closed.
+        Called by a thread every `heartbeat_every(grace)` seconds; a store that does not answer is reported and
+        tried again next time, never raised."""
+        grace = self.plan.settings.heartbeat_grace
+        try:
+            self.store.heartbeat(entry.ticket for entry in list(self.running.values()))
+            self.runs.beat()
+            for dead in self.store.fail_dead_trials():
+                if dead.mlflow_run_id:
+                    self.runs.finish_trial(dead.mlflow_run_id, "FAIL", DEAD_TRIAL_REASON)
+                self.reporter.line(f"trial {dead.number}: marked failed, {DEAD_TRIAL_REASON}")
+            self.runs.close_dead_runs(grace)
+        except StorageError as exc:
+            self.reporter.line(f"upkeep: {exc}; trying again in {heartbeat_every(grace):g} s")

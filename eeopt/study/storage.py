@@ -7,22 +7,40 @@ parallel workers); any MLflow tracking URI for MLflow. The rest of eeopt never a
 
 Nothing here writes unless its name says so: `has_optuna_schema` and `check_store_answers` only look (an inspector
 and a connect with a short timeout), so read-only commands and the checks before a run leave no file behind.
+
+Several processes may share a store: connection pools are small and bounded, SQLite files run in WAL mode with a
+busy timeout, the first creation of a SQLite MLflow store is serialised by a lock file (`creation_lock`), and
+`retrying` rides out a database that restarts or fails over.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
+import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, TypeVar
 
 from eeopt.errors import ConfigError, StorageError
 
-#: Seconds between heartbeats of running trials, and how long a silent trial lives before it is marked failed.
+log = logging.getLogger("eeopt.study")
+T = TypeVar("T")
+
+#: Seconds between heartbeats of running trials, and how long a silent trial lives before it is marked failed
+#: (the default of `study.heartbeat_grace`).
 HEARTBEAT_INTERVAL = 30
 HEARTBEAT_GRACE = 120
+#: Seconds a store operation keeps being retried while its database does not answer (a restart, a failover).
+RETRY_FOR = 60.0
+#: Connections one process keeps to a database server (Optuna's engine): `POOL_SIZE` plus up to `POOL_OVERFLOW`.
+POOL_SIZE, POOL_OVERFLOW = 2, 3
+#: Processes that may write to one SQLite file at once (trials logging to a SQLite MLflow store, plus the driver)
+#: before lock waits turn into failures; beyond it, eeopt asks for a database server.
+SQLITE_MAX_WRITERS = 8
 #: Seconds a store may take to answer a connect (or an MLflow server its `/health`) before it counts as unreachable.
 CONNECT_TIMEOUT = 5
 #: The URI schemes MLflow takes for a tracking store (a driver may follow a `+`: ``postgresql+psycopg://``).
@@ -81,15 +99,46 @@ def mask_url(url: str | None) -> str | None:
     """Hide the password in a URL (``postgresql://user:***@host/db``) so it can be logged or printed."""
     if url is None:
         return None
-    return re.sub(r"(//[^/:@]+:)[^@/]*@", r"\1***@", url)
+    return mask_secrets(url)
 
 
-def open_storage(url: str, *, heartbeat: bool = True, create: bool = True):
+def mask_secrets(text: str) -> str:
+    """Hide every password in `text`: in URLs (``//user:***@host``) and libpq settings (``password=***``).
+
+    Used on everything eeopt writes or prints that may quote a URL: error texts, tags, log lines."""
+    text = re.sub(r"(//[^/\s:@]+:)[^@\s/]*@", r"\1***@", text)
+    return re.sub(r"(?i)\b(password\s*=\s*)('[^']*'|[^\s&]+)", r"\1***", text)
+
+
+def engine_kwargs(url: str, timeout: float = CONNECT_TIMEOUT) -> dict:
+    """SQLAlchemy engine settings for a store shared by several processes: a bounded pool whose connections are
+    checked before use (a database restart leaves dead ones behind) and, for SQLite, a busy timeout."""
+    if is_sqlite(url):
+        return {"connect_args": _connect_args(url, timeout=30)}
+    return {"connect_args": _connect_args(url, timeout=timeout), "pool_pre_ping": True, "pool_size": POOL_SIZE,
+            "max_overflow": POOL_OVERFLOW, "pool_recycle": 300, "pool_timeout": 30}
+
+
+def use_wal(url: str) -> None:
+    """Put a SQLite database (created when missing) in WAL mode, so readers never block its writer; the mode is
+    kept in the file. Other databases: nothing."""
+    path = sqlite_path(url)
+    if path is None:
+        return
+    import sqlite3
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with translate_errors(url), contextlib.closing(sqlite3.connect(path, timeout=30)) as conn:
+        conn.execute("PRAGMA journal_mode=WAL")
+
+
+def open_storage(url: str, *, heartbeat: bool = True, create: bool = True, grace: float = HEARTBEAT_GRACE):
     """An Optuna `RDBStorage` for `url`, with heartbeats for crash detection.
 
     Args:
         create: create the SQLite file and Optuna's tables when missing. With False (read-only commands) nothing
             is created: a URL without Optuna's tables raises "no Optuna storage at ...".
+        grace: seconds after its last heartbeat that a running trial counts as dead (`study.heartbeat_grace`).
     Raises:
         StorageError: the database cannot be reached, is not an Optuna storage, or (without `create`) holds no
             Optuna storage yet; the message masks passwords.
@@ -99,21 +148,74 @@ def open_storage(url: str, *, heartbeat: bool = True, create: bool = True):
     if not create:
         require_optuna_schema(url)
     else:
-        path = sqlite_path(url)
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-    engine_kwargs: dict = {"connect_args": _connect_args(url, timeout=30 if is_sqlite(url) else CONNECT_TIMEOUT)}
-    if not is_sqlite(url):
-        engine_kwargs["pool_pre_ping"] = True
+        use_wal(url)
     with translate_errors(url), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # heartbeats are marked experimental
         return optuna.storages.RDBStorage(
             normalize_url(url),
-            engine_kwargs=engine_kwargs,
+            engine_kwargs=engine_kwargs(url),
             heartbeat_interval=HEARTBEAT_INTERVAL if heartbeat else None,
-            grace_period=HEARTBEAT_GRACE if heartbeat else None,
+            grace_period=grace if heartbeat else None,  # a float works: Optuna compares timedelta(seconds=grace)
             skip_table_creation=not create,
         )
+
+
+@contextlib.contextmanager
+def creation_lock(url: str) -> Iterator[None]:
+    """Serialise the creation of a SQLite store among the processes of this machine (an exclusive lock on
+    ``<file>.lock``): MLflow creates and migrates its schema on first use, and two processes doing that at once
+    crash ("duplicate column name"). Other stores: no lock (their creation is retried instead)."""
+    path = sqlite_path(url)
+    if path is None:
+        yield
+        return
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def is_transient(exc: BaseException | None) -> bool:
+    """Whether `exc` (or the error a `StorageError` translated) is a lost, refused or busy connection, worth
+    retrying; not a bad query, a missing table or a conflict."""
+    import sqlalchemy.exc
+
+    if isinstance(exc, StorageError):
+        exc = exc.__cause__
+    if exc is None:
+        return False
+    if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    if isinstance(exc, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)):
+        return not re.search(r"no such (table|column)|does not exist|syntax error", str(exc))
+    return isinstance(exc, (sqlalchemy.exc.TimeoutError, ConnectionError, TimeoutError))
+
+
+def retrying(call: Callable[[], T], url: str, what: str = "storage", retry_for: float = RETRY_FOR) -> T:
+    """`call()`, retried with backoff while its database does not answer, for up to `retry_for` seconds.
+
+    Raises:
+        StorageError: a non-transient error at once, or the last transient one when time runs out (masked).
+    """
+    deadline = time.monotonic() + retry_for
+    delay, warned = 0.5, False
+    while True:
+        try:
+            with translate_errors(url, what=what):
+                return call()
+        except StorageError as exc:
+            if not is_transient(exc) or time.monotonic() + delay > deadline:
+                raise
+            if not warned:
+                log.warning("%s; retrying for up to %.0f s", exc, retry_for)
+                warned = True
+            time.sleep(delay)
+            delay = min(2 * delay, 5.0)
 
 
 def has_optuna_schema(url: str) -> bool:
@@ -250,7 +352,8 @@ def _engine(url: str):
 
 @contextlib.contextmanager
 def translate_errors(url: str | None, what: str = "storage") -> Iterator[None]:
-    """Turn SQLAlchemy / driver / network errors into one-line `StorageError`s naming `what` and the masked URL."""
+    """Turn SQLAlchemy / driver / network / MLflow errors into one-line `StorageError`s naming `what` and the
+    masked URL; any password the error quotes is masked too."""
     try:
         yield
     except StorageError:
@@ -260,8 +363,13 @@ def translate_errors(url: str | None, what: str = "storage") -> Iterator[None]:
 
         import sqlalchemy.exc
 
-        if isinstance(exc, (sqlalchemy.exc.SQLAlchemyError, sqlite3.Error, OSError, ImportError, ValueError)):
-            lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-            detail = lines[0] if lines else type(exc).__name__
+        mlflow_error = any(c.__name__ == "MlflowException" and c.__module__.startswith("mlflow")
+                           for c in type(exc).__mro__)
+        if mlflow_error or isinstance(
+            exc, (sqlalchemy.exc.SQLAlchemyError, sqlite3.Error, OSError, ImportError, ValueError)
+        ):
+            text = getattr(exc, "message", None) if mlflow_error else getattr(exc, "orig", None)
+            lines = str(text or exc).strip().splitlines()
+            detail = mask_secrets(lines[0][:500]) if lines else type(exc).__name__
             raise StorageError(f"{what} {mask_url(url)}: {detail}") from exc
         raise

@@ -15,21 +15,46 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from eeopt.study.storage import mask_url, translate_errors
+from eeopt.study.storage import creation_lock, mask_secrets, mask_url, translate_errors, use_wal
 
 MAX_PARAM_LENGTH = 500
 _BATCH = 900  # MLflow accepts up to 1000 metrics per batch
+#: MLflow settings for a store shared by many processes (each may be overridden in the environment): small
+#: database pools, and HTTP retries that ride out a server restart (about 30 s) without hanging for minutes.
+MLFLOW_SHARED_STORE_ENV = {
+    "MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": "2",
+    "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": "3",
+    "MLFLOW_SQLALCHEMYSTORE_POOL_RECYCLE": "300",
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "5",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
+#: The error of a run whose driver died (no heartbeat on the parent run for `study.heartbeat_grace` seconds).
+DEAD_DRIVER_REASON = "its driver stopped sending heartbeats (killed?)"
+TAG_HEARTBEAT = "eeopt.heartbeat"
 
 
 def client(tracking_uri: str):
     """An `MlflowClient` for `tracking_uri` (imports mlflow lazily)."""
     import logging
+    import os
 
     import mlflow
 
+    for key, value in MLFLOW_SHARED_STORE_ENV.items():
+        os.environ.setdefault(key, value)
     logging.getLogger("alembic").setLevel(logging.WARNING)
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     return mlflow.MlflowClient(tracking_uri=tracking_uri)
+
+
+def prepare_store(tracking_uri: str) -> None:
+    """Create and migrate a SQLite MLflow store once, however many processes start together: under a lock file,
+    in WAL mode (MLflow's own first-use creation races: "duplicate column name")."""
+    with creation_lock(tracking_uri), translate_errors(tracking_uri, what="MLflow tracking store"):
+        if tracking_uri.startswith("sqlite:"):
+            use_wal(tracking_uri)
+        client(tracking_uri).search_experiments(max_results=1)
 
 
 def ensure_experiment(mlflow_client, name: str, artifact_location: str | None = None) -> str:
@@ -111,7 +136,7 @@ def finish_run(mlflow_client, run_id: str, state: str, error: str | None = None)
     status = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED", "KILLED": "KILLED"}[state]
     mlflow_client.set_tag(run_id, "eeopt.state", state)
     if error:
-        mlflow_client.set_tag(run_id, "eeopt.error", error[:4000])
+        mlflow_client.set_tag(run_id, "eeopt.error", mask_secrets(error)[:4000])
     mlflow_client.set_terminated(run_id, status=status)
 
 
@@ -123,29 +148,76 @@ class StudyRuns:
     experiment_id: str
     parent_run_id: str
     study_name: str
+    tracking_uri: str = ""
 
     @classmethod
     def start(cls, tracking_uri: str, experiment: str, artifact_root: str, study_name: str,
               tags: Mapping[str, str]) -> StudyRuns:
-        """Create (or find) the experiment and open the parent run.
+        """Create (or find) the experiment and open the parent run (with a first heartbeat).
+
+        Several workers starting together may race to create the store or the experiment: a SQLite store is
+        created under a lock (`prepare_store`), the experiment is looked up again when another created it first.
 
         Raises:
             StorageError: the tracking store cannot be used (the URI masked).
         """
+        prepare_store(tracking_uri)
         mlflow_client = client(tracking_uri)
         with translate_errors(tracking_uri, what="MLflow tracking store"):
-            experiment_id = ensure_experiment(mlflow_client, experiment, artifact_root)
-            parent = start_parent_run(mlflow_client, experiment_id, study_name, tags)
-        return cls(mlflow_client, experiment_id, parent, study_name)
+            for attempt in range(5):
+                try:
+                    experiment_id = ensure_experiment(mlflow_client, experiment, artifact_root)
+                    break
+                except Exception as exc:  # noqa: BLE001 - only the creation race is retried
+                    if attempt == 4 or not any(w in str(exc) for w in ("already exists", "UNIQUE", "duplicate")):
+                        raise
+                    time.sleep(0.2 * (attempt + 1))
+            parent = start_parent_run(mlflow_client, experiment_id, study_name,
+                                      {**tags, TAG_HEARTBEAT: f"{time.time():.0f}"})
+        return cls(mlflow_client, experiment_id, parent, study_name, tracking_uri)
+
+    def _errors(self):
+        return translate_errors(self.tracking_uri, what="MLflow tracking store")
 
     def start_trial(self, trial_number: int, tags: Mapping[str, str] | None = None) -> str:
-        """Open the child run of a trial; returns its run id."""
-        return start_child_run(self.client, self.experiment_id, self.parent_run_id, self.study_name, trial_number,
-                               tags=tags)
+        """Open the child run of a trial; returns its run id. Raises `StorageError`."""
+        with self._errors():
+            return start_child_run(self.client, self.experiment_id, self.parent_run_id, self.study_name,
+                                   trial_number, tags=tags)
 
     def finish_trial(self, run_id: str, state: str, error: str | None = None) -> None:
-        finish_run(self.client, run_id, state, error)
+        """Close a trial's run (see `finish_run`). Raises `StorageError`."""
+        with self._errors():
+            finish_run(self.client, run_id, state, error)
 
     def finish(self, state: str) -> None:
-        """Close the parent run: COMPLETE, FAIL or KILLED."""
-        finish_run(self.client, self.parent_run_id, state)
+        """Close the parent run: COMPLETE, FAIL or KILLED. Raises `StorageError`."""
+        with self._errors():
+            finish_run(self.client, self.parent_run_id, state)
+
+    def beat(self) -> None:
+        """Tell the store this driver is alive (the parent run's `eeopt.heartbeat` tag). Raises `StorageError`."""
+        with self._errors():
+            self.client.set_tag(self.parent_run_id, TAG_HEARTBEAT, f"{time.time():.0f}")
+
+    def close_dead_runs(self, grace: float) -> int:
+        """Close as FAILED the runs that killed drivers of this study left RUNNING: parent runs whose heartbeat is
+        older than `grace` seconds, and trial runs under a parent that is no longer running. Returns how many.
+
+        Raises:
+            StorageError: the tracking store cannot be used.
+        """
+        with self._errors():
+            runs = self.client.search_runs(
+                [self.experiment_id], max_results=5000,
+                filter_string=f"attributes.status = 'RUNNING' and tags.`eeopt.study` = '{self.study_name}'")
+            now, closed = time.time(), 0
+            parents = {r.info.run_id: r for r in runs if r.data.tags.get("eeopt.role") == "study"}
+            dead = {run_id for run_id, r in parents.items() if run_id != self.parent_run_id
+                    and now - float(r.data.tags.get(TAG_HEARTBEAT, r.info.start_time / 1000)) > grace}
+            for run in runs:
+                parent = run.data.tags.get("mlflow.parentRunId")
+                if run.info.run_id in dead or (parent and (parent in dead or parent not in parents)):
+                    finish_run(self.client, run.info.run_id, "FAIL", DEAD_DRIVER_REASON)
+                    closed += 1
+        return closed

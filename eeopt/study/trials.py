@@ -8,11 +8,16 @@ APIs are used (the `RDBStorage` is the one this module built, trial ids come fro
 States: a trial is RUNNING from `ask` to `complete` / `fail` / `prune`; `requeue` puts it back to WAITING, and the
 next `ask` (of any worker on the storage) takes it first with the same number and params. "Occupied" trials
 (COMPLETE, PRUNED, RUNNING) count against the study's total, so reruns and workers share it.
+
+Every storage call is retried while the database does not answer (`storage.retrying`), so a database restart
+delays a study instead of ending it. A trial that another worker already finished (it failed it as dead while
+this process was silent) is reported, not raised: `complete`, `fail` and `prune` return False.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
@@ -30,6 +35,8 @@ ATTR_RAY_TRIAL = "ray_trial_id"
 STUDY_ATTR_OBJECTIVES = "objectives"
 DEAD_TRIAL_REASON = "its process stopped sending heartbeats (killed?)"
 MAX_ERROR_LENGTH = 2000
+#: Where a trial's parameters came from: the sampler, the queue (`enqueue_trial`), or an interrupted run of it.
+ORIGINS = ("sampled", "queued", "requeued")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,12 +45,14 @@ class TrialTicket:
 
     Attributes:
         requeued: an interrupted trial taken from the queue: same number, params and output folder as before.
+        origin: one of `ORIGINS`: 'sampled' (fresh draws), 'queued' (parameters given) or 'requeued'.
     """
 
     number: int
     trial_id: int
     params: dict[str, Any]
     requeued: bool
+    origin: str = "sampled"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,17 +94,6 @@ class StoredStudy:
     started: datetime | None
 
 
-def create_sampler(kind: str, seed: int, trials: int):
-    """The Optuna sampler named in `study.sampler`: tpe, nsga2 or random."""
-    import optuna
-
-    if kind == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)
-    if kind == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(20, trials)))
-    return optuna.samplers.RandomSampler(seed=seed)
-
-
 class TrialStore:
     """An Optuna study in persistent storage, and the bookkeeping of its trials.
 
@@ -111,18 +109,20 @@ class TrialStore:
     """
 
     def __init__(self, url: str, name: str, *, directions: Sequence[str] = (), objectives: Sequence[str] = (),
-                 sampler=None, create: bool = True):
+                 sampler=None, create: bool = True, grace: float = storage_mod.HEARTBEAT_GRACE,
+                 retry_for: float = storage_mod.RETRY_FOR):
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.url = url
         self.name = name
+        self.grace = grace
+        self.retry_for = retry_for
         if not create and not storage_mod.has_optuna_schema(url):
             raise StudyError(f"no study named {name!r}: no Optuna storage at {storage_mod.mask_url(url)} "
                              "(run the study first)")
         self.storage, self.study = self._open(sampler, list(directions), create)
-        with self._errors():
-            self._study_id = self.storage.get_study_id_from_name(name)
+        self._study_id = self._do(lambda: self.storage.get_study_id_from_name(name))
         if directions:
             self._check_objectives(list(directions), list(objectives), record=create)
 
@@ -137,7 +137,8 @@ class TrialStore:
 
         for attempt in range(5):
             try:
-                storage = storage_mod.open_storage(self.url, create=create)
+                storage = storage_mod.retrying(
+                    lambda: storage_mod.open_storage(self.url, create=create, grace=self.grace), self.url)
                 with self._errors():
                     if not create:
                         return storage, optuna.load_study(study_name=self.name, storage=storage, sampler=sampler)
@@ -148,7 +149,7 @@ class TrialStore:
                                  "(run it first)") from None
             except StorageError as exc:
                 # Both create the schema or the study ("duplicate key"); the loser finds it a moment later.
-                if "duplicate key" not in str(exc) and "already exists" not in str(exc) or attempt == 4:
+                if not re.search(r"duplicate key|already exists|UNIQUE constraint", str(exc)) or attempt == 4:
                     raise
                 time.sleep(0.5 + attempt)
         raise AssertionError("unreachable")
@@ -172,20 +173,42 @@ class TrialStore:
     def _errors(self):
         return storage_mod.translate_errors(self.url)
 
+    def _do(self, call):
+        """`call()`, retried while the database does not answer (`storage.retrying`)."""
+        return storage_mod.retrying(call, self.url, retry_for=self.retry_for)
+
     # -------------------------------------------------------------------------------------------- trials
     def ask(self, distributions: Mapping[str, Any]) -> TrialTicket:
-        """Start a trial: a requeued (WAITING) one first, else a new one the sampler fills; its heartbeat starts."""
-        with self._errors(), warnings.catch_warnings():
+        """Start a trial: a queued or requeued (WAITING) one first, else a new one the sampler fills; its heartbeat
+        starts.
+
+        A requeued trial still carries the heartbeat of its interrupted run: another worker may fail it as dead in
+        the moment between taking it and the fresh heartbeat; then the next trial is asked for instead.
+        """
+        from optuna.trial import TrialState
+
+        while True:
+            trial = self._do(lambda: self._ask_once(distributions))
+            trial_id = self._do(lambda: self.storage.get_trial_id_from_study_id_trial_number(
+                self._study_id, trial.number))
+            self._do(lambda: self.storage.record_heartbeat(trial_id))
+            if self._do(lambda: self.storage.get_trial(trial_id)).state == TrialState.RUNNING:
+                break
+        system = self._do(lambda: self.storage.get_trial_system_attrs(trial_id))
+        requeued = ATTR_MLFLOW_RUN in trial.user_attrs
+        origin = "requeued" if requeued else "queued" if "fixed_params" in system else "sampled"
+        return TrialTicket(trial.number, trial_id, dict(trial.params), requeued, origin)
+
+    def _ask_once(self, distributions: Mapping[str, Any]):
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "heartbeat is supposed to be used with Study.optimize": we beat it
-            trial = self.study.ask(dict(distributions))
-            trial_id = self.storage.get_trial_id_from_study_id_trial_number(self._study_id, trial.number)
-            self.storage.record_heartbeat(trial_id)
-            return TrialTicket(trial.number, trial_id, dict(trial.params), ATTR_MLFLOW_RUN in trial.user_attrs)
+            return self.study.ask(dict(distributions))
 
     def claim(self, distributions: Mapping[str, Any], total: int) -> TrialTicket | None:
         """`ask`, unless `total` trials are already occupied; None when there is no slot left.
 
-        Another worker may take the last slot between the count and the ask: then the trial goes back to the queue.
+        Another worker may take the last slot between the count and the ask: then the trial goes back to the queue
+        (the caller waits while others' trials run, so a slot freed later is still taken; see `waiting_on`).
         """
         if self.counts().occupied >= total:
             return None
@@ -197,69 +220,91 @@ class TrialStore:
 
     def set_attrs(self, ticket: TrialTicket, attrs: Mapping[str, Any]) -> None:
         """Set user attributes of a running trial (None, bool, int, float, str or JSON-able lists and dicts)."""
-        with self._errors():
-            for key, value in attrs.items():
-                self.storage.set_trial_user_attr(ticket.trial_id, key, value)
+        for key, value in attrs.items():
+            self._do(lambda: self.storage.set_trial_user_attr(ticket.trial_id, key, value))
 
-    def complete(self, ticket: TrialTicket, values: Sequence[float], attrs: Mapping[str, Any] | None = None) -> None:
-        """Finish a trial with its objective values, after setting `attrs` (e.g. headline test metrics)."""
-        self.set_attrs(ticket, attrs or {})
-        with self._errors():
-            self.study.tell(ticket.number, list(values))
-
-    def fail(self, ticket: TrialTicket, error: str | None) -> None:
-        """Mark a trial FAIL; `error` is kept as the `eeopt_error` user attribute."""
+    def complete(self, ticket: TrialTicket, values: Sequence[float], attrs: Mapping[str, Any] | None = None) -> bool:
+        """Finish a trial with its objective values, after setting `attrs` (e.g. headline test metrics).
+        False when another worker had already finished it (as dead)."""
         from optuna.trial import TrialState
 
-        if error:
-            self.set_attrs(ticket, {ATTR_ERROR: error[:MAX_ERROR_LENGTH]})
-        with self._errors():
-            self.study.tell(ticket.number, state=TrialState.FAIL)
+        return self._finish(ticket, TrialState.COMPLETE, list(values), attrs)
 
-    def prune(self, ticket: TrialTicket) -> None:
+    def fail(self, ticket: TrialTicket, error: str | None) -> bool:
+        """Mark a trial FAIL; `error` is kept as the `eeopt_error` user attribute (passwords masked)."""
         from optuna.trial import TrialState
 
-        with self._errors():
-            self.study.tell(ticket.number, state=TrialState.PRUNED)
+        attrs = {ATTR_ERROR: storage_mod.mask_secrets(error)[:MAX_ERROR_LENGTH]} if error else None
+        return self._finish(ticket, TrialState.FAIL, None, attrs)
+
+    def prune(self, ticket: TrialTicket) -> bool:
+        from optuna.trial import TrialState
+
+        return self._finish(ticket, TrialState.PRUNED, None, None)
+
+    def _finish(self, ticket: TrialTicket, state, values: list[float] | None, attrs) -> bool:
+        """Tell Optuna how the trial ended. A retried tell may find its first attempt went through: that counts
+        as done; a trial another worker finished first does not (False)."""
+        from optuna.exceptions import UpdateFinishedTrialError
+
+        try:
+            self.set_attrs(ticket, attrs or {})
+            self._do(lambda: self.study.tell(ticket.number, values, state=state))
+            return True
+        except (UpdateFinishedTrialError, ValueError):
+            pass
+        except StorageError as exc:
+            if not isinstance(exc.__cause__, (UpdateFinishedTrialError, ValueError)):
+                raise
+        return self._do(lambda: self.storage.get_trial(ticket.trial_id)).state == state
 
     def requeue(self, ticket: TrialTicket) -> None:
-        """Put a running trial back in the queue (WAITING): the next `ask` takes it, same number and params."""
+        """Put a running trial back in the queue (WAITING): the next `ask` takes it, same number and params.
+        Its heartbeat is renewed first, so that whoever takes it soon does not find it stale."""
         from optuna.trial import TrialState
 
-        with self._errors():
-            self.storage.set_trial_state_values(ticket.trial_id, TrialState.WAITING)
+        self._do(lambda: self.storage.record_heartbeat(ticket.trial_id))
+        self._do(lambda: self.storage.set_trial_state_values(ticket.trial_id, TrialState.WAITING))
 
     def heartbeat(self, tickets: Iterable[TrialTicket]) -> None:
-        """Tell the storage these trials' process is alive (call more often than `HEARTBEAT_GRACE`)."""
-        with self._errors():
-            for ticket in tickets:
-                self.storage.record_heartbeat(ticket.trial_id)
+        """Tell the storage these trials' process is alive (call well within `grace`)."""
+        for ticket in tickets:
+            self._do(lambda: self.storage.record_heartbeat(ticket.trial_id))
 
     def fail_dead_trials(self) -> list[DeadTrial]:
-        """Mark failed the RUNNING trials whose heartbeat stopped longer than `HEARTBEAT_GRACE` ago (their process
+        """Mark failed the RUNNING trials whose heartbeat stopped longer than `grace` seconds ago (their process
         was killed), with `DEAD_TRIAL_REASON` as their error. Returns them, for their MLflow runs to be closed."""
+        return self._do(self._fail_dead_trials)
+
+    def _fail_dead_trials(self) -> list[DeadTrial]:
         from optuna.exceptions import UpdateFinishedTrialError
         from optuna.trial import TrialState
 
         dead = []
-        with self._errors():
-            for trial_id in _stale_trial_ids(self.storage, self._study_id):
-                trial = self.storage.get_trial(trial_id)
-                try:
-                    # The reason first: a finished trial's attributes can no longer be set.
-                    self.storage.set_trial_user_attr(trial_id, ATTR_ERROR, DEAD_TRIAL_REASON)
-                    if not self.storage.set_trial_state_values(trial_id, TrialState.FAIL):
-                        continue
-                except UpdateFinishedTrialError:  # its process (or another worker) finished it meanwhile
+        for trial_id in _stale_trial_ids(self.storage, self._study_id):
+            trial = self.storage.get_trial(trial_id)
+            try:
+                # The reason first: a finished trial's attributes can no longer be set.
+                self.storage.set_trial_user_attr(trial_id, ATTR_ERROR, DEAD_TRIAL_REASON)
+                if not self.storage.set_trial_state_values(trial_id, TrialState.FAIL):
                     continue
-                dead.append(DeadTrial(trial.number, trial.user_attrs.get(ATTR_MLFLOW_RUN)))
+            except UpdateFinishedTrialError:  # its process (or another worker) finished it meanwhile
+                continue
+            dead.append(DeadTrial(trial.number, trial.user_attrs.get(ATTR_MLFLOW_RUN)))
         return dead
+
+    def waiting_on(self, own: Iterable[int]) -> list[int]:
+        """Numbers of RUNNING trials other than `own` (this process's): trials of other workers, or of a killed
+        driver whose heartbeat is not yet `grace` seconds old. A worker with no slot left waits for them."""
+        from optuna.trial import TrialState
+
+        mine = set(own)
+        return [t.number for t in self.trials((TrialState.RUNNING,)) if t.number not in mine]
 
     # -------------------------------------------------------------------------------------------- counts
     def trials(self, states: Sequence[Any] | None = None) -> list:
         """The study's trials (Optuna `FrozenTrial`s, read-only), optionally only those in `states`."""
-        with self._errors():
-            return self.study.get_trials(deepcopy=False, states=tuple(states) if states else None)
+        return self._do(lambda: self.study.get_trials(deepcopy=False, states=tuple(states) if states else None))
 
     def counts(self) -> TrialCounts:
         return _count(self.trials())
@@ -286,10 +331,9 @@ class TrialStore:
 
         if not self.trials((TrialState.COMPLETE,)):
             return []
-        with self._errors():
-            if len(self.study.directions) == 1:
-                return [self.study.best_trial]
-            return sorted(self.study.best_trials, key=lambda t: t.number)
+        if len(self.study.directions) == 1:
+            return [self._do(lambda: self.study.best_trial)]
+        return sorted(self._do(lambda: self.study.best_trials), key=lambda t: t.number)
 
 
 def read_studies(url: str) -> list[StoredStudy]:

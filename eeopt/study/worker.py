@@ -2,7 +2,8 @@
 
 It receives a `TrialSpec`, runs `run_trial` (train -> evaluate -> search) with MLflow logging into the trial's run,
 reports each epoch as an `EpochReport` (for early stopping and progress lines) and the outcome as a `TrialReport`.
-Every error becomes a FAIL report: the trial is recorded as failed and the study goes on.
+Every error becomes a FAIL report: the trial is recorded as failed and the study goes on. The run records the node
+(and GPUs) the trial ran on; the trial's folder may be a URI, synced after every epoch (`cluster.TrialFolder`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from typing import Any
 
 from eeopt.config import TrainConfig
 from eeopt.study import tracking
+from eeopt.study.cluster import node_tags, trial_folder
+from eeopt.study.storage import mask_secrets
 from eeopt.study.records import HEADLINE_METRICS, EpochReport, TrialReport, TrialSpec
 from eeopt.study.trial import run_trial
 
@@ -19,26 +22,30 @@ from eeopt.study.trial import run_trial
 TRIAL_ARTIFACTS = ("val.npz", "test.npz", "config.yaml", "pareto.json", "metrics.json", "history.json", "model.pt")
 
 
-def run_trial_on_worker(config: dict[str, Any], objective_fn=None) -> None:
+def run_trial_on_worker(config: dict[str, Any], objective_fn=None, tracking_uri: str = "") -> None:
     """What a Ray worker runs for one trial; `config` carries a `TrialSpec`, `objective_fn` a custom objective
-    given as a callable to `Study.run` (a 'module:function' objective travels in the spec)."""
+    given as a callable to `Study.run` (a 'module:function' objective travels in the spec), `tracking_uri` the
+    study's MLflow store (through `tune.with_parameters`: it may hold a password, the spec is written to files)."""
     from ray import tune
 
     last_acc = [math.nan]
     try:
         spec = TrialSpec.from_config(config)
-        report = _run(spec, objective_fn, last_acc)
+        with trial_folder(spec.output_dir) as folder:
+            report = _run(spec, tracking_uri, folder, objective_fn, last_acc)
     except Exception as exc:  # noqa: BLE001 - every failure is recorded on the trial, the study goes on
-        report = TrialReport.fail(f"{type(exc).__name__}: {exc}", last_acc[0])
+        report = TrialReport.fail(mask_secrets(f"{type(exc).__name__}: {exc}"), last_acc[0])
     tune.report(report.to_result())
 
 
-def _run(spec: TrialSpec, objective_fn, last_acc: list[float]) -> TrialReport:
+def _run(spec: TrialSpec, tracking_uri: str, folder, objective_fn, last_acc: list[float]) -> TrialReport:
     from ray import tune
 
-    client = tracking.client(spec.tracking_uri)
+    client = tracking.client(tracking_uri)
     run_id = spec.mlflow_run_id
     cfg = TrainConfig.model_validate(spec.train_config)
+    for key, value in node_tags().items():
+        client.set_tag(run_id, key, value)
     tracking.log_params(client, run_id, tracking.params_from_config(spec.train_config, spec.sampled))
 
     def on_epoch(epoch: int, row: dict[str, Any]) -> None:
@@ -47,10 +54,11 @@ def _run(spec: TrialSpec, objective_fn, last_acc: list[float]) -> TrialReport:
         tracking.log_metrics(client, run_id, numeric, step=epoch)
         accs = [v for k, v in sorted(row.items(), key=lambda kv: _exit_index(kv[0])) if k.startswith("val_acc_exit")]
         last_acc[0] = float(accs[-1]) if accs else math.nan
+        folder.sync()  # the epoch's checkpoint reaches the study's storage before Tune hears of the epoch
         tune.report(EpochReport(epoch, last_acc[0]).to_result())
 
     result, values = run_trial(
-        cfg, output_dir=spec.output_dir, on_epoch=on_epoch, objectives=list(spec.objectives),
+        cfg, output_dir=folder.path, on_epoch=on_epoch, objectives=list(spec.objectives),
         objective=objective_fn or spec.objective_ref,
     )
     tracking.log_metrics(client, run_id, result.metrics)
