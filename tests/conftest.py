@@ -26,3 +26,37 @@ def outputs_pair():
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)
+
+
+# ---------------------------------------------------------------------------------------------- real servers
+# Started once per session, only by the tests that ask for them (tests/services.py starts and stops them).
+@pytest.fixture(scope="session")
+def own_postgres():
+    """A PostgreSQL server of the tests' own, on a free port with password auth (never the one on 5432)."""
+    from services import PostgresServer
+
+    server = PostgresServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def team_stack(own_postgres, tmp_path_factory):
+    """The team stack, natively: an MLflow server on `own_postgres` with proxied artifacts, a 2-node Ray cluster
+    (one CPU per node) and optuna-dashboard on a fresh Optuna database."""
+    from services import start_stack
+
+    stack = start_stack(own_postgres, tmp_path_factory.mktemp("stack"))
+    yield stack
+    stack.stop()
+
+
+@pytest.fixture(scope="session")
+def cluster_run(team_stack, tmp_path_factory):
+    """A study run on the team stack's 2-node cluster through a PostgreSQL restart, then read back by the CLI."""
+    from services import ClusterRun
+
+    run = ClusterRun(team_stack, tmp_path_factory.mktemp("cluster-run"))
+    run.run_with_postgres_restart()
+    run.read_back()
+    return run

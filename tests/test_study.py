@@ -241,35 +241,3 @@ def test_asha_prunes_a_trial_that_learns_nothing(tmp_path, ray_local):
     assert all(t.params["training.lr"] == 1e-7 for t in pruned)
     runs = {r.info.run_id: r for r in _mlflow_runs(study)}
     assert all(runs[t.user_attrs["mlflow_run_id"]].data.tags["eeopt.state"] == "PRUNED" for t in pruned)
-
-
-@pytest.mark.postgres
-def test_two_workers_on_postgres_share_the_total(tmp_path):
-    """Two `eeopt study run` processes on one PostgreSQL storage: together they finish exactly study.trials."""
-    import uuid
-
-    import psycopg
-
-    name = f"eeopt_test_{uuid.uuid4().hex[:10]}"
-    admin = psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=postgres", autocommit=True)
-    admin.execute(f"CREATE DATABASE {name}")
-    url = f"postgresql://postgres@127.0.0.1:5432/{name}"
-    try:
-        procs = []
-        for worker in ("a", "b"):
-            folder = tmp_path / worker
-            folder.mkdir()
-            cfg = dict(BASE, study=dict(BASE["study"], name="shared", trials=3, storage=url,
-                                        resources={"cpus_per_trial": 1, "max_concurrent": 1}, ray={"num_cpus": 1}))
-            path = _write(folder, cfg)
-            procs.append(subprocess.Popen([sys.executable, "-m", "eeopt.cli", "study", "run", str(path)],
-                                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-        outputs = [p.communicate(timeout=600)[0] for p in procs]
-        assert [p.returncode for p in procs] == [0, 0], [o[-1500:] for o in outputs]
-        trials = optuna.load_study(study_name="shared", storage=url.replace("postgresql://", "postgresql+psycopg://"))
-        states = [t.state for t in trials.get_trials()]
-        assert states.count(TrialState.COMPLETE) == 3 and TrialState.RUNNING not in states, states
-        assert all("done" in o for o in outputs)  # both workers took part
-    finally:
-        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        admin.close()

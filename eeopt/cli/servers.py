@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -25,10 +26,10 @@ def ui_cmd(
     from eeopt.study import Study
 
     study = Study.from_yaml(study_file, overrides or [])
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", study.tracking_uri,
-           "--host", "127.0.0.1", "--port", str(port)]
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--host", "127.0.0.1", "--port", str(port)]
     typer.echo(f"MLflow UI for study {study.name}: http://127.0.0.1:{port}  (Ctrl-C to stop)", err=True)
-    raise typer.Exit(subprocess.call(cmd))
+    # The store's URI goes in the environment, not on the command line, where `ps` would show its password.
+    raise typer.Exit(subprocess.call(cmd, env={**os.environ, "MLFLOW_BACKEND_STORE_URI": study.tracking_uri}))
 
 
 @servers_app.command("dashboard")
@@ -53,7 +54,11 @@ def dashboard_cmd(
     require_optuna_schema(study.storage_url)  # optuna-dashboard would create an empty storage
     typer.echo(f"optuna-dashboard for study {study.name}: http://127.0.0.1:{port}  (Ctrl-C to stop)", err=True)
 
-    raise typer.Exit(subprocess.call([exe, normalize_url(study.storage_url), "--host", "127.0.0.1", "--port", str(port)]))
+    # The storage URL goes in the environment, not on the command line, where `ps` would show its password.
+    code = ("import os, optuna_dashboard; optuna_dashboard.run_server(os.environ['EEOPT_DASHBOARD_STORAGE'], "
+            f"host='127.0.0.1', port={int(port)})")
+    env = {**os.environ, "EEOPT_DASHBOARD_STORAGE": normalize_url(study.storage_url)}
+    raise typer.Exit(subprocess.call([sys.executable, "-c", code], env=env))
 
 
 # ------------------------------------------------------------------------------------------------------ helpers

@@ -28,6 +28,7 @@ from eeopt.study.cluster import is_cluster, join_location  # noqa: E402
 from eeopt.study.progress import Reporter  # noqa: E402
 from eeopt.study.records import EPOCH_METRIC, TrialReport  # noqa: E402
 from eeopt.study.searcher import SearchPlan, StudySearcher, heartbeat_every  # noqa: E402
+from eeopt.study.storage import mask_secrets  # noqa: E402
 from eeopt.study.tracking import StudyRuns  # noqa: E402
 from eeopt.study.trials import TrialStore  # noqa: E402
 from eeopt.study.worker import run_trial_on_worker  # noqa: E402
@@ -183,7 +184,10 @@ class _UpkeepThread(threading.Thread):
 
     def run(self) -> None:
         while not self._stopped.wait(self.every):
-            self.searcher.upkeep()
+            try:
+                self.searcher.upkeep()
+            except Exception as exc:  # noqa: BLE001 - a missed beat is retried next round; the thread must live
+                self.searcher.reporter.line(f"upkeep: {type(exc).__name__}: {mask_secrets(str(exc))[:300]}")
 
     def stop(self) -> None:
         self._stopped.set()
@@ -211,7 +215,7 @@ def _tuner(plan: SearchPlan, searcher: StudySearcher, scheduler, objective_fn: C
             trial_dirname_creator=lambda t: f"trial-{t.trial_id}",
         ),
         run_config=tune.RunConfig(
-            name=f"tune-{time.strftime('%Y%m%d-%H%M%S')}",
+            name=f"tune-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",  # workers may start in the same second
             storage_path=join_location(plan.runs_dir, "ray"),
             verbose=0,
             callbacks=[_WorkerErrors(searcher)],

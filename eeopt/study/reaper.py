@@ -8,11 +8,12 @@ left of the processes Ray started for it (SIGTERM, then SIGKILL after `GRACE` se
 time so that a reused pid is never hit.
 
 This file runs as a script (`python reaper.py PID:START ...`): it imports nothing but the standard library and
-psutil (a Ray dependency), so the watchdog costs a few MB and starts at once.
+psutil, so the watchdog costs a few MB and starts at once.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -20,12 +21,24 @@ import sys
 GRACE = 5.0  # seconds between SIGTERM and SIGKILL
 
 
+def psutil_module():
+    """psutil: installed, or the copy Ray ships in `ray/thirdparty_files` (found without importing Ray)."""
+    try:
+        import psutil
+    except ImportError:
+        spec = importlib.util.find_spec("ray")
+        if spec is None or not spec.submodule_search_locations:
+            raise
+        sys.path.append(os.path.join(list(spec.submodule_search_locations)[0], "thirdparty_files"))
+        import psutil
+    return psutil
+
+
 class Reaper:
     """The driver's side: the watchdog process and the pipe that keeps it waiting."""
 
     def __init__(self, pids: list[int]):
-        import psutil
-
+        psutil = psutil_module()
         roots = []
         for pid in pids:
             try:
@@ -44,9 +57,7 @@ class Reaper:
     @classmethod
     def for_children(cls) -> Reaper:
         """A watchdog for every process this one started so far (call right after `ray.init()`)."""
-        import psutil
-
-        return cls([p.pid for p in psutil.Process().children(recursive=True)])
+        return cls([p.pid for p in psutil_module().Process().children(recursive=True)])
 
     def release(self) -> None:
         """After a clean `ray.shutdown()`: close the pipe; the watchdog ends whatever Ray left and exits."""
@@ -60,8 +71,7 @@ class Reaper:
 
 
 def _reap(roots: list[str]) -> None:
-    import psutil
-
+    psutil = psutil_module()
     victims: dict[int, psutil.Process] = {}
     for root in roots:
         pid, _, started = root.partition(":")

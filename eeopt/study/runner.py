@@ -78,7 +78,9 @@ class Study:
             if self.settings.mlflow.tracking_uri else storage_mod.default_tracking_uri(self.study_dir)
         )
         storage_mod.check_tracking_uri(self.tracking_uri)
-        self.artifact_root = storage_mod.default_artifact_root(self.study_dir)
+        # Beside the study file for a local store; a tracking server keeps (proxies) the artifacts itself.
+        self.artifact_root = (None if storage_mod.url_scheme(self.tracking_uri) in ("http", "https", "databricks")
+                              else storage_mod.default_artifact_root(self.study_dir))
         self.experiment_name = self.settings.mlflow.experiment or self.name
         self.objectives = list(self.settings.objectives)
         self.directions = [self.settings.objectives[name] for name in self.objectives]

@@ -181,19 +181,21 @@ def creation_lock(url: str) -> Iterator[None]:
 
 
 def is_transient(exc: BaseException | None) -> bool:
-    """Whether `exc` (or the error a `StorageError` translated) is a lost, refused or busy connection, worth
-    retrying; not a bad query, a missing table or a conflict."""
+    """Whether `exc`, or an error it was raised from (a `StorageError`'s translated error, Optuna's
+    `StorageInternalError`), is a lost, refused or busy connection worth retrying; not a bad query, a missing table
+    or a conflict."""
     import sqlalchemy.exc
 
-    if isinstance(exc, StorageError):
-        exc = exc.__cause__
-    if exc is None:
-        return False
-    if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated:
-        return True
-    if isinstance(exc, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)):
-        return not re.search(r"no such (table|column)|does not exist|syntax error", str(exc))
-    return isinstance(exc, (sqlalchemy.exc.TimeoutError, ConnectionError, TimeoutError))
+    seen = 0
+    while exc is not None and seen < 5:
+        if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated:
+            return True
+        if isinstance(exc, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)):
+            return not re.search(r"no such (table|column)|does not exist|syntax error", str(exc))
+        if isinstance(exc, (sqlalchemy.exc.TimeoutError, ConnectionError, TimeoutError)):
+            return True
+        exc, seen = exc.__cause__, seen + 1
+    return False
 
 
 def retrying(call: Callable[[], T], url: str, what: str = "storage", retry_for: float = RETRY_FOR) -> T:
@@ -309,11 +311,20 @@ def _check_creatable(path: Path, folder: bool) -> None:
 
 
 def _check_mlflow_server(url: str) -> None:
+    """GET /health; credentials in the URL (``http://user:password@host``) go in a basic-auth header."""
+    import base64
     import urllib.error
+    import urllib.parse
     import urllib.request
 
+    parts = urllib.parse.urlsplit(url)
+    netloc = parts.hostname + (f":{parts.port}" if parts.port else "") if parts.hostname else parts.netloc
+    request = urllib.request.Request(urllib.parse.urlunsplit(parts._replace(netloc=netloc)).rstrip("/") + "/health")
+    if parts.username is not None:
+        token = f"{urllib.parse.unquote(parts.username)}:{urllib.parse.unquote(parts.password or '')}"
+        request.add_header("Authorization", "Basic " + base64.b64encode(token.encode()).decode())
     try:
-        with urllib.request.urlopen(url.rstrip("/") + "/health", timeout=CONNECT_TIMEOUT):
+        with urllib.request.urlopen(request, timeout=CONNECT_TIMEOUT):
             return
     except urllib.error.HTTPError as exc:
         if exc.code in (401, 403):  # it answers; credentials are MLflow's business
@@ -363,13 +374,21 @@ def translate_errors(url: str | None, what: str = "storage") -> Iterator[None]:
 
         import sqlalchemy.exc
 
-        mlflow_error = any(c.__name__ == "MlflowException" and c.__module__.startswith("mlflow")
-                           for c in type(exc).__mro__)
-        if mlflow_error or isinstance(
+        mlflow_error = _is_error_of(exc, "MlflowException", "mlflow")
+        if _is_error_of(exc, "StorageInternalError", "optuna") and exc.__cause__ is not None:
+            cause = exc.__cause__  # Optuna's text ("invalid data in the commit") hides a lost connection
+        elif mlflow_error or isinstance(
             exc, (sqlalchemy.exc.SQLAlchemyError, sqlite3.Error, OSError, ImportError, ValueError)
         ):
-            text = getattr(exc, "message", None) if mlflow_error else getattr(exc, "orig", None)
-            lines = str(text or exc).strip().splitlines()
-            detail = mask_secrets(lines[0][:500]) if lines else type(exc).__name__
-            raise StorageError(f"{what} {mask_url(url)}: {detail}") from exc
-        raise
+            cause = exc
+        else:
+            raise
+        text = getattr(cause, "message", None) if mlflow_error else getattr(cause, "orig", None)
+        lines = str(text or cause).strip().splitlines()
+        detail = mask_secrets(lines[0][:500]) if lines else type(cause).__name__
+        raise StorageError(f"{what} {mask_url(url)}: {detail}") from exc
+
+
+def _is_error_of(exc: BaseException, name: str, package: str) -> bool:
+    """`exc` is (a subclass of) `package`'s exception `name`, checked without importing `package`."""
+    return any(c.__name__ == name and c.__module__.startswith(package) for c in type(exc).__mro__)

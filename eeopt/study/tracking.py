@@ -28,6 +28,9 @@ MLFLOW_SHARED_STORE_ENV = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "5",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+    # MLflow prints "View run ... at: <tracking URI>" for every closed run: noise in the progress lines, and the
+    # URI may carry credentials.
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
 }
 #: The error of a run whose driver died (no heartbeat on the parent run for `study.heartbeat_grace` seconds).
 DEAD_DRIVER_REASON = "its driver stopped sending heartbeats (killed?)"
@@ -151,7 +154,7 @@ class StudyRuns:
     tracking_uri: str = ""
 
     @classmethod
-    def start(cls, tracking_uri: str, experiment: str, artifact_root: str, study_name: str,
+    def start(cls, tracking_uri: str, experiment: str, artifact_root: str | None, study_name: str,
               tags: Mapping[str, str]) -> StudyRuns:
         """Create (or find) the experiment and open the parent run (with a first heartbeat).
 

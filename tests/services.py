@@ -1,0 +1,421 @@
+"""Real servers for the cluster and fault tests, started natively on 127.0.0.1 with free ports and stopped by the
+process groups the tests started (never `ray stop`, never the PostgreSQL on 5432).
+
+The commands are the team stack's (docker/*.sh, also what docker-compose.yml runs): PostgreSQL from `initdb` /
+`pg_ctl` (the compose file uses the postgres image), the MLflow tracking server on PostgreSQL with proxied artifacts,
+a Ray head and a second Ray node sharing a token, and optuna-dashboard.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DOCKER = REPO / "docker"
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with contextlib.closing(socket.socket()) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(check, what: str, timeout: float = 120.0, proc: subprocess.Popen | None = None, log: Path | None = None):
+    """Poll `check()` until it is truthy; fail with the service's log tail if it does not come up in time."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            break
+        with contextlib.suppress(Exception):
+            value = check()
+            if value:
+                return value
+        time.sleep(0.5)
+    tail = log.read_text()[-3000:] if log is not None and log.exists() else ""
+    raise RuntimeError(f"{what} did not come up (exit {proc.poll() if proc else None}):\n{tail}")
+
+
+class Service:
+    """A server process in a session of its own, its output in a log file; `stop` ends its whole process group."""
+
+    def __init__(self, name: str, cmd: list[str], env: dict[str, str], log_dir: Path):
+        self.name = name
+        self.log = log_dir / f"{name}.log"
+        self.proc = subprocess.Popen(cmd, env=env, stdout=open(self.log, "w"), stderr=subprocess.STDOUT,
+                                     start_new_session=True, cwd=log_dir)
+
+    def terminate(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+
+    def stop(self, timeout: float = 20.0) -> None:
+        if self.proc.poll() is None:
+            self.terminate()
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)  # whatever of the group is left
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=5)
+
+
+# ---------------------------------------------------------------------------------------------- PostgreSQL
+def _pg_bin(name: str) -> str:
+    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    if found:
+        return found[-1]
+    exe = shutil.which(name)
+    if exe is None:
+        raise RuntimeError(f"PostgreSQL's {name} is not installed")
+    return exe
+
+
+class PostgresServer:
+    """A PostgreSQL server of the tests' own (initdb into a temporary folder, scram-sha-256 password auth) on a
+    free port. As root the server runs as the `postgres` user (PostgreSQL refuses root)."""
+
+    user = "eeopt"
+
+    def __init__(self):
+        self.port = free_port()
+        self.password = "pw" + secrets.token_hex(8)
+        self.root = Path(tempfile.mkdtemp(prefix="eeopt-pg-"))
+        self.data = self.root / "data"
+        self.log = self.root / "server.log"
+        self._as_postgres = os.geteuid() == 0
+        if self._as_postgres:
+            shutil.chown(self.root, "postgres")
+        pwfile = self.root / "pw"
+        pwfile.write_text(self.password + "\n")
+        if self._as_postgres:
+            shutil.chown(pwfile, "postgres")
+        self._run([_pg_bin("initdb"), "-D", str(self.data), "-U", self.user, "--pwfile", str(pwfile),
+                   "--auth", "scram-sha-256", "-E", "UTF8", "--no-sync"])
+        pwfile.unlink()
+        self.start()
+
+    def _run(self, cmd: list[str]) -> None:
+        if self._as_postgres:
+            cmd = ["runuser", "-u", "postgres", "--", *cmd]
+        subprocess.run(cmd, check=True, capture_output=True, cwd=self.root)
+
+    def start(self) -> None:
+        opts = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
+        self._run([_pg_bin("pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-o", opts, "-w", "start"])
+
+    def stop(self, mode: str = "fast") -> None:
+        self._run([_pg_bin("pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "stop"])
+
+    def url(self, db: str, driver: str = "postgresql") -> str:
+        return f"{driver}://{self.user}:{self.password}@127.0.0.1:{self.port}/{db}"
+
+    def create_database(self, name: str) -> str:
+        import psycopg
+
+        with psycopg.connect(self.url("postgres"), autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {name}")
+        return self.url(name)
+
+    def close(self) -> None:
+        with contextlib.suppress(subprocess.CalledProcessError):
+            self.stop("immediate")
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------- the stack
+def service_env(**extra: str) -> dict[str, str]:
+    """The environment of a service: this interpreter's bin first on PATH, this checkout importable."""
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+           "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    env.update(extra)
+    return env
+
+
+def start_mlflow(pg: PostgresServer, artifacts: Path, log_dir: Path) -> tuple[Service, str]:
+    """docker/mlflow-server.sh on a free port: PostgreSQL backend (URI in the environment, not on the command
+    line), artifacts proxied into `artifacts`. Returns the service and its tracking URI."""
+    port = free_port()
+    env = service_env(MLFLOW_BACKEND_STORE_URI=pg.create_database("mlflow").replace(
+        "postgresql://", "postgresql+psycopg://"), MLFLOW_ARTIFACTS_DESTINATION=str(artifacts),
+        MLFLOW_HOST="127.0.0.1", MLFLOW_PORT=str(port))
+    service = Service("mlflow", ["sh", str(DOCKER / "mlflow-server.sh")], env, log_dir)
+    uri = f"http://127.0.0.1:{port}"
+    wait_until(lambda: urllib.request.urlopen(uri + "/health", timeout=2).status == 200, "mlflow server",
+               proc=service.proc, log=service.log)
+    return service, uri
+
+
+def _ray_ports() -> list[str]:
+    """Free ports for everything a Ray node would otherwise take at a fixed default (other users' Ray nearby)."""
+    return ["--dashboard-agent-listen-port", str(free_port()), "--metrics-export-port", str(free_port()),
+            "--runtime-env-agent-port", str(free_port()), "--dashboard-agent-grpc-port", str(free_port())]
+
+
+def start_ray_cluster(log_dir: Path) -> tuple[list[Service], str, dict[str, str], str]:
+    """docker/ray-head.sh and docker/ray-worker.sh: a head and a second node, one CPU each, sharing a token.
+    Returns the services, the address, the environment a driver needs (the token) and Ray's temporary folder."""
+    port = free_port()
+    token_env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
+    temp = tempfile.mkdtemp(prefix="eeray-")  # short: Ray's socket paths must fit 107 characters
+    common = {**token_env, "RAY_NODE_IP": "127.0.0.1", "RAY_NUM_CPUS": "1", "RAY_TEMP_DIR": temp}
+    head = Service("ray-head", ["sh", str(DOCKER / "ray-head.sh"), *_ray_ports()],
+                   service_env(**common, RAY_PORT=str(port)), log_dir)
+    address = f"127.0.0.1:{port}"
+    worker = Service("ray-worker", ["sh", str(DOCKER / "ray-worker.sh"), *_ray_ports()],
+                     service_env(**common, RAY_HEAD_ADDRESS=address), log_dir)
+    check = [sys.executable, "-c", "import ray; ray.init(address=%r, logging_level='ERROR'); "
+             "print(sum(n['Alive'] for n in ray.nodes()))" % address]
+    try:
+        wait_until(lambda: subprocess.run(check, env=service_env(**token_env), capture_output=True, text=True,
+                                          timeout=60).stdout.strip().endswith("2"),
+                   "a 2-node Ray cluster", timeout=180, proc=worker.proc, log=worker.log)
+    except BaseException:
+        worker.stop()
+        head.stop()
+        raise
+    return [worker, head], address, token_env, temp
+
+
+def start_dashboard(storage_url: str, log_dir: Path) -> tuple[Service, str]:
+    """docker/optuna-dashboard.sh on a free port (the storage URL in the environment, not on the command line)."""
+    port = free_port()
+    env = service_env(OPTUNA_STORAGE=storage_url.replace("postgresql://", "postgresql+psycopg://"),
+                      DASHBOARD_HOST="127.0.0.1", DASHBOARD_PORT=str(port))
+    service = Service("optuna-dashboard", ["sh", str(DOCKER / "optuna-dashboard.sh")], env, log_dir)
+    url = f"http://127.0.0.1:{port}"
+    wait_until(lambda: urllib.request.urlopen(url + "/api/studies", timeout=2).status == 200, "optuna-dashboard",
+               proc=service.proc, log=service.log)
+    return service, url
+
+
+class Stack:
+    """The running team stack: what a study needs to use it, and `stop`."""
+
+    def __init__(self, pg: PostgresServer, folder: Path):
+        self.pg, self.folder = pg, folder
+        self.services: list[Service] = []
+        self.shared = folder / "shared"  # the folder every node mounts (here: the same machine)
+        self.artifacts = folder / "mlartifacts"
+        self.optuna_url = pg.create_database("optuna")
+        self.tracking_uri = self.ray_address = self.dashboard_url = ""
+        self.ray_env: dict[str, str] = {}
+        self.ray_temp = ""
+
+    def driver_env(self) -> dict[str, str]:
+        """The environment of an `eeopt study run` on this stack (the cluster's token)."""
+        return service_env(**self.ray_env, PYTHONUNBUFFERED="1")
+
+    def stop(self) -> None:
+        for service in self.services:
+            service.terminate()
+        for service in self.services:
+            service.stop()
+        shutil.rmtree(self.ray_temp, ignore_errors=True)
+
+
+def start_stack(pg: PostgresServer, folder: Path) -> Stack:
+    """MLflow server, 2-node Ray cluster and optuna-dashboard; stopped again if any does not come up."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    stack = Stack(pg, folder)
+    with ThreadPoolExecutor(3) as pool:  # they start side by side: most of each start is waiting
+        futures = [pool.submit(start_mlflow, pg, stack.artifacts, folder), pool.submit(start_ray_cluster, folder),
+                   pool.submit(start_dashboard, stack.optuna_url, folder)]
+    errors = []
+    for i, future in enumerate(futures):
+        try:
+            result = future.result()
+        except Exception as exc:  # noqa: BLE001 - stop the others, then raise the first
+            errors.append(exc)
+            continue
+        if i == 0:
+            stack.services.append(result[0])
+            stack.tracking_uri = result[1]
+        elif i == 1:
+            stack.services += result[0]
+            stack.ray_address, stack.ray_env, stack.ray_temp = result[1:]
+        else:
+            stack.services.append(result[0])
+            stack.dashboard_url = result[1]
+    if errors:
+        stack.stop()
+        raise errors[0]
+    return stack
+
+
+# ---------------------------------------------------------------------------------------------- studies
+def tiny_study(name: str, trials: int, epochs: int = 1, **study) -> dict:
+    """A study file's content: digits, a width-8 tinyresnet, `epochs` epochs, a small threshold search."""
+    return {
+        "seed": 0,
+        "data": {"name": "digits", "train_subset": 400},
+        "model": {"backbone": "tinyresnet", "width": 8, "exits": [1, 3]},
+        "training": {"epochs": epochs, "batch_size": 64, "lr": 0.003},
+        "policy": {"trials": 20},
+        "search_space": {"training.lr": {"type": "float", "low": 0.001, "high": 0.01, "log": True}},
+        "study": {"name": name, "trials": trials, "sampler": "tpe", "max_failures": 3, **study},
+    }
+
+
+def write_study(folder: Path, data: dict, name: str = "study.yaml") -> Path:
+    import yaml
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def eeopt_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "eeopt.cli", *args]
+
+
+def start_driver(path: Path, log: Path, env: dict[str, str] | None = None, *args: str) -> subprocess.Popen:
+    """`eeopt study run PATH` in the background, its output (unbuffered) in `log`."""
+    return subprocess.Popen(eeopt_cmd("study", "run", str(path), *args), stdout=open(log, "w"),
+                            stderr=subprocess.STDOUT, env=env or service_env(PYTHONUNBUFFERED="1"))
+
+
+def wait_for_line(log: Path, pattern: str, proc: subprocess.Popen, timeout: float = 300.0) -> str:
+    """Poll `log` until a line matches the regex `pattern`; returns that line (fails if the process ends)."""
+    import re
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in log.read_text().splitlines():
+            if re.search(pattern, line):
+                return line
+        if proc.poll() is not None:
+            break
+        time.sleep(0.2)
+    raise AssertionError(f"no line matching {pattern!r} (exit {proc.poll()}):\n{log.read_text()[-3000:]}")
+
+
+def kill_with_descendants_watched(proc: subprocess.Popen):
+    """SIGKILL `proc` alone (no cleanup runs); returns the processes it had started, to check what outlives it."""
+    from eeopt.study.reaper import psutil_module
+
+    children = psutil_module().Process(proc.pid).children(recursive=True)
+    proc.kill()
+    proc.wait(timeout=30)
+    return children
+
+
+def mlflow_runs(tracking_uri: str, experiment: str) -> list:
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    return [] if exp is None else client.search_runs([exp.experiment_id], max_results=1000)
+
+
+def optuna_trials(storage_url: str, name: str) -> list:
+    import optuna
+
+    url = storage_url.replace("postgresql://", "postgresql+psycopg://")
+    return optuna.load_study(study_name=name, storage=url).get_trials()
+
+
+def assert_study_consistent(storage_url: str, name: str, tracking_uri: str, n: int) -> list:
+    """The study holds exactly `n` COMPLETE trials and nothing RUNNING or WAITING; every completed trial has exactly
+    one FINISHED MLflow child run (the one its `mlflow_run_id` names), there are no other FINISHED child runs, no
+    run is RUNNING, and every FAILED run says why; no two trials have the same parameters. Returns the trials."""
+    from optuna.trial import TrialState
+
+    trials = optuna_trials(storage_url, name)
+    states = [t.state for t in trials]
+    assert states.count(TrialState.COMPLETE) == n, states
+    assert TrialState.RUNNING not in states and TrialState.WAITING not in states, states
+    runs = mlflow_runs(tracking_uri, name)
+    by_id = {r.info.run_id: r for r in runs}
+    assert [r.info.run_id for r in runs if r.info.status == "RUNNING"] == [], [
+        (r.data.tags.get("eeopt.role"), r.data.tags.get("optuna.trial_number")) for r in runs
+        if r.info.status == "RUNNING"]
+    finished = [r for r in runs if r.data.tags.get("eeopt.role") == "trial" and r.info.status == "FINISHED"]
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(finished) == n
+    assert sorted(int(r.data.tags["optuna.trial_number"]) for r in finished) == sorted(t.number for t in complete)
+    for trial in complete:
+        assert by_id[trial.user_attrs["mlflow_run_id"]].info.status == "FINISHED"
+    for run in runs:
+        if run.info.status == "FAILED":
+            assert run.data.tags.get("eeopt.error"), run.data.tags
+    params = [tuple(sorted(t.params.items())) for t in trials]
+    assert len(set(params)) == len(params), params
+    return trials
+
+
+class ClusterRun:
+    """One study run on the team stack, with everything it printed, for the cluster and secret tests."""
+
+    name = "onstack"
+    trials = 4
+
+    def __init__(self, stack: Stack, folder: Path):
+        self.stack, self.folder = stack, folder
+        # Credentials in the tracking URI too (the server ignores them): they must not leak either.
+        self.secret = "tk" + secrets.token_hex(8)
+        self.tracking_uri = stack.tracking_uri.replace("http://", f"http://eeopt:{self.secret}@")
+        self.storage_url = stack.optuna_url
+        self.path = write_study(folder, tiny_study(
+            self.name, self.trials, epochs=6, storage=self.storage_url, heartbeat_grace=20,
+            mlflow={"tracking_uri": self.tracking_uri},
+            ray={"address": stack.ray_address, "storage_path": stack.shared.as_uri()},
+            resources={"cpus_per_trial": 1, "max_concurrent": 2}))
+        self.log = folder / "driver.log"
+        self.cmdlines: list[str] = []
+        self.returncode: int | None = None
+        self.outputs: dict[str, str] = {}
+
+    def passwords(self) -> list[str]:
+        return [self.stack.pg.password, self.secret]
+
+    def run_with_postgres_restart(self) -> None:
+        """`eeopt study run` on the cluster; once a trial has trained an epoch, PostgreSQL (the Optuna storage and
+        the MLflow server's backend) stops for a few seconds and comes back."""
+        from eeopt.study.reaper import psutil_module
+
+        proc = start_driver(self.path, self.log, self.stack.driver_env())
+        try:
+            wait_for_line(self.log, r"trial \d+ epoch 1:", proc)
+            self.cmdlines = [" ".join(p.info["cmdline"] or []) for p in psutil_module().process_iter(["cmdline"])]
+            self.stack.pg.stop("fast")
+            time.sleep(8)  # the outage: trials go on, the stores' writes wait and are retried
+            self.stack.pg.start()
+            proc.wait(timeout=600)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        self.returncode = proc.returncode
+        self.outputs["run"] = self.log.read_text()
+
+    def read_back(self) -> None:
+        """`study status`, `study export` and `study list` (in this process), for their printed output."""
+        import contextlib
+        import io
+
+        from eeopt.cli import main
+
+        for key, argv in {"status": ["study", "status", str(self.path)],
+                          "export": ["study", "export", str(self.path), "--format", "json"],
+                          "list": ["study", "list", "--storage", self.storage_url]}.items():
+            out, err = io.StringIO(), io.StringIO()
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                code = main(argv)
+            self.outputs[key] = f"exit {code}\n{out.getvalue()}\n{err.getvalue()}"
