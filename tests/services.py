@@ -222,10 +222,12 @@ class Stack:
         return service_env(**self.ray_env, PYTHONUNBUFFERED="1")
 
     def stop(self) -> None:
+        """SIGTERM to every service, up to 10 s for all of them together, then SIGKILL to what is left."""
         for service in self.services:
             service.terminate()
+        deadline = time.monotonic() + 10
         for service in self.services:
-            service.stop()
+            service.stop(timeout=max(0.1, deadline - time.monotonic()))
         shutil.rmtree(self.ray_temp, ignore_errors=True)
 
 

@@ -42,9 +42,9 @@ def test_a_study_on_two_nodes_finishes_exactly_n_trials_through_a_postgres_resta
 
     def dashboard_lists_the_study():  # its first request after the restart may meet a dropped connection
         with urllib.request.urlopen(team_stack.dashboard_url + "/api/studies", timeout=10) as response:
-            return run.name in [s["study_name"] for s in json.loads(response.read())["studies"]]
+            return run.name in [s["study_name"] for s in json.loads(response.read())["study_summaries"]]
 
-    assert wait_until(dashboard_lists_the_study, "optuna-dashboard listing the study", timeout=60)
+    assert wait_until(dashboard_lists_the_study, "optuna-dashboard listing the study", timeout=30)
 
 
 @pytest.mark.parametrize("change, expected", [
