@@ -97,11 +97,12 @@ def ray_session(settings: RayConfig, resources: ResourcesConfig) -> Iterator[Non
     reaper = None
     started = not ray.is_initialized()
     if started:
+        from eeopt.study import reaper as reaper_mod
+
+        before = reaper_mod.children()
         _init_ray(settings)
         if not is_cluster(settings.address):
-            from eeopt.study.reaper import Reaper
-
-            reaper = Reaper.for_children()
+            reaper = reaper_mod.Reaper.for_new_children(before)
     try:
         _check_resources(resources, settings.address)
         yield

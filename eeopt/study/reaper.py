@@ -55,9 +55,15 @@ class Reaper:
             os.close(read_end)
 
     @classmethod
-    def for_children(cls) -> Reaper:
-        """A watchdog for every process this one started so far (call right after `ray.init()`)."""
-        return cls([p.pid for p in psutil_module().Process().children(recursive=True)])
+    def for_new_children(cls, before: set[int]) -> Reaper:
+        """A watchdog for the processes this one started since `before` (its children's pids, from `children()`,
+        taken just before `ray.init()`): Ray's, not whatever else this process runs."""
+        return cls([p.pid for p in psutil_module().Process().children(recursive=True) if p.pid not in before])
+
+
+def children() -> set[int]:
+    """The pids of this process's children and their descendants."""
+    return {p.pid for p in psutil_module().Process().children(recursive=True)}
 
     def release(self) -> None:
         """After a clean `ray.shutdown()`: close the pipe; the watchdog ends whatever Ray left and exits."""
