@@ -147,6 +147,20 @@ def service_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def _start_http_service(name: str, script: str, env: dict[str, str], port: int, ready_path: str,
+                        log_dir: Path) -> tuple[Service, str]:
+    """docker/`script` with `env`, once GET `ready_path` answers 200 on 127.0.0.1:`port`; (service, base URL)."""
+    service = Service(name, ["sh", str(DOCKER / script)], env, log_dir)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: urllib.request.urlopen(url + ready_path, timeout=2).status == 200, name,
+                   proc=service.proc, log=service.log)
+    except BaseException:
+        service.stop()
+        raise
+    return service, url
+
+
 def start_mlflow(pg: PostgresServer, artifacts: Path, log_dir: Path) -> tuple[Service, str]:
     """docker/mlflow-server.sh on a free port: PostgreSQL backend (URI in the environment, not on the command
     line), artifacts proxied into `artifacts`. Returns the service and its tracking URI."""
@@ -154,11 +168,7 @@ def start_mlflow(pg: PostgresServer, artifacts: Path, log_dir: Path) -> tuple[Se
     env = service_env(MLFLOW_BACKEND_STORE_URI=pg.create_database("mlflow").replace(
         "postgresql://", "postgresql+psycopg://"), MLFLOW_ARTIFACTS_DESTINATION=str(artifacts),
         MLFLOW_HOST="127.0.0.1", MLFLOW_PORT=str(port))
-    service = Service("mlflow", ["sh", str(DOCKER / "mlflow-server.sh")], env, log_dir)
-    uri = f"http://127.0.0.1:{port}"
-    wait_until(lambda: urllib.request.urlopen(uri + "/health", timeout=2).status == 200, "mlflow server",
-               proc=service.proc, log=service.log)
-    return service, uri
+    return _start_http_service("mlflow", "mlflow-server.sh", env, port, "/health", log_dir)
 
 
 def _ray_ports() -> list[str]:
@@ -197,11 +207,7 @@ def start_dashboard(storage_url: str, log_dir: Path) -> tuple[Service, str]:
     port = free_port()
     env = service_env(OPTUNA_STORAGE=storage_url.replace("postgresql://", "postgresql+psycopg://"),
                       DASHBOARD_HOST="127.0.0.1", DASHBOARD_PORT=str(port))
-    service = Service("optuna-dashboard", ["sh", str(DOCKER / "optuna-dashboard.sh")], env, log_dir)
-    url = f"http://127.0.0.1:{port}"
-    wait_until(lambda: urllib.request.urlopen(url + "/api/studies", timeout=2).status == 200, "optuna-dashboard",
-               proc=service.proc, log=service.log)
-    return service, url
+    return _start_http_service("optuna-dashboard", "optuna-dashboard.sh", env, port, "/api/studies", log_dir)
 
 
 class Stack:
