@@ -68,7 +68,7 @@ def test_killed_driver_then_one_rerun(tmp_path):
 
     rerun_log = tmp_path / "rerun.log"
     text = _finish(start_driver(path, rerun_log), rerun_log)
-    assert re.search(r"trials 1 are RUNNING elsewhere.*waits for them", text), text[-3000:]
+    assert re.search(r"trial 1 is RUNNING elsewhere.*this run waits for it", text), text[-3000:]
     assert "trial 1: marked failed, its process stopped sending heartbeats" in text
     trials = assert_study_consistent(storage, "killed", tracking, n)
     dead = next(t for t in trials if t.number == 1)

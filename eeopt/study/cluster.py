@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import shutil
 import socket
 import tempfile
 from collections.abc import Iterator
@@ -108,12 +109,15 @@ class TrialFolder:
 
 @contextlib.contextmanager
 def trial_folder(location: str) -> Iterator[TrialFolder]:
-    """A `TrialFolder` for `location`, synced once more when the trial ends (however it ends)."""
+    """A `TrialFolder` for `location`, synced once more when the trial ends (however it ends); the local copy of
+    a URI location is removed once synced (the node's disk is not the study's storage)."""
     folder = TrialFolder(location)
     try:
         yield folder
     finally:
         folder.sync()
+        if folder.remote:
+            shutil.rmtree(folder.path, ignore_errors=True)
 
 
 def node_tags() -> dict[str, str]:

@@ -60,11 +60,6 @@ class Reaper:
         taken just before `ray.init()`): Ray's, not whatever else this process runs."""
         return cls([p.pid for p in psutil_module().Process().children(recursive=True) if p.pid not in before])
 
-
-def children() -> set[int]:
-    """The pids of this process's children and their descendants."""
-    return {p.pid for p in psutil_module().Process().children(recursive=True)}
-
     def release(self) -> None:
         """After a clean `ray.shutdown()`: close the pipe; the watchdog ends whatever Ray left and exits."""
         if self._write_end is not None:
@@ -74,6 +69,11 @@ def children() -> set[int]:
                 self.process.wait(timeout=2 * GRACE + 5)
             except subprocess.TimeoutExpired:
                 pass
+
+
+def children() -> set[int]:
+    """The pids of this process's children and their descendants."""
+    return {p.pid for p in psutil_module().Process().children(recursive=True)}
 
 
 def _reap(roots: list[str]) -> None:

@@ -201,9 +201,11 @@ class Study:
         runs.close_dead_runs(self.settings.heartbeat_grace)
         elsewhere = store.waiting_on(own=())
         if elsewhere:
-            reporter.line(f"trials {', '.join(map(str, elsewhere))} are RUNNING elsewhere: other workers', or a "
-                          f"killed run's (those are failed once silent for {self.settings.heartbeat_grace:g} s, "
-                          "study.heartbeat_grace); this run waits for them before it stops")
+            which = (f"trial {elsewhere[0]} is" if len(elsewhere) == 1
+                     else f"trials {', '.join(map(str, elsewhere))} are")
+            reporter.line(f"{which} RUNNING elsewhere: another worker's, or a killed run's (failed once silent for "
+                          f"{self.settings.heartbeat_grace:g} s, study.heartbeat_grace); this run waits for "
+                          f"{'it' if len(elsewhere) == 1 else 'them'} before it stops")
         tracking.log_params(runs.client, runs.parent_run_id, tracking.params_from_config(
             self.config.model_dump(mode="json", exclude={"search_space"})))
         return runs

@@ -89,6 +89,13 @@ def log_params(mlflow_client, run_id: str, params: Mapping[str, str]) -> None:
         mlflow_client.log_batch(run_id, params=items[start : start + 100], synchronous=True)
 
 
+def set_tags(mlflow_client, run_id: str, tags: Mapping[str, str]) -> None:
+    """Set several tags of a run in one request."""
+    from mlflow.entities import RunTag
+
+    mlflow_client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()], synchronous=True)
+
+
 def log_metrics(mlflow_client, run_id: str, metrics: Mapping[str, float], step: int | None = None) -> None:
     """Log finite and NaN metrics (MLflow stores NaN); skip None and infinities."""
     from mlflow.entities import Metric

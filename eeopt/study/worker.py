@@ -44,8 +44,7 @@ def _run(spec: TrialSpec, tracking_uri: str, folder, objective_fn, last_acc: lis
     client = tracking.client(tracking_uri)
     run_id = spec.mlflow_run_id
     cfg = TrainConfig.model_validate(spec.train_config)
-    for key, value in node_tags().items():
-        client.set_tag(run_id, key, value)
+    tracking.set_tags(client, run_id, node_tags())
     tracking.log_params(client, run_id, tracking.params_from_config(spec.train_config, spec.sampled))
 
     def on_epoch(epoch: int, row: dict[str, Any]) -> None:
