@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from eeopt.study.storage import creation_lock, mask_secrets, mask_url, translate_errors, use_wal
+from eeopt.study.storage import creation_lock, mask_secrets, mask_url, retrying, translate_errors, use_wal
 
 MAX_PARAM_LENGTH = 500
 _BATCH = 900  # MLflow accepts up to 1000 metrics per batch
@@ -48,6 +48,8 @@ def client(tracking_uri: str):
         os.environ.setdefault(key, value)
     logging.getLogger("alembic").setLevel(logging.WARNING)
     logging.getLogger("mlflow").setLevel(logging.WARNING)
+    # It logs a whole traceback for each database error it then raises; eeopt reports each in one line.
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     return mlflow.MlflowClient(tracking_uri=tracking_uri)
 
 
@@ -186,29 +188,27 @@ class StudyRuns:
                                       {**tags, TAG_HEARTBEAT: f"{time.time():.0f}"})
         return cls(mlflow_client, experiment_id, parent, study_name, tracking_uri)
 
-    def _errors(self):
-        return translate_errors(self.tracking_uri, what="MLflow tracking store")
+    def _call(self, fn):
+        """`fn()`, retried while the tracking store's database does not answer (`storage.retrying`); other errors
+        as one-line `StorageError`s."""
+        return retrying(fn, self.tracking_uri, what="MLflow tracking store")
 
     def start_trial(self, trial_number: int, tags: Mapping[str, str] | None = None) -> str:
         """Open the child run of a trial; returns its run id. Raises `StorageError`."""
-        with self._errors():
-            return start_child_run(self.client, self.experiment_id, self.parent_run_id, self.study_name,
-                                   trial_number, tags=tags)
+        return self._call(lambda: start_child_run(self.client, self.experiment_id, self.parent_run_id,
+                                                  self.study_name, trial_number, tags=tags))
 
     def finish_trial(self, run_id: str, state: str, error: str | None = None) -> None:
         """Close a trial's run (see `finish_run`). Raises `StorageError`."""
-        with self._errors():
-            finish_run(self.client, run_id, state, error)
+        self._call(lambda: finish_run(self.client, run_id, state, error))
 
     def finish(self, state: str) -> None:
         """Close the parent run: COMPLETE, FAIL or KILLED. Raises `StorageError`."""
-        with self._errors():
-            finish_run(self.client, self.parent_run_id, state)
+        self._call(lambda: finish_run(self.client, self.parent_run_id, state))
 
     def beat(self) -> None:
         """Tell the store this driver is alive (the parent run's `eeopt.heartbeat` tag). Raises `StorageError`."""
-        with self._errors():
-            self.client.set_tag(self.parent_run_id, TAG_HEARTBEAT, f"{time.time():.0f}")
+        self._call(lambda: self.client.set_tag(self.parent_run_id, TAG_HEARTBEAT, f"{time.time():.0f}"))
 
     def close_dead_runs(self, grace: float) -> int:
         """Close as FAILED the runs that killed drivers of this study left RUNNING: parent runs whose heartbeat is
@@ -217,17 +217,16 @@ class StudyRuns:
         Raises:
             StorageError: the tracking store cannot be used.
         """
-        with self._errors():
-            runs = self.client.search_runs(
-                [self.experiment_id], max_results=5000,
-                filter_string=f"attributes.status = 'RUNNING' and tags.`eeopt.study` = '{self.study_name}'")
-            now, closed = time.time(), 0
-            parents = {r.info.run_id: r for r in runs if r.data.tags.get("eeopt.role") == "study"}
-            dead = {run_id for run_id, r in parents.items() if run_id != self.parent_run_id
-                    and now - float(r.data.tags.get(TAG_HEARTBEAT, r.info.start_time / 1000)) > grace}
-            for run in runs:
-                parent = run.data.tags.get("mlflow.parentRunId")
-                if run.info.run_id in dead or (parent and (parent in dead or parent not in parents)):
-                    finish_run(self.client, run.info.run_id, "FAIL", DEAD_DRIVER_REASON)
-                    closed += 1
+        runs = self._call(lambda: self.client.search_runs(
+            [self.experiment_id], max_results=5000,
+            filter_string=f"attributes.status = 'RUNNING' and tags.`eeopt.study` = '{self.study_name}'"))
+        now, closed = time.time(), 0
+        parents = {r.info.run_id: r for r in runs if r.data.tags.get("eeopt.role") == "study"}
+        dead = {run_id for run_id, r in parents.items() if run_id != self.parent_run_id
+                and now - float(r.data.tags.get(TAG_HEARTBEAT, r.info.start_time / 1000)) > grace}
+        for run in runs:
+            parent = run.data.tags.get("mlflow.parentRunId")
+            if run.info.run_id in dead or (parent and (parent in dead or parent not in parents)):
+                self.finish_trial(run.info.run_id, "FAIL", DEAD_DRIVER_REASON)
+                closed += 1
         return closed
