@@ -45,6 +45,13 @@ class TuneOutcome:
     last_error: str | None
     storage_failed: bool = False
 
+    @property
+    def state(self) -> str:
+        """The run's end as its MLflow parent run records it: KILLED, FAIL or COMPLETE."""
+        if self.interrupted:
+            return "KILLED"
+        return "FAIL" if self.too_many_failures or self.storage_failed else "COMPLETE"
+
 
 def run_tune(plan: SearchPlan, store: TrialStore, runs: StudyRuns, reporter: Reporter, tracking_uri: str,
              objective_fn: Callable | None = None) -> TuneOutcome:

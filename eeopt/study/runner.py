@@ -158,8 +158,7 @@ class Study:
             try:
                 outcome = run_tune(plan, store, runs, reporter, self.tracking_uri,
                                    objective_fn=objective if callable(objective) else None)
-                state = "COMPLETE" if not (outcome.interrupted or outcome.too_many_failures
-                                           or outcome.storage_failed) else "KILLED" if outcome.interrupted else "FAIL"
+                state = outcome.state
             finally:
                 self._finish_runs(runs, state)
         summary = self.summary(store, interrupted=outcome.interrupted)
