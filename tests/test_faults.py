@@ -83,7 +83,7 @@ def test_killed_driver_then_one_rerun(tmp_path):
 
 
 @pytest.mark.postgres
-def test_three_workers_one_killed_then_a_rerun_never_repeat(tmp_path, own_postgres):
+def test_three_workers_one_killed_finish_exactly_n_without_repeats(tmp_path, own_postgres):
     """Three `eeopt study run` processes start together on fresh stores (PostgreSQL Optuna storage, the default
     SQLite MLflow store beside the study file): they all start cleanly. One is SIGKILLed mid-trial (its Ray
     processes end with it); the live ones take over its share once its trial is silent for the grace, and together
