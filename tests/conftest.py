@@ -53,10 +53,11 @@ def team_stack(own_postgres, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def cluster_run(team_stack, tmp_path_factory):
-    """A study run on the team stack's 2-node cluster through a PostgreSQL restart, then read back by the CLI."""
+    """A study run on the team stack's 2-node cluster through a PostgreSQL and an MLflow server restart, then read
+    back by the CLI."""
     from services import ClusterRun
 
     run = ClusterRun(team_stack, tmp_path_factory.mktemp("cluster-run"))
-    run.run_with_postgres_restart()
+    run.run_with_outages()
     run.read_back()
     return run

@@ -52,10 +52,19 @@ class Service:
     """A server process in a session of its own, its output in a log file; `stop` ends its whole process group."""
 
     def __init__(self, name: str, cmd: list[str], env: dict[str, str], log_dir: Path):
-        self.name = name
+        self.name, self.cmd, self.env, self.log_dir = name, cmd, env, log_dir
         self.log = log_dir / f"{name}.log"
-        self.proc = subprocess.Popen(cmd, env=env, stdout=open(self.log, "w"), stderr=subprocess.STDOUT,
-                                     start_new_session=True, cwd=log_dir)
+        self._launch("w")
+
+    def _launch(self, mode: str) -> None:
+        self.proc = subprocess.Popen(self.cmd, env=self.env, stdout=open(self.log, mode), stderr=subprocess.STDOUT,
+                                     start_new_session=True, cwd=self.log_dir)
+
+    def restart(self, down_for: float) -> None:
+        """Stop the service, leave it down for `down_for` seconds, start it again (same command, same port)."""
+        self.stop()
+        time.sleep(down_for)
+        self._launch("a")
 
     def terminate(self) -> None:
         if self.proc.poll() is None:
@@ -394,9 +403,10 @@ class ClusterRun:
     def passwords(self) -> list[str]:
         return [self.stack.pg.password, self.secret]
 
-    def run_with_postgres_restart(self) -> None:
-        """`eeopt study run` on the cluster; once a trial has trained an epoch, PostgreSQL (the Optuna storage and
-        the MLflow server's backend) stops for a few seconds and comes back."""
+    def run_with_outages(self) -> None:
+        """`eeopt study run` on the cluster. Once a trial has trained an epoch, PostgreSQL (the Optuna storage and
+        the MLflow server's backend) stops for a few seconds and comes back; once a trial is done, the MLflow
+        server does the same (while other trials log to it)."""
         from eeopt.study.reaper import psutil_module
 
         proc = start_driver(self.path, self.log, self.stack.driver_env())
@@ -406,6 +416,11 @@ class ClusterRun:
             self.stack.pg.stop("fast")
             time.sleep(8)  # the outage: trials go on, the stores' writes wait and are retried
             self.stack.pg.start()
+            wait_for_line(self.log, r"trial \d+ done", proc)
+            mlflow = next(s for s in self.stack.services if s.name == "mlflow")
+            mlflow.restart(down_for=3)
+            wait_until(lambda: urllib.request.urlopen(self.stack.tracking_uri + "/health", timeout=2).status == 200,
+                       "the restarted mlflow server", proc=mlflow.proc, log=mlflow.log)
             proc.wait(timeout=600)
         finally:
             if proc.poll() is None:

@@ -16,10 +16,12 @@ from eeopt.cli import main
 
 @pytest.mark.slow
 @pytest.mark.postgres
-def test_a_study_on_two_nodes_finishes_exactly_n_trials_through_a_postgres_restart(cluster_run, team_stack):
+def test_a_study_on_two_nodes_finishes_exactly_n_trials_through_store_restarts(cluster_run, team_stack):
     """Trials run on both nodes and write to stores every node reaches; PostgreSQL (Optuna storage and MLflow's
-    backend) restarting mid-study is ridden out. Exactly N complete trials, one FINISHED child run each, each run
-    names its node; exit outputs and checkpoints are in the shared storage, artifacts behind the MLflow server."""
+    backend) and then the MLflow server restarting mid-study are ridden out. Exactly N complete trials (a trial
+    the outages failed is failed with its reason and replaced), one FINISHED child run each, no run left RUNNING,
+    each run names its node; exit outputs and checkpoints are in the shared storage, artifacts behind the MLflow
+    server."""
     run, n = cluster_run, cluster_run.trials
     text = run.outputs["run"]
     assert run.returncode == 0 and "Traceback" not in text, text[-3000:]

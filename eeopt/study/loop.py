@@ -70,17 +70,23 @@ def run_tune(plan: SearchPlan, store: TrialStore, runs: StudyRuns, reporter: Rep
     reporter.line(f"study {store.name}: {store.counts().occupied} of {plan.settings.trials} trials done or running; "
                   f"running up to {resources.max_concurrent} at once")
     interrupted = False
-    upkeep = _UpkeepThread(searcher, heartbeat_every(plan.settings.heartbeat_grace))
-    upkeep.start()
+    every = heartbeat_every(plan.settings.heartbeat_grace)
+    upkeep = [_UpkeepThread(searcher.upkeep_optuna, searcher.reporter, every, "eeopt-optuna-upkeep"),
+              _UpkeepThread(searcher.upkeep_mlflow, searcher.reporter, every, "eeopt-mlflow-upkeep")]
+    for thread in upkeep:
+        thread.start()
     try:
         tuner.fit()
     except KeyboardInterrupt:
         interrupted = True
     finally:
-        upkeep.stop()
+        for thread in upkeep:
+            thread.stop()
         if searcher.running:
             interrupted = True
             searcher.requeue_all()
+        if searcher.unclosed:
+            searcher.upkeep_mlflow()  # a last try at the runs the tracking store did not take
     return TuneOutcome(
         interrupted=interrupted,
         failures=searcher.failures,
@@ -181,21 +187,22 @@ class _WorkerErrors(tune.Callback):
 
 
 class _UpkeepThread(threading.Thread):
-    """Calls `searcher.upkeep()` every `every` seconds, independent of Tune's loop (which can block for long:
-    waiting for a trial, or on a slow store)."""
+    """Calls `task()` every `every` seconds, independent of Tune's loop (which can block for long: waiting for a
+    trial, or on a slow store)."""
 
-    def __init__(self, searcher: StudySearcher, every: float):
-        super().__init__(name="eeopt-upkeep", daemon=True)
-        self.searcher = searcher
+    def __init__(self, task: Callable[[], None], reporter: Reporter, every: float, name: str):
+        super().__init__(name=name, daemon=True)
+        self.task = task
+        self.reporter = reporter
         self.every = every
         self._stopped = threading.Event()
 
     def run(self) -> None:
         while not self._stopped.wait(self.every):
             try:
-                self.searcher.upkeep()
+                self.task()
             except Exception as exc:  # noqa: BLE001 - a missed beat is retried next round; the thread must live
-                self.searcher.reporter.line(f"upkeep: {type(exc).__name__}: {mask_secrets(str(exc))[:300]}")
+                self.reporter.line(f"upkeep: {type(exc).__name__}: {mask_secrets(str(exc))[:300]}")
 
     def stop(self) -> None:
         self._stopped.set()

@@ -103,6 +103,8 @@ class StudySearcher(Searcher):
         self._next_look = 0.0  # monotonic time before which `suggest` does not ask the storage again
         self._waiting_for: tuple[int, ...] = ()
         self._trouble_since: float | None = None  # when the stores stopped answering (None: they answer)
+        self.unclosed: list[tuple[str, str, str | None]] = []  # MLflow runs to close: (run id, state, error)
+        self.starting: TrialTicket | None = None  # claimed, its MLflow run being opened
 
     # Tune pickles its search algorithm to snapshot the experiment. eeopt never restores a Tune run (the Optuna
     # storage is the study's state), so the snapshot carries nothing: no database handles, no locks.
@@ -137,19 +139,27 @@ class StudySearcher(Searcher):
 
     def _start(self, trial_id: str, ticket: TrialTicket) -> dict | None:
         """Open the trial's MLflow run and hand Tune its spec (a trial whose MLflow run cannot be opened goes back
-        to the queue)."""
+        to the queue). Until it runs, the ticket beats with the running ones (`starting`): a slow tracking server
+        must not make this driver's own trial look dead."""
+        self.starting = ticket
         try:
-            run_id = self.runs.start_trial(ticket.number, tags={"ray.trial_id": trial_id, "eeopt.origin": ticket.origin})
-        except StorageError:
-            self.store.requeue(ticket)
-            raise
-        self.store.set_attrs(ticket, {ATTR_MLFLOW_RUN: run_id, ATTR_RAY_TRIAL: trial_id})
-        try:
-            spec = self.plan.trial_spec(ticket, run_id)
-        except Exception as exc:  # noqa: BLE001 - a sampled combination the schema rejects: a failed trial, not a crashed study
-            self._fail(_Running(ticket, run_id), str(exc))
-            return None
-        self.running[trial_id] = _Running(ticket, run_id)
+            try:
+                run_id = self.runs.start_trial(ticket.number, tags={"ray.trial_id": trial_id,
+                                                                    "eeopt.origin": ticket.origin})
+            except StorageError:
+                self.store.requeue(ticket)
+                raise
+            if not self.store.set_attrs(ticket, {ATTR_MLFLOW_RUN: run_id, ATTR_RAY_TRIAL: trial_id}):
+                self._close_run(run_id, "FAIL", DEAD_TRIAL_REASON)  # failed as dead meanwhile: not ours any more
+                return None
+            try:
+                spec = self.plan.trial_spec(ticket, run_id)
+            except Exception as exc:  # noqa: BLE001 - a sampled combination the schema rejects: a failed trial
+                self._fail(_Running(ticket, run_id), str(exc))
+                return None
+            self.running[trial_id] = _Running(ticket, run_id)
+        finally:
+            self.starting = None
         what = {"requeued": "resumed (requeued; continues from its checkpoint)", "queued": "started (queued)",
                 "sampled": "started"}[ticket.origin]
         self.reporter.line(f"trial {ticket.number} {what}  {format_params(spec.sampled)}")
@@ -236,11 +246,11 @@ class StudySearcher(Searcher):
     def _requeue(self, entry: _Running) -> None:
         try:
             self.store.requeue(entry.ticket)
-            self.runs.finish_trial(entry.run_id, "KILLED", "interrupted; the trial was requeued")
         except StorageError as exc:
             self.reporter.line(f"trial {entry.ticket.number} interrupted, but not requeued ({exc}); it is failed "
                                "once its heartbeat is study.heartbeat_grace old")
             return
+        self._close_run(entry.run_id, "KILLED", "interrupted; the trial was requeued")
         self.reporter.line(f"trial {entry.ticket.number} interrupted: requeued, it runs first next time")
 
     def _record(self, entry: _Running, state: str, tell, error: str | None = None) -> bool:
@@ -254,13 +264,7 @@ class StudySearcher(Searcher):
             self.reporter.line(f"trial {number}: its end ({state}) could not be recorded: {exc}; it is failed once "
                                "its heartbeat is study.heartbeat_grace old")
             return False
-        try:
-            if told:
-                self.runs.finish_trial(entry.run_id, state, error)
-            else:
-                self.runs.finish_trial(entry.run_id, "FAIL", DEAD_TRIAL_REASON)
-        except StorageError as exc:
-            self.reporter.line(f"trial {number}: MLflow run {entry.run_id} not closed: {exc}")
+        self._close_run(entry.run_id, state if told else "FAIL", error if told else DEAD_TRIAL_REASON)
         if not told:
             self.reporter.line(f"trial {number} ended ({state}) after another worker failed it as dead "
                                f"({DEAD_TRIAL_REASON}); it counts as failed")
@@ -275,19 +279,38 @@ class StudySearcher(Searcher):
             self._requeue(entry)
         return len(entries)
 
-    def upkeep(self) -> None:
-        """Heartbeats for this driver's running trials and its MLflow parent run; then the trials of dead
-        processes are failed (their slots become free) and the MLflow runs killed drivers left open are closed.
-        Called by a thread every `heartbeat_every(grace)` seconds; a store that does not answer is reported and
-        tried again next time, never raised."""
-        grace = self.plan.settings.heartbeat_grace
+    def _close_run(self, run_id: str, state: str, error: str | None) -> None:
+        """Close an MLflow run; one the tracking store does not take now is kept and closed by `upkeep_mlflow`."""
         try:
-            self.store.heartbeat(entry.ticket for entry in list(self.running.values()))
-            self.runs.beat()
-            for dead in self.store.fail_dead_trials():
-                if dead.mlflow_run_id:
-                    self.runs.finish_trial(dead.mlflow_run_id, "FAIL", DEAD_TRIAL_REASON)
-                self.reporter.line(f"trial {dead.number}: marked failed, {DEAD_TRIAL_REASON}")
-            self.runs.close_dead_runs(grace)
+            self.runs.finish_trial(run_id, state, error)
         except StorageError as exc:
-            self.reporter.line(f"upkeep: {exc}; trying again in {heartbeat_every(grace):g} s")
+            self.reporter.line(f"MLflow run {run_id} not closed yet ({exc}); trying again")
+            self.unclosed.append((run_id, state, error))
+
+    def upkeep_optuna(self) -> None:
+        """Heartbeats for this driver's running trials; then the trials of dead processes (never this driver's)
+        are failed, their slots free, their MLflow runs left to `upkeep_mlflow`. Called by a thread every
+        `heartbeat_every(grace)` seconds, apart from MLflow's upkeep so that a slow tracking server never delays
+        a heartbeat; a storage that does not answer is reported and tried again next time, never raised."""
+        try:
+            mine = [entry.ticket for entry in list(self.running.values())] + [t for t in [self.starting] if t]
+            self.store.heartbeat(mine)
+            for dead in self.store.fail_dead_trials(exclude={t.trial_id for t in mine}):
+                self.reporter.line(f"trial {dead.number}: marked failed, {DEAD_TRIAL_REASON}")
+                if dead.mlflow_run_id:
+                    self.unclosed.append((dead.mlflow_run_id, "FAIL", DEAD_TRIAL_REASON))
+        except StorageError as exc:
+            self.reporter.line(f"upkeep: {exc}; trying again in {heartbeat_every(self.plan.settings.heartbeat_grace):g} s")
+
+    def upkeep_mlflow(self) -> None:
+        """The MLflow parent run's heartbeat; the runs still to close (dead trials', and this driver's that the
+        store did not take); the runs killed drivers left open. Reported and tried again next time, never raised."""
+        try:
+            self.runs.beat()
+            while self.unclosed:
+                run_id, state, error = self.unclosed[0]
+                self.runs.finish_trial(run_id, state, error)
+                self.unclosed.pop(0)
+            self.runs.close_dead_runs(self.plan.settings.heartbeat_grace)
+        except StorageError as exc:
+            self.reporter.line(f"upkeep: {exc}; trying again")

@@ -218,10 +218,17 @@ class TrialStore:
             return None
         return ticket
 
-    def set_attrs(self, ticket: TrialTicket, attrs: Mapping[str, Any]) -> None:
-        """Set user attributes of a running trial (None, bool, int, float, str or JSON-able lists and dicts)."""
-        for key, value in attrs.items():
-            self._do(lambda: self.storage.set_trial_user_attr(ticket.trial_id, key, value))
+    def set_attrs(self, ticket: TrialTicket, attrs: Mapping[str, Any]) -> bool:
+        """Set user attributes of a running trial (None, bool, int, float, str or JSON-able lists and dicts).
+        False when the trial is finished already (another worker failed it as dead)."""
+        from optuna.exceptions import UpdateFinishedTrialError
+
+        try:
+            for key, value in attrs.items():
+                self._do(lambda: self.storage.set_trial_user_attr(ticket.trial_id, key, value))
+        except UpdateFinishedTrialError:
+            return False
+        return True
 
     def complete(self, ticket: TrialTicket, values: Sequence[float], attrs: Mapping[str, Any] | None = None) -> bool:
         """Finish a trial with its objective values, after setting `attrs` (e.g. headline test metrics).
@@ -248,9 +255,9 @@ class TrialStore:
         from optuna.exceptions import UpdateFinishedTrialError
 
         try:
-            self.set_attrs(ticket, attrs or {})
-            self._do(lambda: self.study.tell(ticket.number, values, state=state))
-            return True
+            if self.set_attrs(ticket, attrs or {}):
+                self._do(lambda: self.study.tell(ticket.number, values, state=state))
+                return True
         except (UpdateFinishedTrialError, ValueError):
             pass
         except StorageError as exc:
@@ -271,17 +278,19 @@ class TrialStore:
         for ticket in tickets:
             self._do(lambda: self.storage.record_heartbeat(ticket.trial_id))
 
-    def fail_dead_trials(self) -> list[DeadTrial]:
+    def fail_dead_trials(self, exclude: Iterable[int] = ()) -> list[DeadTrial]:
         """Mark failed the RUNNING trials whose heartbeat stopped longer than `grace` seconds ago (their process
-        was killed), with `DEAD_TRIAL_REASON` as their error. Returns them, for their MLflow runs to be closed."""
-        return self._do(self._fail_dead_trials)
+        was killed), with `DEAD_TRIAL_REASON` as their error, except the trial ids in `exclude` (the caller's own,
+        alive whatever their heartbeat says). Returns them, for their MLflow runs to be closed."""
+        skip = set(exclude)
+        return self._do(lambda: self._fail_dead_trials(skip))
 
-    def _fail_dead_trials(self) -> list[DeadTrial]:
+    def _fail_dead_trials(self, skip: set[int]) -> list[DeadTrial]:
         from optuna.exceptions import UpdateFinishedTrialError
         from optuna.trial import TrialState
 
         dead = []
-        for trial_id in _stale_trial_ids(self.storage, self._study_id):
+        for trial_id in set(_stale_trial_ids(self.storage, self._study_id)) - skip:
             trial = self.storage.get_trial(trial_id)
             try:
                 # The reason first: a finished trial's attributes can no longer be set.
