@@ -266,3 +266,25 @@ def test_store_checks_write_nothing(tmp_path):
     with pytest.raises(StorageError, match="text.db: file is not a database"):
         check_store_answers(f"sqlite:///{tmp_path / 'text.db'}", "Optuna storage")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["text.db"]
+
+
+@pytest.mark.postgres
+def test_a_trial_failed_as_dead_by_another_worker_is_reported_not_raised(storage_url):
+    """Worker A's trial goes silent; worker B fails it as dead (never its own trials, whatever their heartbeat);
+    A's late attributes and end are refused with False, and B no longer waits on it."""
+    import sqlalchemy
+
+    from eeopt.study.storage import normalize_url
+    from eeopt.study.trials import TrialStore
+
+    a, b = TrialStore(storage_url, "s", **OBJECTIVES), TrialStore(storage_url, "s", **OBJECTIVES)
+    silent, own = a.ask(DIST), b.ask(DIST)
+    assert b.waiting_on(own=[own.number]) == [silent.number]
+    engine = sqlalchemy.create_engine(normalize_url(storage_url))
+    with engine.begin() as conn:  # both heartbeats long ago
+        conn.execute(sqlalchemy.text("UPDATE trial_heartbeats SET heartbeat = '2000-01-01 00:00:00'"))
+    engine.dispose()
+    assert [d.number for d in b.fail_dead_trials(exclude=[own.trial_id])] == [silent.number]
+    assert a.set_attrs(silent, {"x": 1}) is False and a.complete(silent, [0.5, 1.0]) is False
+    assert b.complete(own, [0.1, 0.2]) is True
+    assert b.waiting_on(own=[]) == [] and b.counts().failed == 1

@@ -2,8 +2,9 @@
 `StudySearcher` on the driver with `run_trial_on_worker` on the workers, and what happens on Ctrl-C.
 
 `ray_session` starts a local Ray (with a watchdog that ends it if this driver is killed) or joins the cluster at
-`study.ray.address`, and checks that some node can run a trial; `run_tune` runs the trials, with an upkeep thread
-beating the heartbeats and taking over the slots of dead workers' trials.
+`study.ray.address`, and checks that some node can run a trial; `run_tune` runs the trials, with two upkeep
+threads (Optuna: heartbeats, dead workers' trials failed and their slots freed; MLflow: the parent run's heartbeat,
+runs left to close) so that neither store's slowness delays the other's.
 """
 
 from __future__ import annotations

@@ -8,8 +8,9 @@ trial that was stopped from outside (Ctrl-C), and closes the MLflow run.
 
 A worker stops only when the study holds `study.trials` finished trials (or failures or time run out): while the
 other slots are held by trials running elsewhere it waits, saying so, and takes over the slots of trials whose
-process died (`upkeep`, run by a thread of the loop, fails them once their heartbeat is `study.heartbeat_grace`
-seconds old). A store that does not answer delays trials (`retrying`) and, after a while, ends the run cleanly.
+process died (`upkeep_optuna`, run by a thread of the loop, fails them once their heartbeat is
+`study.heartbeat_grace` seconds old; `upkeep_mlflow` closes their runs). A store that does not answer delays trials
+(`retrying`) and, after a while, ends the run cleanly.
 """
 
 from __future__ import annotations
@@ -300,7 +301,8 @@ class StudySearcher(Searcher):
                 if dead.mlflow_run_id:
                     self.unclosed.append((dead.mlflow_run_id, "FAIL", DEAD_TRIAL_REASON))
         except StorageError as exc:
-            self.reporter.line(f"upkeep: {exc}; trying again in {heartbeat_every(self.plan.settings.heartbeat_grace):g} s")
+            every = heartbeat_every(self.plan.settings.heartbeat_grace)
+            self.reporter.line(f"upkeep: {exc}; trying again in {every:g} s")
 
     def upkeep_mlflow(self) -> None:
         """The MLflow parent run's heartbeat; the runs still to close (dead trials', and this driver's that the
