@@ -55,7 +55,8 @@ def run_tune(plan: SearchPlan, store: TrialStore, runs: StudyRuns, reporter: Rep
                   f"running up to {resources.max_concurrent} at once")
     interrupted = False
     try:
-        tuner.fit()
+        with reporter.showing():
+            tuner.fit()
     except KeyboardInterrupt:
         interrupted = True
     finally:
@@ -90,7 +91,10 @@ def _start_ray(settings: RayConfig) -> bool:
 
 
 def _scheduler(pruner: str, stopped: set[str]):
-    """Tune's scheduler for `study.pruner`, recording in `stopped` the trials it stops before their end."""
+    """Tune's scheduler for `study.pruner`, recording in `stopped` the trials it stops before their end.
+
+    Time counts in epochs (`time_attr="epoch"`): progress reports within an epoch carry no epoch, so the schedulers
+    pass over them (Tune's own `training_iteration` counts every report)."""
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule, TrialScheduler
 
     base = {"asha": ASHAScheduler, "median": MedianStoppingRule, "none": FIFOScheduler}[pruner]
@@ -103,9 +107,11 @@ def _scheduler(pruner: str, stopped: set[str]):
             return decision
 
     if pruner == "asha":
-        return _Recording(metric=EPOCH_METRIC, mode="max", max_t=10_000, grace_period=1, reduction_factor=2)
+        return _Recording(time_attr="epoch", metric=EPOCH_METRIC, mode="max", max_t=10_000, grace_period=1,
+                          reduction_factor=2)
     if pruner == "median":
-        return _Recording(metric=EPOCH_METRIC, mode="max", grace_period=1, min_samples_required=2)
+        return _Recording(time_attr="epoch", metric=EPOCH_METRIC, mode="max", grace_period=1,
+                          min_samples_required=2)
     return _Recording()
 
 

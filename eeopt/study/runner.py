@@ -108,7 +108,7 @@ class Study:
         return SearchSpace(self.config).distributions()
 
     # ------------------------------------------------------------------------------------------------ run
-    def run(self, objective: Callable | str | None = None, *, progress: bool = True) -> StudySummary:
+    def run(self, objective: Callable | str | None = None, *, progress: bool | Reporter = True) -> StudySummary:
         """Run or continue the study until it holds `study.trials` finished trials (or time/failures run out).
 
         Everything is checked before anything is written: the config, registry names, objectives, and that the
@@ -118,6 +118,8 @@ class Study:
         Args:
             objective: optional custom objective `fn(TrialResult) -> float | tuple` or 'module:function' (else
                 `study.objective`, else the named `study.objectives` metrics).
+            progress: show progress on stderr (or the `Reporter` to show it with, e.g. one whose clock started
+                with the command).
         Raises:
             ConfigError, StorageError: before anything runs; StudyError: too many failed trials.
         """
@@ -144,10 +146,11 @@ class Study:
         )
         state, outcome = "KILLED", None
         try:
-            outcome = run_tune(plan, store, runs, Reporter(enabled=progress),
-                               objective_fn=objective if callable(objective) else None)
+            reporter = progress if isinstance(progress, Reporter) else Reporter(enabled=progress)
+            outcome = run_tune(plan, store, runs, reporter, objective_fn=objective if callable(objective) else None)
             state = "KILLED" if outcome.interrupted else "FAIL" if outcome.too_many_failures else "COMPLETE"
         finally:
+            runs.log_summary(store)
             runs.finish(state)
         summary = self.summary(store, interrupted=outcome.interrupted)
         if outcome.too_many_failures:
@@ -164,6 +167,7 @@ class Study:
             self.tracking_uri, self.experiment_name, self.artifact_root, self.name,
             {"eeopt.storage": storage_mod.mask_url(self.storage_url) or "",
              "eeopt.study_file": str(self.path) if self.path else ""},
+            objectives=dict(zip(self.objectives, self.directions)),
         )
         for dead in store.fail_dead_trials():
             if dead.mlflow_run_id:
@@ -216,10 +220,17 @@ class Study:
             rows.append(row)
         return rows
 
+    def trial_rows(self) -> list[dict[str, Any]]:
+        """One row per trial from the Optuna storage alone (no MLflow): what `eeopt study status` lists. Creates
+        nothing (`StudyError` without the study)."""
+        return [self._row(t) for t in self.trial_store(create=False).trials()]
+
     def _row(self, trial) -> dict[str, Any]:
+        start, end = trial.datetime_start, trial.datetime_complete
         return {
             "number": trial.number,
             "state": trial.state.name,
+            "duration_s": (end - start).total_seconds() if start and end else None,
             **{f"objective/{name}": v for name, v in zip(self.objectives, trial.values or [None] * len(self.objectives))},
             **{f"param/{k}": v for k, v in trial.params.items()},
             **{k: v for k, v in sorted(trial.user_attrs.items()) if k.startswith("test/")},

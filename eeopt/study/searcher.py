@@ -3,8 +3,10 @@ storage and records how they end.
 
 Before each trial it claims a slot of the study's total over the whole storage (so reruns and other workers share
 `study.trials`; requeued trials come first), opens the trial's MLflow child run and hands the worker a `TrialSpec`.
-When the trial ends it reads the worker's `TrialReport` and tells Optuna COMPLETE, PRUNED or FAIL, or requeues a
-trial that was stopped from outside (Ctrl-C), and closes the MLflow run.
+While it runs, each epoch's validation accuracy becomes the Optuna trial's intermediate value (what Tune's
+schedulers decide on, so optuna-dashboard and the pruners see the same numbers) and the worker's progress goes to the
+`Reporter`. When the trial ends it reads the worker's `TrialReport` and tells Optuna COMPLETE, PRUNED or FAIL, or
+requeues a trial that was stopped from outside (Ctrl-C), and closes the MLflow run.
 """
 
 from __future__ import annotations
@@ -16,11 +18,11 @@ from pathlib import Path
 from ray.tune.search import Searcher
 
 from eeopt.config import StudySettings
-from eeopt.study.progress import Reporter, format_params
-from eeopt.study.records import EpochReport, TrialReport, TrialSpec
+from eeopt.study.progress import Reporter, StudyHeader
+from eeopt.study.records import EpochReport, ProgressReport, TrialReport, TrialSpec
 from eeopt.study.space import SearchSpace
 from eeopt.study.tracking import StudyRuns
-from eeopt.study.trials import ATTR_MLFLOW_RUN, ATTR_RAY_TRIAL, TrialStore, TrialTicket
+from eeopt.study.trials import ATTR_MLFLOW_RUN, ATTR_MLFLOW_URL, ATTR_RAY_TRIAL, TrialStore, TrialTicket
 
 HEARTBEAT_EVERY = 10.0  # seconds between heartbeats of this driver's running trials
 
@@ -89,6 +91,9 @@ class StudySearcher(Searcher):
         self.finished_before = store.counts().finished  # COMPLETE + PRUNED in storage when this run started
         self.finished_here = 0
         self._last_heartbeat = 0.0
+        reporter.begin(StudyHeader(store.name, plan.settings.trials, self.finished_before,
+                                   plan.settings.resources.max_concurrent, plan.objectives[0],
+                                   plan.directions[0] == "maximize", self.best))
 
     # Tune pickles its search algorithm to snapshot the experiment. eeopt never restores a Tune run (the Optuna
     # storage is the study's state), so the snapshot carries nothing: no database handles, no locks.
@@ -97,11 +102,6 @@ class StudySearcher(Searcher):
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
-
-    def progress(self) -> str:
-        """'[3/8 done, 2 running, 1 failed]': the study's finished trials, this run's running and failed ones."""
-        done = self.finished_before + self.finished_here
-        return f"[{done}/{self.plan.settings.trials} done, {len(self.running)} running, {self.failures} failed]"
 
     # -------------------------------------------------------------------------------------------- start
     def suggest(self, trial_id: str) -> dict | None:
@@ -112,25 +112,32 @@ class StudySearcher(Searcher):
         if ticket is None:
             return Searcher.FINISHED if not self.running else None
         run_id = self.runs.start_trial(ticket.number, tags={"ray.trial_id": trial_id})
-        self.store.set_attrs(ticket, {ATTR_MLFLOW_RUN: run_id, ATTR_RAY_TRIAL: trial_id})
+        url = self.runs.run_url(run_id)
+        self.store.set_attrs(ticket, {ATTR_MLFLOW_RUN: run_id, ATTR_MLFLOW_URL: url, ATTR_RAY_TRIAL: trial_id})
+        self.store.set_note(ticket, f"MLflow run: [{run_id}]({url})  \nIts metrics, plots and files "
+                                    f"(serve the MLflow UI with `eeopt ui STUDY.yaml`).")
         try:
             spec = self.plan.trial_spec(ticket, run_id)
         except Exception as exc:  # noqa: BLE001 - a sampled combination the schema rejects: a failed trial, not a crashed study
             self._fail(_Running(ticket, run_id), str(exc))
             return None
         self.running[trial_id] = _Running(ticket, run_id)
-        what = "resumed (requeued; continues from its checkpoint)" if ticket.requeued else "started"
-        self.reporter.line(f"trial {ticket.number} {what}  {format_params(spec.sampled)}")
+        self.reporter.trial_started(ticket.number, spec.sampled, ticket.requeued)
         return spec.to_config()
 
     # -------------------------------------------------------------------------------------------- results
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         entry = self.running.get(trial_id)
+        if entry is None:
+            return
+        progress = ProgressReport.from_result(result)
+        if progress is not None:
+            self.reporter.trial_progress(entry.ticket.number, progress)
+            return
         epoch = EpochReport.from_result(result)
-        if entry is not None and epoch is not None:
-            self.reporter.line(
-                f"trial {entry.ticket.number} epoch {epoch.epoch}: val acc (last exit) {epoch.val_acc_last:.4f}"
-            )
+        if epoch is not None:
+            self.store.report(entry.ticket, epoch.epoch, epoch.val_acc_last)
+            self.reporter.trial_epoch(entry.ticket.number, epoch.epoch, epoch.val_acc_last)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         entry = self.running.pop(trial_id, None)
@@ -156,27 +163,29 @@ class StudySearcher(Searcher):
         maximize = self.plan.directions[0] == "maximize"
         if self.best is None or (first > self.best if maximize else first < self.best):
             self.best = first
-        shown = ", ".join(f"{n}={v:.4f}" for n, v in zip(self.plan.objectives, report.values))
-        self.reporter.line(f"trial {entry.ticket.number} done: {shown}  (best {self.plan.objectives[0]} "
-                           f"{self.best:.4f})  {self.progress()}")
+        shown = " ".join(f"{n}={v:.4f}" for n, v in zip(self.plan.objectives, report.values))
+        self.reporter.trial_ended(entry.ticket.number, "done", shown, best=self.best)
+        self.runs.log_summary(self.store)
 
     def _fail(self, entry: _Running, error: str | None) -> None:
         self.store.fail(entry.ticket, error)
         self.runs.finish_trial(entry.run_id, "FAIL", error)
         self.failures += 1
         self.last_error = error
-        self.reporter.line(f"trial {entry.ticket.number} FAILED: {error}  {self.progress()}")
+        self.reporter.trial_ended(entry.ticket.number, "failed", error or "")
+        self.runs.log_summary(self.store)
 
     def _prune(self, entry: _Running) -> None:
         self.store.prune(entry.ticket)
         self.runs.finish_trial(entry.run_id, "PRUNED")
         self.finished_here += 1
-        self.reporter.line(f"trial {entry.ticket.number} pruned  {self.progress()}")
+        self.reporter.trial_ended(entry.ticket.number, "pruned")
+        self.runs.log_summary(self.store)
 
     def _requeue(self, entry: _Running) -> None:
         self.store.requeue(entry.ticket)
         self.runs.finish_trial(entry.run_id, "KILLED", "interrupted; the trial was requeued")
-        self.reporter.line(f"trial {entry.ticket.number} interrupted: requeued, it runs first next time")
+        self.reporter.trial_ended(entry.ticket.number, "requeued", "interrupted; it runs first next time")
 
     # -------------------------------------------------------------------------------------------- upkeep
     def requeue_all(self) -> int:
