@@ -205,10 +205,15 @@ def _trials_table(rows: list[dict[str, Any]], objectives: list[str], best: set[i
             *([row.get("mlflow_run_id") or "-"] if run_ids else []),
             f"{'★ ' if row['number'] in best else ''}{row['number']}", row["state"],
             *(fmt(row.get(f"objective/{name}")) for name in objectives),
-            *(fmt(row.get(k), 3) for k in params), *(fmt(row.get(k)) for k in metrics),
+            *(_param(row.get(k)) for k in params), *(fmt(row.get(k)) for k in metrics),
             _duration(row.get("duration_s")), row.get("error") or "",
         )
     return table
+
+
+def _param(value: Any) -> str:
+    """A sampled value: floats to 3 significant digits (learning rates are small), the rest as they are."""
+    return f"{value:.3g}" if isinstance(value, float) else fmt(value)
 
 
 def _higher(key: str) -> bool:

@@ -80,7 +80,23 @@ def log_report(study, result: StudyAnalysis, paths: list[Path]) -> str | None:
         data.write_text(json.dumps(result.analysis.to_dict(), indent=1))
         with storage_mod.translate_errors(study.tracking_uri, what="MLflow tracking store"):
             tracking.log_artifacts(client, result.parent_run_id, [*paths, data], artifact_path=ARTIFACT_PATH)
+            tracking.set_note_section(client, result.parent_run_id, f"analysis-{result.split}",
+                                      _note(result.analysis, result.split))
     return result.parent_run_id
+
+
+def _note(analysis: Analysis, split: str, rows: int = 6) -> str:
+    """The proxy table's top rows for the parent run's description (the full report is in `analysis/`)."""
+    target = analysis.main_target
+    lines = [f"**Which proxy predicts {target}?** ({split} split, {analysis.n_trials} models; "
+             f"report: artifacts `{ARTIFACT_PATH}/report.md`)", "",
+             "| proxy (mean over exits) | Spearman | 95 % CI | models |", "| --- | ---: | :---: | ---: |"]
+    from eeopt.names import parse_key
+
+    for r in [r for r in analysis.ranked(target) if parse_key(r.proxy).scope == "mean" and np.isfinite(r.spearman)][:rows]:
+        lines.append(f"| {r.proxy} | {r.spearman:+.2f} | [{r.spearman_ci[0]:+.2f}, {r.spearman_ci[1]:+.2f}] | "
+                     f"{r.n_trials} |")
+    return "\n".join(lines + ["", analysis.sign_convention])
 
 
 def _client(study):

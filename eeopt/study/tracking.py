@@ -180,8 +180,9 @@ class StudyRuns:
         try:
             metrics, tags, note, best_run = summarize(store, self.objectives, self.ui_base, self.experiment_id)
             log_metrics(self.client, self.parent_run_id, metrics)
-            for key, value in {**tags, "mlflow.note.content": note}.items():
+            for key, value in tags.items():
                 self.client.set_tag(self.parent_run_id, key, value)
+            set_note_section(self.client, self.parent_run_id, "summary", note)
             if best_run is not None:
                 run = self.client.get_run(best_run)
                 keys = set(run.data.metrics) | set(metrics)
@@ -211,6 +212,20 @@ class StudyRuns:
     def finish(self, state: str) -> None:
         """Close the parent run: COMPLETE, FAIL or KILLED."""
         finish_run(self.client, self.parent_run_id, state)
+
+
+NOTE_TAG = "mlflow.note.content"
+_SECTION = "<!-- eeopt:{name} -->"
+
+
+def set_note_section(mlflow_client, run_id: str, name: str, markdown: str) -> None:
+    """Put `markdown` in the run's description (MLflow's note, Markdown) as section `name`, replacing an earlier
+    version of that section and keeping the rest (the study summary and the analysis live side by side)."""
+    note = mlflow_client.get_run(run_id).data.tags.get(NOTE_TAG, "")
+    start, end = _SECTION.format(name=name), _SECTION.format(name=f"/{name}")
+    if start in note and end in note:
+        note = note[: note.index(start)] + note[note.index(end) + len(end):]
+    mlflow_client.set_tag(run_id, NOTE_TAG, f"{note.strip()}\n\n{start}\n{markdown.strip()}\n{end}".strip())
 
 
 def summarize(store, objectives: Mapping[str, str], base: str, experiment_id: str):
