@@ -9,7 +9,8 @@ process died are found by their missing heartbeat and marked failed.
 
 Layers of `eeopt/study/` (each imports only those below it): `runner` (this: a study file bound to its stores) ->
 `loop` (the Tune run) -> `searcher` (driver) | `worker` (Ray worker) -> `trials` (Optuna bookkeeping) | `space`
-(search space) | `tracking` (MLflow, with `mlflow_view`) | `progress` | `trial` (one trial without Ray) -> `records` | `storage`.
+(search space) | `tracking` (MLflow, with `mlflow_view`) | `progress` | `trial` (one trial without Ray) ->
+`records` | `storage`.
 """
 
 from __future__ import annotations
