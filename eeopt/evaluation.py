@@ -125,8 +125,9 @@ def mean_over_exits(metrics: dict[str, float], num_exits: int) -> dict[str, floa
 
 def evaluate(split: PreparedSplit, fit: PreparedSplit | None = None, n_bins: int = 15) -> EvaluationReport:
     """Metrics and global-sweep efficiency of `split`, thresholds chosen on `fit` (in-sample when None)."""
-    if fit is not None and fit.score != split.score:
-        raise ValueError(f"fit and evaluated splits use different scores ({fit.score} vs {split.score})")
+    if fit is not None and (fit.score, fit.calibration) != (split.score, split.calibration):
+        raise ValueError(f"fit and evaluated splits differ in score or calibrator: ({fit.score}, {fit.calibration}) "
+                         f"vs ({split.score}, {split.calibration})")
     eff = sweep_efficiency(split.costs, split.sweep if fit is None else fit.sweep,
                            None if fit is None else split.sweep)
     out = split.outputs
