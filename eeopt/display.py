@@ -70,20 +70,21 @@ def print_report(report, outputs=None) -> None:
 
 
 def _print_efficiency(report, last: float | None) -> None:
-    """The global threshold's efficiency: per budget, the accuracy and mean cost of the threshold chosen on the fit
-    split, measured on the evaluated one; and the area under the accuracy-cost curve."""
+    """The global threshold's efficiency, one row per budget: the accuracy (`sweep/acc_at_{b}`) and mean cost
+    (`sweep/mean_cost_at_{b}`) of the threshold chosen on the fit split, measured on the evaluated one; then the
+    area under the accuracy-cost curve."""
     from eeopt.names import BUDGETS
 
     m = report.metrics
-    table = Table(title=f"efficiency: one global threshold per budget, chosen on {report.thresholds_from}",
-                  title_justify="left")
+    table = Table(title=f"efficiency: one global threshold per budget, chosen on {report.thresholds_from} "
+                        "(keys under sweep/)", title_justify="left")
     table.add_column("budget (% of the last exit's cost)", no_wrap=True)
+    table.add_column("accuracy ↑", justify="right", no_wrap=True)
+    table.add_column("mean cost ↓", justify="right", no_wrap=True)
     for b in BUDGETS:
-        table.add_column(f"{b} %", justify="right", no_wrap=True)
-    table.add_column("acc_cost_auc ↑", justify="right", no_wrap=True)
-    table.add_row("accuracy ↑", *(fmt(m.get(f"sweep/acc_at_{b}")) for b in BUDGETS), fmt(m.get("sweep/acc_cost_auc")))
-    costs = [m.get(f"sweep/mean_cost_at_{b}") for b in BUDGETS]
-    table.add_row("mean cost ↓", *(_share(c, last) if last else fmt(c) for c in costs), "")
+        cost = m.get(f"sweep/mean_cost_at_{b}")
+        table.add_row(f"acc_at_{b} ({b} %)", fmt(m.get(f"sweep/acc_at_{b}")), _share(cost, last) if last else fmt(cost))
+    table.add_row("acc_cost_auc (over all budgets)", fmt(m.get("sweep/acc_cost_auc")), "", style="bold")
     console.print(table)
 
 
