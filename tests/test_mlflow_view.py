@@ -5,6 +5,7 @@ objective names, intermediate values and the link to each trial's MLflow run. Re
 from __future__ import annotations
 
 import io
+import re
 
 import optuna
 import pytest
@@ -105,7 +106,7 @@ def ray_local():
 
 
 @pytest.mark.slow
-def test_a_study_reads_well_in_mlflow_and_optuna(tmp_path, ray_local):
+def test_a_study_reads_well_in_mlflow_and_optuna(tmp_path, ray_local, capsys):
     import mlflow
 
     from eeopt.study.progress import Reporter
@@ -156,3 +157,22 @@ def test_a_study_reads_well_in_mlflow_and_optuna(tmp_path, ray_local):
     assert "params.`sampled.training.lr`" in state["selectedColumns"]
     images = {k for c in state["compareRunCharts"] if c["type"] == "IMAGE" for k in c["imageKeys"]}
     assert images == {f"plots/{n}" for n in ("accuracy_vs_cost", "reliability", "risk_coverage", "per_exit_metrics")}
+
+    # The terminal: status lists every trial with its headline metrics; export puts the run id first and writes
+    # an undefined number (EEFP at the last exit) as an empty CSV cell.
+    from eeopt.cli import main
+
+    capsys.readouterr()
+    assert main(["study", "status", str(path)]) == 0
+    status = capsys.readouterr().out
+    assert "test/mean/auroc ↑" in status and "test/mean/ece ↓" in status
+    assert all(re.search(rf"│\s+(★ )?{t.number} │ COMPLETE", status) for t in optuna_study.trials), status
+    assert main(["study", "export", str(path)]) == 0
+    import csv
+
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert len(rows) == 2 and list(rows[0])[0] == "mlflow_run_id"
+    assert {r["test/exit3/eefp"] for r in rows} == {""} and all(float(r["test/exit3/ece"]) >= 0 for r in rows)
+    assert main(["study", "export", str(path), "--format", "table"]) == 0
+    table = capsys.readouterr().out
+    assert all(t.user_attrs["mlflow_run_id"] in table for t in optuna_study.trials)

@@ -35,9 +35,15 @@ def ui_cmd(
     from eeopt.study import Study
 
     study = Study.from_yaml(study_file, overrides or [])
+    from eeopt.study.mlflow_view import runs_url
+
+    if study.tracking_uri.startswith(("http://", "https://")):  # a tracking server serves its own UI
+        experiment_id, has_view = _experiment(study)
+        url = runs_url(study.tracking_uri, experiment_id, with_view=has_view)
+        _announce(f"MLflow UI (served by the study's tracking server): {url}", url, open_browser, stop=False)()
+        return
     port = free_port(host, port)
     experiment_id, has_view = _experiment(study)
-    from eeopt.study.mlflow_view import runs_url
 
     url = runs_url(local_url(host, port), experiment_id, with_view=has_view)
     what = f"the trials of study {study.name}" if experiment_id else f"no runs of study {study.name} yet"
@@ -82,11 +88,11 @@ def dashboard_cmd(
                            echo=lambda line: typer.echo(line, err=True)))
 
 
-def _announce(line: str, url: str, open_browser: bool):
+def _announce(line: str, url: str, open_browser: bool, stop: bool = True):
     """What to do once the server answers: print where it is (and how to stop it), open a browser if asked."""
 
     def ready() -> None:
-        typer.echo(f"{line}   (Ctrl-C to stop)", err=True)
+        typer.echo(f"{line}   (Ctrl-C to stop)" if stop else line, err=True)
         if open_browser:
             import webbrowser
 
@@ -105,6 +111,8 @@ def _experiment(study) -> tuple[str | None, bool]:
     path = storage_mod.sqlite_path(study.tracking_uri)
     if path is not None and not path.is_file():
         return None, False
+    if path is None:
+        storage_mod.check_store_answers(study.tracking_uri, "MLflow tracking store")  # fast, one line if not
     with storage_mod.translate_errors(study.tracking_uri, what="MLflow tracking store"):
         experiment = tracking.client(study.tracking_uri).get_experiment_by_name(study.experiment_name)
     if experiment is None:

@@ -123,4 +123,41 @@ def _export_text(rows: list[dict], fmt: str) -> str:
     return buf.getvalue()
 
 
+@study_app.command("analyze")
+def study_analyze(
+    study_file: StudyArg,
+    target: Annotated[Optional[str], typer.Option("--target", help="Efficiency target of the table (default acc_cost_auc).")] = None,
+    split: Annotated[str, typer.Option("--split", help="test (held out, default) or val.")] = "test",
+    per_exit: Annotated[bool, typer.Option("--per-exit", help="Also list the per-exit proxies.")] = False,
+    output_dir: Annotated[Optional[Path], typer.Option("--output-dir", help="Write report.md and plots here.")] = None,
+    as_json: JsonFlag = False,
+    overrides: SetOpt = None,
+) -> None:
+    """Which proxy (calibration or failure prediction) predicts efficiency across the study's trials?
 
+    Reads every finished trial (Optuna joined to MLflow); a point is a (trial, calibrator) pair. The report is also
+    logged to the study's latest MLflow parent run.
+    """
+    from eeopt.errors import ConfigError
+
+    if split not in ("val", "test"):
+        raise ConfigError(f"--split: expected val or test, got {split!r}")
+    if output_dir is not None:
+        check_output_dir(output_dir, "--output-dir")
+    import tempfile
+
+    from eeopt.analysis import write_report
+    from eeopt.cli.exits import show_analysis
+    from eeopt.study import Study
+    from eeopt.study.analysis import analyze_study, log_report
+
+    study = Study.from_yaml(study_file, overrides or [])
+    result = analyze_study(study, split=split, targets=[target] if target else None)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = output_dir if output_dir is not None else Path(tmp)
+        paths = write_report(result.analysis, folder, curves=result.curves or None, split=split,
+                             curves_model=result.curves_model)
+        run_id = log_report(study, result, paths)
+    show_analysis(result.analysis, as_json, target, per_exit, output_dir)
+    if run_id and not as_json:
+        typer.echo(f"report logged to the study's MLflow run {run_id} (artifacts/analysis/)", err=True)
