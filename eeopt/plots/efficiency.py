@@ -33,7 +33,7 @@ def plot_accuracy_vs_cost(path: Path, report: EvaluationReport, costs: np.ndarra
     """
     costs = np.asarray(costs, dtype=float)
     last = costs[-1]
-    chosen_on = fit_split if fit_report is not None else f"{split} (in-sample)"
+    chosen_on = fit_split if fit_report is not None else f"{split}, in-sample"
     with figure(path, (8.6, 5.6)) as fig:
         ax = fig.add_subplot()
         if fit_report is not None:

@@ -85,17 +85,26 @@ def log_report(study, result: StudyAnalysis, paths: list[Path]) -> str | None:
     return result.parent_run_id
 
 
-def _note(analysis: Analysis, split: str, rows: int = 6) -> str:
-    """The proxy table's top rows for the parent run's description (the full report is in `analysis/`)."""
+def _note(analysis: Analysis, split: str) -> str:
+    """The proxy table for the parent run's description: every proxy averaged over exits (the configured score),
+    with its family, best first (the full report, per-exit and other scores included, is in `analysis/`)."""
+    from eeopt.names import parse_key
+
     target = analysis.main_target
     lines = [f"**Which proxy predicts {target}?** ({split} split, {analysis.n_trials} models; "
              f"report: artifacts `{ARTIFACT_PATH}/report.md`)", "",
-             "| proxy (mean over exits) | Spearman | 95 % CI | models |", "| --- | ---: | :---: | ---: |"]
-    from eeopt.names import parse_key
-
-    for r in [r for r in analysis.ranked(target) if parse_key(r.proxy).scope == "mean" and np.isfinite(r.spearman)][:rows]:
-        lines.append(f"| {r.proxy} | {r.spearman:+.2f} | [{r.spearman_ci[0]:+.2f}, {r.spearman_ci[1]:+.2f}] | "
-                     f"{r.n_trials} |")
+             "| proxy (mean over exits) | family | Spearman | 95 % CI | models |",
+             "| --- | --- | ---: | :---: | ---: |"]
+    for r in analysis.ranked(target):
+        key = parse_key(r.proxy)
+        if key.scope != "mean" or key.variant is not None:
+            continue
+        family = "failure prediction" if key.metric.group == "failure" else key.metric.group
+        if not np.isfinite(r.spearman):
+            lines.append(f"| {r.proxy} | {family} | - | - | {r.n_trials} |")
+            continue
+        lines.append(f"| {r.proxy} | {family} | {r.spearman:+.2f} | [{r.spearman_ci[0]:+.2f}, "
+                     f"{r.spearman_ci[1]:+.2f}] | {r.n_trials} |")
     return "\n".join(lines + ["", analysis.sign_convention])
 
 
