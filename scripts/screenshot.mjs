@@ -1,7 +1,8 @@
 // Screenshots of single-page apps with headless Chromium (Playwright), as a person would see them.
 //   node scripts/screenshot.mjs shots.json
 // shots.json: [{"url": ..., "out": "x.png", "waitFor": "text on the page", "click": ["text", ...],
-//               "closeAssistant": true, "scrollTo": "text", "width": 1600, "height": 1000, "fullPage": false}, ...]
+//               "closeAssistant": true, "waitForAfter": "text after the clicks", "scrollTo": "text",
+//               "width": 1600, "height": 1000, "fullPage": false}, ...]
 // A shot fails (exit status 1, and a .failed.png of what the page showed) when its text never appears.
 // Needs `playwright-core` (npm install playwright-core) and a Chromium (CHROMIUM=/usr/bin/chromium by default).
 import { chromium } from "playwright-core";
@@ -31,6 +32,7 @@ for (const shot of shots) {
       await page.getByText(text, { exact: false }).first().click({ timeout: 30000 });
       await page.waitForTimeout(1500);
     }
+    if (shot.waitForAfter) await page.getByText(shot.waitForAfter, { exact: false }).first().waitFor({ timeout: 60000 });
     if (shot.scrollTo) {
       const target = page.getByText(shot.scrollTo, { exact: false }).first();
       await target.waitFor({ timeout: 60000 });

@@ -48,7 +48,7 @@ def stop(proc: subprocess.Popen) -> None:
     proc.wait(timeout=60)
 
 
-def shots(mlflow_url: str, dashboard_url: str, out: Path, objective: str) -> list[dict]:
+def shots(mlflow_url: str, dashboard_url: str, out: Path, objective: str, study: str) -> list[dict]:
     """The pages to look at, and what each must show before its screenshot."""
     base = mlflow_url.split("#")[0]
     experiment = re.search(r"#/experiments/(\d+)/", mlflow_url)
@@ -59,8 +59,12 @@ def shots(mlflow_url: str, dashboard_url: str, out: Path, objective: str) -> lis
          "height": 1400},
         {"url": charts, "out": str(out / "mlflow_charts_plots.png"), "waitFor": "objectives", "closeAssistant": True,
          "scrollTo": "plots (one image", "height": 1400},
+        # for comparison: the same page without eeopt's view (what `mlflow ui` shows)
         {"url": f"{base}#/experiments/{experiment.group(1) if experiment else 0}/runs?workflowType=machine_learning",
-         "out": str(out / "mlflow_default_view.png"), "waitFor": "trial-", "closeAssistant": True},
+         "out": str(out / "mlflow_without_view.png"), "waitFor": "matching runs", "closeAssistant": True},
+        {"url": f"{base}#/experiments/{experiment.group(1) if experiment else 0}/runs?workflowType=machine_learning"
+                f"&viewStateShareKey=eeopt-trials", "out": str(out / "mlflow_parent_run.png"), "waitFor": "trial-",
+         "closeAssistant": True, "click": [f"{study}-"], "waitForAfter": "Best:"},
         {"url": dashboard_url, "out": str(out / "dashboard_study.png"), "waitFor": objective},
         {"url": dashboard_url + "/trials", "out": str(out / "dashboard_trials.png"), "waitFor": "MLflow run",
          "height": 1200},
@@ -76,14 +80,14 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     import yaml
 
-    objective = next(iter(yaml.safe_load(args.study.read_text())["study"].get("objectives",
-                                                                              {"val/acc_cost_auc": "maximize"})))
+    settings = yaml.safe_load(args.study.read_text())["study"]
+    objective = next(iter(settings.get("objectives", {"val/acc_cost_auc": "maximize"})))
     ui, mlflow_url = start(["ui", str(args.study), "--port", "0"], r"http://\S+#/experiments/\S*")
     try:
         board, dashboard_url = start(["dashboard", str(args.study), "--port", "0"], r"http://\S+/dashboard\S*")
         try:
             with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
-                json.dump(shots(mlflow_url, dashboard_url, args.out.resolve(), objective), fh)
+                json.dump(shots(mlflow_url, dashboard_url, args.out.resolve(), objective, settings["name"]), fh)
             env = {**os.environ, "NODE_PATH": str(args.node_modules.resolve())}
             script = args.node_modules.resolve().parent / "eeopt-screenshot.mjs"
             script.write_text((ROOT / "scripts" / "screenshot.mjs").read_text())  # ESM resolves from its folder

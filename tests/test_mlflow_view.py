@@ -135,7 +135,7 @@ def test_a_study_reads_well_in_mlflow_and_optuna(tmp_path, ray_local, capsys):
         assert sorted(trial.intermediate_values) == [1, 2]
         assert trial.intermediate_values == pytest.approx(history)
         experiment = client.get_experiment_by_name("watched").experiment_id
-        url = f"http://127.0.0.1:5000/#/experiments/{experiment}/runs/{run_id}"
+        url = f"http://127.0.0.1:5000/#/experiments/{experiment}/runs/{run_id}?workflowType=machine_learning"
         assert trial.user_attrs["mlflow_run_url"] == url
         assert f"]({url})" in get_note(optuna.trial.Trial(optuna_study, trial._trial_id))
         # the trial's plots as MLflow images (the runs page's image grid), and as files

@@ -44,6 +44,9 @@ def run_tune(plan: SearchPlan, store: TrialStore, runs: StudyRuns, reporter: Rep
     """
     import ray
 
+    if not ray.is_initialized():
+        address = plan.settings.ray.address
+        reporter.line("starting a local Ray" if address is None else f"joining the Ray cluster at {address}")
     started_ray = _start_ray(plan.settings.ray)
     for name in ("ray.tune", "ray.train", "ray.air"):
         logging.getLogger(name).setLevel(logging.CRITICAL)

@@ -159,7 +159,8 @@ def runs_url(base: str, experiment_id: str | None, with_view: bool = True) -> st
 
 
 def run_url(base: str, experiment_id: str, run_id: str) -> str:
-    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    """A run's page in the model-training view (without `workflowType`, MLflow 3 shows it among GenAI pages)."""
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
 
 
 def _column(kind: str, name: str) -> str:

@@ -133,6 +133,8 @@ class Study:
         space.check_names()
         storage_mod.check_store_answers(self.storage_url, "Optuna storage")
         storage_mod.check_store_answers(self.tracking_uri, "MLflow tracking store")
+        reporter = progress if isinstance(progress, Reporter) else Reporter(enabled=progress)
+        reporter.line(f"study {self.name}: opening the Optuna storage and the MLflow tracking store")
 
         store = self.trial_store()
         runs = self._start_runs(store)
@@ -147,7 +149,6 @@ class Study:
         )
         state, outcome = "KILLED", None
         try:
-            reporter = progress if isinstance(progress, Reporter) else Reporter(enabled=progress)
             outcome = run_tune(plan, store, runs, reporter, objective_fn=objective if callable(objective) else None)
             state = "KILLED" if outcome.interrupted else "FAIL" if outcome.too_many_failures else "COMPLETE"
         finally:

@@ -178,7 +178,7 @@ class StudyRuns:
         """Put the study's state on the parent run (see `summarize`) and widen the runs-page view to the keys the
         best trial has. Display only: a failure is logged as a warning, never raised."""
         try:
-            metrics, tags, note, best_run = summarize(store, self.objectives, self.ui_base, self.experiment_id)
+            metrics, tags, note, best_run = summarize(store, self.objectives, self.experiment_id)
             log_metrics(self.client, self.parent_run_id, metrics)
             for key, value in tags.items():
                 self.client.set_tag(self.parent_run_id, key, value)
@@ -228,7 +228,7 @@ def set_note_section(mlflow_client, run_id: str, name: str, markdown: str) -> No
     mlflow_client.set_tag(run_id, NOTE_TAG, f"{note.strip()}\n\n{start}\n{markdown.strip()}\n{end}".strip())
 
 
-def summarize(store, objectives: Mapping[str, str], base: str, experiment_id: str):
+def summarize(store, objectives: Mapping[str, str], experiment_id: str):
     """(metrics, tags, Markdown note, best run id) of a study for its parent run: trial counts as `trials/...`;
     the best trial's objective values and headline test metrics (its Optuna user attributes) under the trials'
     own keys, so the parent's row shows them in the same columns; with several objectives, the Pareto trial best
@@ -249,7 +249,8 @@ def summarize(store, objectives: Mapping[str, str], base: str, experiment_id: st
     values = dict(zip(names, best.values))
     metrics.update({**values, **headline, "trials/best": best.number})
     run_id = best.user_attrs.get("mlflow_run_id")
-    link = f"[trial {best.number}]({mlflow_view.run_url(base, experiment_id, run_id)})" if run_id else \
+    # root-relative: the link works on whatever host and port serves this UI
+    link = f"[trial {best.number}]({mlflow_view.run_url('', experiment_id, run_id)})" if run_id else \
         f"trial {best.number}"
     rows = "\n".join(f"| {k} | {v:.4f} |" for k, v in {**values, **headline}.items() if not math.isnan(v))
     lines += [f"Best: {link}" + (f" (of a Pareto front of {len(front)})" if len(front) > 1 else ""),
