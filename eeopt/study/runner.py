@@ -133,10 +133,9 @@ class Study:
         space.check_names()
         storage_mod.check_store_answers(self.storage_url, "Optuna storage")
         storage_mod.check_store_answers(self.tracking_uri, "MLflow tracking store")
+        store = self.trial_store()  # the last check: a study of this name with other objectives is refused here
         reporter = progress if isinstance(progress, Reporter) else Reporter(enabled=progress)
-        reporter.line(f"study {self.name}: opening the Optuna storage and the MLflow tracking store")
-
-        store = self.trial_store()
+        reporter.line(f"study {self.name}: opening the MLflow tracking store")
         runs = self._start_runs(store)
 
         from eeopt.study.loop import run_tune
