@@ -61,21 +61,35 @@ def print_report(report, outputs=None) -> None:
         arrow = "↑" if metric.higher_is_better else "↓"
         table.add_row(f"{name} {arrow}", *(fmt(v) for v in values), fmt(report.metrics.get(f"mean/{name}")))
     console.print(table)
-    m = report.metrics
     last = float(outputs.costs[-1]) if outputs is not None else None
-    cost = _share(m["sweep/mean_cost"], last) if last else fmt(m["sweep/mean_cost"])
-    console.print(
-        "global sweep (↑): " + "  ".join(f"{k}={fmt(m['sweep/' + k])}" for k in
-                                         ("acc_at_25", "acc_at_50", "acc_at_75", "acc_at_100", "acc_cost_auc"))
-        + f"  mean_cost={cost}"
-    )
-    console.print(f"thresholds chosen on: {report.thresholds_from}")
+    _print_efficiency(report, last)
     _print_compared(report.metrics)
     if report.patience and last:
         console.print("patience (exit once P exits agree): " + "  ".join(
             f"P={p['patience']}: {fmt(p['accuracy'])} at {100 * p['mean_cost'] / last:.0f}%" for p in report.patience))
 
 
+def _print_efficiency(report, last: float | None) -> None:
+    """The global threshold's efficiency, one row per budget: the accuracy (`sweep/acc_at_{b}`) and mean cost
+    (`sweep/mean_cost_at_{b}`) of the threshold chosen on the fit split, measured on the evaluated one; then the
+    area under the accuracy-cost curve."""
+    from eeopt.names import BUDGETS
+
+    m = report.metrics
+    table = Table(title=f"efficiency: one global threshold per budget, chosen on {report.thresholds_from} "
+                        "(keys under sweep/)", title_justify="left")
+    table.add_column("budget (% of the last exit's cost)", no_wrap=True)
+    table.add_column("accuracy ↑", justify="right", no_wrap=True)
+    table.add_column("mean cost ↓", justify="right", no_wrap=True)
+    for b in BUDGETS:
+        cost = m.get(f"sweep/mean_cost_at_{b}")
+        table.add_row(f"acc_at_{b} ({b} %)", fmt(m.get(f"sweep/acc_at_{b}")), _share(cost, last) if last else fmt(cost))
+    table.add_row("acc_cost_auc (over all budgets)", fmt(m.get("sweep/acc_cost_auc")), "", style="bold")
+    console.print(table)
+
+
+_FAMILY_HEADERS = {"calibration": "calibration", "failure": "failure pred.", "ranking": "order kept",
+                   "efficiency": "efficiency", "cost": "cost", "accuracy": "accuracy"}
 _COMPARED = ("mean/ece", "mean/nll", "mean/auroc", "mean/aurc", "mean/eefp", "mean/kendall_tau", "sweep/acc_cost_auc")
 
 
@@ -89,7 +103,9 @@ def _print_compared(metrics: dict[str, float]) -> None:
     table = Table(title="calibrators compared (each fitted on the fit split)", title_justify="left")
     table.add_column("calibrator", no_wrap=True)
     for key in _COMPARED:
-        table.add_column(f"{key} {'↑' if metric_of(key).higher_is_better else '↓'}", justify="right", no_wrap=True)
+        family = _FAMILY_HEADERS[metric_of(key).group]
+        table.add_column(f"{family}\n{key} {'↑' if metric_of(key).higher_is_better else '↓'}", justify="right",
+                         no_wrap=True)
     for name in names:
         table.add_row(name, *(fmt(metrics.get(f"calib/{name}/{key}")) for key in _COMPARED))
     console.print(table)
@@ -139,6 +155,82 @@ def print_rows(rows: list[dict[str, Any]], title: str = "") -> None:
     for row in rows:
         table.add_row(*(fmt(v) if not isinstance(v, (list, dict)) else str(v) for v in row.values()))
     console.print(table)
+
+
+#: Headline columns of `study status` (Optuna user attributes of finished trials): efficiency, calibration,
+#: failure prediction.
+STATUS_METRICS = ("test/acc_cost_auc", "test/acc_at_50", "test/mean/ece", "test/mean/auroc", "test/mean/eefp")
+
+
+def print_trials(rows: list[dict[str, Any]], objectives: list[str], best: set[int] = frozenset()) -> None:
+    """Every trial: state, objectives, sampled values, headline test metrics (efficiency, calibration, failure
+    prediction, each with its better direction) and duration; the best trials starred; a failed trial's error."""
+    console.print(_trials_table(rows, objectives, best) if rows else "no trials yet")
+
+
+def trials_text(rows: list[dict[str, Any]], objectives: list[str], run_ids: bool = False) -> str:
+    """The trials table as plain text (no colour, not squeezed to a terminal), with the MLflow run ids first."""
+    import io
+
+    out = Console(file=io.StringIO(), width=1000, no_color=True, highlight=False, soft_wrap=True)
+    out.print(_trials_table(rows, objectives, run_ids=run_ids) if rows else "no trials yet")
+    return "\n".join(line.rstrip() for line in out.file.getvalue().splitlines()) + "\n"
+
+
+def _trials_table(rows: list[dict[str, Any]], objectives: list[str], best: set[int] = frozenset(),
+                  run_ids: bool = False) -> Table:
+    from eeopt.names import metric_of
+
+    params = list(dict.fromkeys(k for row in rows for k in row if k.startswith("param/")))
+    short = {k: k.rsplit(".", 1)[-1] for k in params}
+    if len(set(short.values())) < len(short):
+        short = {k: k.removeprefix("param/") for k in params}
+    metrics = [k for k in STATUS_METRICS if any(row.get(k) is not None for row in rows)]
+    table = Table(title="trials (★ best; test metrics are held out, never steer the search)", title_justify="left")
+    if run_ids:
+        table.add_column("mlflow_run_id", no_wrap=True)
+    table.add_column("trial", justify="right", no_wrap=True)
+    table.add_column("state", no_wrap=True)
+    for name in objectives:
+        table.add_column(f"{name} {'↑' if _higher(name) else '↓'}", justify="right", no_wrap=True, style="bold")
+    for key in params:
+        table.add_column(short[key], justify="right", no_wrap=True)
+    for key in metrics:
+        family = {"calibration": "calib.", "failure": "fail. pred.", "efficiency": "effic."}.get(metric_of(key).group, "")
+        table.add_column(f"{family}\n{key} {'↑' if metric_of(key).higher_is_better else '↓'}", justify="right",
+                         no_wrap=True)
+    table.add_column("time", justify="right", no_wrap=True)
+    table.add_column("error", overflow="fold", max_width=50)
+    for row in rows:
+        table.add_row(
+            *([row.get("mlflow_run_id") or "-"] if run_ids else []),
+            f"{'★ ' if row['number'] in best else ''}{row['number']}", row["state"],
+            *(fmt(row.get(f"objective/{name}")) for name in objectives),
+            *(_param(row.get(k)) for k in params), *(fmt(row.get(k)) for k in metrics),
+            _duration(row.get("duration_s")), row.get("error") or "",
+        )
+    return table
+
+
+def _param(value: Any) -> str:
+    """A sampled value: floats to 3 significant digits (learning rates are small), the rest as they are."""
+    return f"{value:.3g}" if isinstance(value, float) else fmt(value)
+
+
+def _higher(key: str) -> bool:
+    from eeopt.names import metric_of
+
+    try:
+        return metric_of(key).higher_is_better
+    except ValueError:
+        return True
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    s = int(round(seconds))
+    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
 
 
 def print_study_summary(summary, study) -> None:

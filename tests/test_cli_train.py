@@ -16,8 +16,9 @@ QUICKSTART = Path(__file__).resolve().parents[1] / "studies" / "quickstart.yaml"
 def test_train_then_evaluate(tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["train", str(QUICKSTART), "--output-dir", str(out), "--set", "training.epochs=4", "--quiet"]) == 0
-    for name in ("model.pt", "val.npz", "test.npz", "config.yaml", "history.json"):
-        assert (out / name).is_file(), name
+    for name in ("model.pt", "val.npz", "test.npz", "config.yaml", "history.json", "plots/accuracy_vs_cost.png",
+                 "plots/reliability.png", "plots/risk_coverage.png", "plots/per_exit_metrics.png"):
+        assert (out / name).is_file(), name  # the plots of a study trial too
     capsys.readouterr()
     assert main(["exits", "evaluate", str(out / "test.npz"), "--fit-on", str(out / "val.npz"), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)

@@ -63,6 +63,9 @@ def test_study_analyze_is_scipy_on_the_mlflow_metrics(finished, capsys):
     parents = [r for r in client.search_runs([experiment]) if r.data.tags.get("eeopt.role") == "study"]
     logged = {a.path for a in client.list_artifacts(parents[0].info.run_id, "analysis")}
     assert {"analysis/report.md", "analysis/analysis_test.json"} <= logged
+    # the parent's description: the study's summary, then the proxy table's top rows
+    note = client.get_run(parents[0].info.run_id).data.tags["mlflow.note.content"]
+    assert note.index("Best: [trial") < note.index("Which proxy predicts acc_cost_auc?") and "| mean/auroc |" in note
 
 
 def test_exits_analyze_on_the_same_models_gives_the_same_numbers(finished, capsys):

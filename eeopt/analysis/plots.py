@@ -16,6 +16,7 @@ from eeopt.analysis.correlations import Correlation
 from eeopt.analysis.points import UNCALIBRATED, Point, as_float
 from eeopt.errors import AnalysisError
 from eeopt.names import parse_key
+from eeopt.plots.base import figure
 
 _NAMES = {
     "accuracy": "accuracy", "ece": "ECE", "mce": "MCE", "adaptive_ece": "adaptive ECE",
@@ -25,7 +26,7 @@ _NAMES = {
 }
 _FAMILY_COLOURS = {"calibration": "#d95f02", "failure": "#1b6fb5"}
 _STYLE = {"font.size": 12, "axes.titlesize": 13, "axes.labelsize": 12, "legend.fontsize": 10,
-          "xtick.labelsize": 11, "ytick.labelsize": 11, "axes.spines.top": False, "axes.spines.right": False}
+          "xtick.labelsize": 11, "ytick.labelsize": 11}
 
 
 def describe(key: str) -> str:
@@ -61,21 +62,11 @@ def describe_oriented(key: str, explain: bool = True) -> str:
 
 @contextlib.contextmanager
 def _figure(path: Path, size: tuple[float, float]):
-    """A styled figure and axes; on exit, a grid, tight layout and the PNG written.
-
-    A bare `matplotlib.figure.Figure` renders with Agg without pyplot, so the caller's backend and pyplot's
-    figure list are left alone.
-    """
-    import matplotlib
-    from matplotlib.figure import Figure
-
-    with matplotlib.rc_context(_STYLE):
-        fig = Figure(figsize=size)
+    """A styled figure (`eeopt.plots.base.figure`, larger type) and its axes, with a grid; the PNG on exit."""
+    with figure(path, size, style=_STYLE) as fig:
         ax = fig.add_subplot()
         yield fig, ax
         ax.grid(alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(path, dpi=110, bbox_inches="tight")
 
 
 def _calibrator_colours(*orders: list[str]) -> dict[str, str]:

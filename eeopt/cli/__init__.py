@@ -9,10 +9,12 @@ answers at once. Any `EeoptError` (and any usage error) prints one line and exit
 from __future__ import annotations
 
 import os
+import time
 from typing import Annotated
 
 import typer
 
+from eeopt.cli import common
 from eeopt.cli.exits import exits_app
 from eeopt.cli.servers import servers_app
 from eeopt.cli.study import study_app
@@ -58,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from eeopt.errors import EeoptError
 
+    common.STARTED = time.monotonic()
     debug = os.environ.get("EEOPT_DEBUG", "") not in ("", "0")
     try:
         code = app(args=argv, standalone_mode=False, prog_name="eeopt")  # typer.Exit(n) comes back as n

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+
+#: When the command started (`time.monotonic()`, set by `eeopt.cli.main`): progress clocks count from here.
+STARTED = time.monotonic()
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON (NaN as null) instead of tables.")]
 ScoreOpt = Annotated[str, typer.Option("--score", help="Exit score: msp, entropy, margin, doctor, learned.")]

@@ -25,8 +25,13 @@ def exits_evaluate(
         "(keys calib/{name}/...).")] = None,
     as_json: JsonFlag = False,
     curve: Annotated[bool, typer.Option("--curve", help="With --json: the full sweep curve, not only its frontier.")] = False,
+    plots: Annotated[Optional[Path], typer.Option(
+        "--plots", help="Write the plots of a study trial here (with --fit-on, the per-exit threshold search too: "
+        "300 trials, seed 0).")] = None,
 ) -> None:
     """Per-exit calibration and failure-prediction metrics, and global-threshold efficiency."""
+    if plots is not None:
+        check_output_dir(plots, "--plots")
     from eeopt.evaluation import evaluate_exits
     from eeopt.outputs import ExitOutputs
 
@@ -34,12 +39,33 @@ def exits_evaluate(
     fit = ExitOutputs.load(fit_on) if fit_on is not None else None
     names = [c.strip() for c in compare.split(",") if c.strip()] if compare else []
     report = evaluate_exits(evaluated, fit_on=fit, calibrate=calibrate, score=score, compare=names)
+    written = write_plots(plots, evaluated, fit, calibrate, score) if plots is not None else {}
     if as_json:
         typer.echo(json.dumps(report.to_dict(curve=curve), indent=1))
         return
     from eeopt import display
 
     display.print_report(report, evaluated)
+    if written:
+        typer.echo(f"plots: {', '.join(str(p) for p in written.values())}")
+
+
+def write_plots(folder: Path, evaluated, fit, calibrate: str, score: str) -> dict:
+    """The plots of a study trial for these outputs: with validation outputs, the model assessed as a trial is
+    (calibrator fitted on val, per-exit search on val, reported on the evaluated split); without, the evaluated
+    split alone (in-sample)."""
+    from eeopt.plots import save_plots, save_variant_plots
+
+    if fit is not None:
+        from eeopt.assess import assess_model
+
+        return save_variant_plots(assess_model(fit, evaluated, calibration=calibrate, score=score).primary, folder)
+    from eeopt.evaluation import evaluate
+    from eeopt.prepared import prepare_pair
+
+    _, split = prepare_pair(None, evaluated, calibrate=calibrate, score=score,
+                            names=("fit", Path(evaluated.source).stem))
+    return save_plots(folder, split, evaluate(split))
 
 
 @exits_app.command("search")

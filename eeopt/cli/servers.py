@@ -1,8 +1,12 @@
-"""`eeopt ui` and `eeopt dashboard`: the MLflow UI and optuna-dashboard for a study's stores."""
+"""`eeopt ui` and `eeopt dashboard`: the MLflow UI and optuna-dashboard for a study's stores.
+
+Both check the port before anything starts (busy: one line, exit status 2; `--port 0` picks a free one), print the
+URL once the server answers (the study's page, not the landing page), and stop the server with all its processes
+on Ctrl-C or SIGTERM (`eeopt.servers`).
+"""
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -13,52 +17,119 @@ from eeopt.cli.common import SetOpt, StudyArg
 
 servers_app = typer.Typer()
 
+HostOpt = Annotated[str, typer.Option("--host", help="Address to listen on (0.0.0.0: every interface).")]
+OpenOpt = Annotated[bool, typer.Option("--open", help="Open the page in a web browser once it answers.")]
+
 
 @servers_app.command("ui")
 def ui_cmd(
     study_file: StudyArg,
-    port: Annotated[int, typer.Option("--port")] = 5000,
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port (0: a free one).")] = 5000,
+    host: HostOpt = "127.0.0.1",
+    workers: Annotated[int, typer.Option("--workers", min=1, help="Server worker processes.")] = 1,
+    open_browser: OpenOpt = False,
     overrides: SetOpt = None,
 ) -> None:
-    """Start the MLflow UI on 127.0.0.1 for this study's tracking store."""
-    import subprocess
-
+    """Serve the MLflow UI for this study's tracking store, opened on the study's trials."""
+    from eeopt.servers import free_port, local_url, serve
     from eeopt.study import Study
 
     study = Study.from_yaml(study_file, overrides or [])
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--host", "127.0.0.1", "--port", str(port)]
-    typer.echo(f"MLflow UI for study {study.name}: http://127.0.0.1:{port}  (Ctrl-C to stop)", err=True)
-    # The store's URI goes in the environment, not on the command line, where `ps` would show its password.
-    raise typer.Exit(subprocess.call(cmd, env={**os.environ, "MLFLOW_BACKEND_STORE_URI": study.tracking_uri}))
+    from eeopt.study.mlflow_view import runs_url
+
+    if study.tracking_uri.startswith(("http://", "https://")):  # a tracking server serves its own UI
+        experiment_id, has_view = _experiment(study)
+        url = runs_url(study.tracking_uri, experiment_id, with_view=has_view)
+        _announce(f"MLflow UI (served by the study's tracking server): {url}", url, open_browser, stop=False)()
+        return
+    port = free_port(host, port)
+    experiment_id, has_view = _experiment(study)
+
+    url = runs_url(local_url(host, port), experiment_id, with_view=has_view)
+    what = f"the trials of study {study.name}" if experiment_id else f"no runs of study {study.name} yet"
+    cmd = [sys.executable, "-m", "mlflow", "server", "--default-artifact-root", study.artifact_root,
+           "--host", host, "--port", str(port), "--workers", str(workers)]
+    # No job runner: eeopt schedules no MLflow jobs, and it costs processes and memory. The store's URI goes in
+    # the environment (mlflow reads MLFLOW_BACKEND_STORE_URI), not on the command line, where `ps` shows it.
+    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_BACKEND_STORE_URI": study.tracking_uri}
+    raise typer.Exit(serve(cmd, host=host, port=port, ready_path="/health", name="the MLflow UI", env=env,
+                           on_ready=_announce(f"MLflow UI ({what}): {url}", url, open_browser),
+                           echo=lambda line: typer.echo(line, err=True)))
 
 
 @servers_app.command("dashboard")
 def dashboard_cmd(
     study_file: StudyArg,
-    port: Annotated[int, typer.Option("--port")] = 8080,
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port (0: a free one).")] = 8080,
+    host: HostOpt = "127.0.0.1",
+    open_browser: OpenOpt = False,
     overrides: SetOpt = None,
 ) -> None:
-    """Start optuna-dashboard on 127.0.0.1 for this study's Optuna storage."""
+    """Serve optuna-dashboard (one process) for this study's Optuna storage, opened on the study."""
     import shutil
-    import subprocess
 
     from eeopt.errors import EeoptError
+    from eeopt.servers import free_port, local_url, serve
     from eeopt.study import Study
+    from eeopt.study.storage import normalize_url, require_optuna_schema
 
     study = Study.from_yaml(study_file, overrides or [])
     exe = shutil.which("optuna-dashboard") or str(Path(sys.executable).with_name("optuna-dashboard"))
     if not Path(exe).exists():
         raise EeoptError("optuna-dashboard is not installed: pip install 'eeopt[dashboard]'")
-    from eeopt.study.storage import normalize_url, require_optuna_schema
-
     require_optuna_schema(study.storage_url)  # optuna-dashboard would create an empty storage
-    typer.echo(f"optuna-dashboard for study {study.name}: http://127.0.0.1:{port}  (Ctrl-C to stop)", err=True)
+    port = free_port(host, port)
+    study_id = _optuna_study_id(study)
+    url = local_url(host, port, f"/dashboard/studies/{study_id}" if study_id is not None else "/dashboard")
+    # optuna-dashboard's own command line, with the storage URL put in its argv inside the process: from the
+    # environment, not on the command line, where `ps` would show its password.
+    code = ("import os, sys; from optuna_dashboard._cli import main; "
+            "sys.argv = ['optuna-dashboard', os.environ['EEOPT_DASHBOARD_STORAGE'], *sys.argv[1:]]; sys.exit(main())")
+    cmd = [sys.executable, "-c", code, "--host", host, "--port", str(port), "--server", "wsgiref", "--quiet"]
+    raise typer.Exit(serve(cmd, host=host, port=port, ready_path="/api/meta", name="optuna-dashboard",
+                           env={"EEOPT_DASHBOARD_STORAGE": normalize_url(study.storage_url)},
+                           on_ready=_announce(f"optuna-dashboard (study {study.name}): {url}", url, open_browser),
+                           echo=lambda line: typer.echo(line, err=True)))
 
-    # The storage URL goes in the environment, not on the command line, where `ps` would show its password.
-    code = ("import os, optuna_dashboard; optuna_dashboard.run_server(os.environ['EEOPT_DASHBOARD_STORAGE'], "
-            f"host='127.0.0.1', port={int(port)})")
-    env = {**os.environ, "EEOPT_DASHBOARD_STORAGE": normalize_url(study.storage_url)}
-    raise typer.Exit(subprocess.call([sys.executable, "-c", code], env=env))
+
+def _announce(line: str, url: str, open_browser: bool, stop: bool = True):
+    """What to do once the server answers: print where it is (and how to stop it), open a browser if asked."""
+
+    def ready() -> None:
+        typer.echo(f"{line}   (Ctrl-C to stop)" if stop else line, err=True)
+        if open_browser:
+            import webbrowser
+
+            webbrowser.open(url)
+
+    return ready
 
 
-# ------------------------------------------------------------------------------------------------------ helpers
+def _experiment(study) -> tuple[str | None, bool]:
+    """(the study's MLflow experiment id or None, whether it has eeopt's saved view); reads only, and opens no
+    SQLite file that does not exist (MLflow would create it)."""
+    from eeopt.study import storage as storage_mod
+    from eeopt.study import tracking
+    from eeopt.study.mlflow_view import VIEW_TAG
+
+    path = storage_mod.sqlite_path(study.tracking_uri)
+    if path is not None and not path.is_file():
+        return None, False
+    if path is None:
+        storage_mod.check_store_answers(study.tracking_uri, "MLflow tracking store")  # fast, one line if not
+    with storage_mod.translate_errors(study.tracking_uri, what="MLflow tracking store"):
+        experiment = tracking.client(study.tracking_uri).get_experiment_by_name(study.experiment_name)
+    if experiment is None:
+        return None, False
+    return experiment.experiment_id, VIEW_TAG in experiment.tags
+
+
+def _optuna_study_id(study) -> int | None:
+    """The study's id in its Optuna storage (optuna-dashboard's URLs use it), None when it is not there yet."""
+    from eeopt.study import storage as storage_mod
+
+    storage = storage_mod.open_storage(study.storage_url, heartbeat=False, create=False)
+    try:
+        return storage.get_study_id_from_name(study.name)
+    except KeyError:
+        return None

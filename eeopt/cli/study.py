@@ -21,10 +21,12 @@ def study_run(
 ) -> None:
     """Run or continue a study until it holds study.trials finished trials."""
     from eeopt import display
+    from eeopt.cli.common import STARTED
     from eeopt.study import Study
+    from eeopt.study.progress import Reporter
 
     study = Study.from_yaml(study_file, overrides or [], trials=trials)
-    summary = study.run()
+    summary = study.run(progress=Reporter(started=STARTED))
     display.print_study_summary(summary, study)
     if summary.interrupted:
         raise typer.Exit(130)
@@ -33,19 +35,22 @@ def study_run(
 @study_app.command("status")
 def study_status(study_file: StudyArg, overrides: SetOpt = None,
                  as_json: JsonFlag = False) -> None:
-    """Trial counts and the best trials of a study."""
+    """Every trial (state, objectives, sampled values, headline test metrics, duration), the counts and the best
+    trials of a study. Reads the Optuna storage only."""
     from eeopt import display
     from eeopt.study import Study
 
     study = Study.from_yaml(study_file, overrides or [])
     summary = study.summary()
+    rows = study.trial_rows()
     if as_json:
         import dataclasses
 
         from eeopt.evaluation import jsonable
 
-        typer.echo(json.dumps(jsonable(dataclasses.asdict(summary)), indent=2))
+        typer.echo(json.dumps(jsonable({**dataclasses.asdict(summary), "trials": rows}), indent=2))
         return
+    display.print_trials(rows, study.objectives, {row["number"] for row in summary.best})
     display.print_study_summary(summary, study)
 
 
@@ -69,35 +74,28 @@ def study_list(
 @study_app.command("export")
 def study_export(
     study_file: StudyArg,
-    fmt: Annotated[str, typer.Option("--format", help="csv or json.")] = "csv",
+    fmt: Annotated[str, typer.Option("--format", help="csv, json or table.")] = "csv",
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="File to write (default: stdout).")] = None,
     overrides: SetOpt = None,
 ) -> None:
-    """One row per trial: params, val/test metrics, MLflow run id."""
+    """One row per trial: MLflow run id, number, state, objectives, params, val/test metrics. CSV writes an
+    undefined number (NaN) as an empty cell, JSON as null; the table shows the headline columns only."""
     from eeopt.errors import ConfigError
-    from eeopt.study import Study
 
-    if fmt not in ("csv", "json"):
-        raise ConfigError(f"--format: expected csv or json, got {fmt!r}")
+    if fmt not in ("csv", "json", "table"):
+        raise ConfigError(f"--format: expected csv, json or table, got {fmt!r}")
     if output is not None:
         check_output_file(output, "--output")
-    rows = Study.from_yaml(study_file, overrides or []).export()
-    from eeopt.evaluation import jsonable
+    from eeopt.study import Study
 
-    if fmt == "json":
-        text = json.dumps(jsonable(rows), indent=2)
+    study = Study.from_yaml(study_file, overrides or [])
+    rows = [{"mlflow_run_id": row.get("mlflow_run_id"), **row} for row in study.export()]  # the id first
+    if fmt == "table":
+        from eeopt import display
+
+        text = display.trials_text(rows, study.objectives, run_ids=True)
     else:
-        import csv
-        import io
-
-        columns: list[str] = []
-        for row in rows:
-            columns += [c for c in row if c not in columns]
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-        text = buf.getvalue()
+        text = _export_text(rows, fmt)
     if output is None:
         typer.echo(text, nl=False if fmt == "csv" else True)
     else:
@@ -105,7 +103,24 @@ def study_export(
         typer.echo(f"wrote {len(rows)} trials to {output}", err=True)
 
 
-# ------------------------------------------------------------------------------------------------------ uis
+def _export_text(rows: list[dict], fmt: str) -> str:
+    """JSON (NaN as null) or CSV (the union of the rows' columns in order; NaN and None as empty cells)."""
+    from eeopt.evaluation import jsonable
+
+    if fmt == "json":
+        return json.dumps(jsonable(rows), indent=2)
+    import csv
+    import io
+    import math
+
+    columns: list[str] = []
+    for row in rows:
+        columns += [c for c in row if c not in columns]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows({k: "" if isinstance(v, float) and math.isnan(v) else v for k, v in row.items()} for row in rows)
+    return buf.getvalue()
 
 
 @study_app.command("analyze")

@@ -61,6 +61,8 @@ def train_cmd(
     output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="Folder for model.pt, val.npz, test.npz.")],
     overrides: SetOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Write OUTPUT_DIR/plots/ (the plots of a study "
+                                        "trial: calibration and policy.score from the config, fitted on val).")] = True,
 ) -> None:
     """Train one multi-exit model with fixed hyperparameters; write its exit outputs for `eeopt exits`."""
     from eeopt.config import load_train_config
@@ -74,6 +76,14 @@ def train_cmd(
     acc = ", ".join(f"{a:.3f}" for a in result.test.accuracy)
     typer.echo(f"test accuracy per exit: {acc}")
     typer.echo(f"wrote {output_dir / 'model.pt'}, {output_dir / 'val.npz'}, {output_dir / 'test.npz'}")
+    if plots:
+        from eeopt.assess import assess_model
+        from eeopt.plots import save_variant_plots
+
+        variant = assess_model(result.val, result.test, calibration=cfg.calibration.method, score=cfg.policy.score,
+                               trials=cfg.policy.trials, sampler=cfg.policy.sampler, seed=cfg.policy.seed).primary
+        written = save_variant_plots(variant, output_dir / "plots")
+        typer.echo(f"plots: {', '.join(str(p) for p in written.values())}")
     typer.echo(f"next: eeopt exits evaluate {output_dir / 'test.npz'} --fit-on {output_dir / 'val.npz'}")
 
 

@@ -80,7 +80,32 @@ def log_report(study, result: StudyAnalysis, paths: list[Path]) -> str | None:
         data.write_text(json.dumps(result.analysis.to_dict(), indent=1))
         with storage_mod.translate_errors(study.tracking_uri, what="MLflow tracking store"):
             tracking.log_artifacts(client, result.parent_run_id, [*paths, data], artifact_path=ARTIFACT_PATH)
+            tracking.set_note_section(client, result.parent_run_id, f"analysis-{result.split}",
+                                      _note(result.analysis, result.split))
     return result.parent_run_id
+
+
+def _note(analysis: Analysis, split: str) -> str:
+    """The proxy table for the parent run's description: every proxy averaged over exits (the configured score),
+    with its family, best first (the full report, per-exit and other scores included, is in `analysis/`)."""
+    from eeopt.names import parse_key
+
+    target = analysis.main_target
+    lines = [f"**Which proxy predicts {target}?** ({split} split, {analysis.n_trials} models; "
+             f"report: artifacts `{ARTIFACT_PATH}/report.md`)", "",
+             "| proxy (mean over exits) | family | Spearman | 95 % CI | models |",
+             "| --- | --- | ---: | :---: | ---: |"]
+    for r in analysis.ranked(target):
+        key = parse_key(r.proxy)
+        if key.scope != "mean" or key.variant is not None:
+            continue
+        family = "failure prediction" if key.metric.group == "failure" else key.metric.group
+        if not np.isfinite(r.spearman):
+            lines.append(f"| {r.proxy} | {family} | - | - | {r.n_trials} |")
+            continue
+        lines.append(f"| {r.proxy} | {family} | {r.spearman:+.2f} | [{r.spearman_ci[0]:+.2f}, "
+                     f"{r.spearman_ci[1]:+.2f}] | {r.n_trials} |")
+    return "\n".join(lines + ["", analysis.sign_convention])
 
 
 def _client(study):

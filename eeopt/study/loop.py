@@ -77,7 +77,8 @@ def run_tune(plan: SearchPlan, store: TrialStore, runs: StudyRuns, reporter: Rep
     for thread in upkeep:
         thread.start()
     try:
-        tuner.fit()
+        with reporter.showing():
+            tuner.fit()
     except KeyboardInterrupt:
         interrupted = True
     finally:
@@ -98,7 +99,7 @@ def run_tune(plan: SearchPlan, store: TrialStore, runs: StudyRuns, reporter: Rep
 
 
 @contextlib.contextmanager
-def ray_session(settings: RayConfig, resources: ResourcesConfig) -> Iterator[None]:
+def ray_session(settings: RayConfig, resources: ResourcesConfig, reporter: Reporter) -> Iterator[None]:
     """Start (or join) Ray unless it is up, check that one of its nodes can run a trial, and shut down a Ray this
     call started when done. A local Ray gets a watchdog (`reaper.Reaper`) that ends its processes should this
     driver be killed.
@@ -114,6 +115,8 @@ def ray_session(settings: RayConfig, resources: ResourcesConfig) -> Iterator[Non
         from eeopt.study import reaper as reaper_mod
 
         before = reaper_mod.children()
+        reporter.line(f"joining the Ray cluster at {settings.address}" if is_cluster(settings.address)
+                      else "starting a local Ray")
         _init_ray(settings)
         if not is_cluster(settings.address):
             reaper = reaper_mod.Reaper.for_new_children(before)
@@ -158,7 +161,10 @@ def _check_resources(resources: ResourcesConfig, address: str | None) -> None:
 
 
 def _scheduler(pruner: str, stopped: set[str]):
-    """Tune's scheduler for `study.pruner`, recording in `stopped` the trials it stops before their end."""
+    """Tune's scheduler for `study.pruner`, recording in `stopped` the trials it stops before their end.
+
+    Time counts in epochs (`time_attr="epoch"`): progress reports within an epoch carry no epoch, so the schedulers
+    pass over them (Tune's own `training_iteration` counts every report)."""
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule, TrialScheduler
 
     base = {"asha": ASHAScheduler, "median": MedianStoppingRule, "none": FIFOScheduler}[pruner]
@@ -171,9 +177,11 @@ def _scheduler(pruner: str, stopped: set[str]):
             return decision
 
     if pruner == "asha":
-        return _Recording(metric=EPOCH_METRIC, mode="max", max_t=10_000, grace_period=1, reduction_factor=2)
+        return _Recording(time_attr="epoch", metric=EPOCH_METRIC, mode="max", max_t=10_000, grace_period=1,
+                          reduction_factor=2)
     if pruner == "median":
-        return _Recording(metric=EPOCH_METRIC, mode="max", grace_period=1, min_samples_required=2)
+        return _Recording(time_attr="epoch", metric=EPOCH_METRIC, mode="max", grace_period=1,
+                          min_samples_required=2)
     return _Recording()
 
 

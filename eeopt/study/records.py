@@ -1,9 +1,11 @@
 """What the driver and a Ray worker say to each other about one trial, as typed records.
 
 The searcher (driver) hands the worker a `TrialSpec` through the Tune trial config; the worker reports each epoch as
-an `EpochReport` and the outcome as a `TrialReport` through `tune.report`. Each record turns into the dict Tune
+an `EpochReport`, where it stands within an epoch (every few seconds) as a `ProgressReport`, and the outcome as a
+`TrialReport` through `tune.report`. Each record turns into the dict Tune
 carries, and back, here and nowhere else. Tune flattens nested result dicts, so a record travels as one JSON string
-under one key; only the numbers Tune's schedulers watch (`epoch`, `EPOCH_METRIC`) stay top-level.
+under one key; only the numbers Tune's schedulers watch (`epoch`, `EPOCH_METRIC`) stay top-level. A `ProgressReport` carries no
+`epoch`, so the schedulers (which count time in epochs) pass over it.
 """
 
 from __future__ import annotations
@@ -18,10 +20,14 @@ from typing import Any, Literal
 EPOCH_METRIC = "val_acc_last"
 #: Test numbers the worker reports beside the objectives; they are kept on the Optuna trial as user attributes
 #: for summaries and the dashboard. The last exit's test accuracy (`test/exit{K}/accuracy`) is added to them.
-HEADLINE_METRICS = ("test/acc_cost_auc", "test/acc_at_50", "test/acc_at_100")
+HEADLINE_METRICS = ("test/acc_cost_auc", "test/acc_at_50", "test/acc_at_100", "test/mean/ece", "test/mean/auroc",
+                    "test/mean/eefp")
+#: Seconds between two `ProgressReport`s of one trial (each costs a round trip to the driver).
+PROGRESS_EVERY = 5.0
 
 _SPEC_KEY = "eeopt_trial"
 _REPORT_KEY = "eeopt_report"
+_PROGRESS_KEY = "eeopt_progress"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,10 +74,47 @@ class EpochReport:
 
     @classmethod
     def from_result(cls, result: Mapping[str, Any]) -> EpochReport | None:
-        """The epoch report in a Tune result; None for a trial's final result (or a result without an epoch)."""
-        if _REPORT_KEY in result or "epoch" not in result:
+        """The epoch report in a Tune result; None for a trial's final result, a progress report, or a result
+        without an epoch."""
+        if _REPORT_KEY in result or _PROGRESS_KEY in result or "epoch" not in result:
             return None
         return cls(int(result["epoch"]), float(result.get(EPOCH_METRIC, math.nan)))
+
+
+@dataclasses.dataclass(frozen=True)
+class ProgressReport:
+    """Where a running trial stands: epoch `epoch` of `epochs` (from 1), `batch` of `batches` optimizer steps done in
+    it, or `phase` "evaluate" once training is over (calibrators, metrics, threshold search). `val_acc_last` is the
+    last finished epoch's `EPOCH_METRIC` (NaN before the first); `epoch` is 0 while a resumed trial has not yet
+    finished an epoch here (the checkpoint's epoch is not known before)."""
+
+    epoch: int
+    epochs: int
+    batch: int
+    batches: int
+    phase: Literal["train", "evaluate"] = "train"
+    val_acc_last: float = math.nan
+
+    @property
+    def fraction(self) -> float:
+        """Share of the training done, in [0, 1] (1 while evaluating; 0 when unknown)."""
+        if self.phase == "evaluate":
+            return 1.0
+        if self.epoch < 1 or self.epochs < 1:
+            return 0.0
+        within = self.batch / self.batches if self.batches else 0.0
+        return min(1.0, (self.epoch - 1 + within) / self.epochs)
+
+    def to_result(self) -> dict[str, Any]:
+        """A Tune result without `epoch` (schedulers skip it), with `EPOCH_METRIC` (Tune wants it in every result)."""
+        return {EPOCH_METRIC: self.val_acc_last, _PROGRESS_KEY: json.dumps(dataclasses.asdict(self))}
+
+    @classmethod
+    def from_result(cls, result: Mapping[str, Any] | None) -> ProgressReport | None:
+        """The progress report in a Tune result; None for any other result."""
+        if not result or _PROGRESS_KEY not in result:
+            return None
+        return cls(**json.loads(result[_PROGRESS_KEY]))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,7 +12,8 @@ its nodes could not reach are refused before anything starts (`cluster.check_clu
 
 Layers of `eeopt/study/` (each imports only those below it): `runner` (this: a study file bound to its stores) ->
 `loop` (the Tune run) -> `searcher` (driver) | `worker` (Ray worker) -> `trials` (Optuna bookkeeping) | `space`
-(search space) | `tracking` (MLflow) | `progress` | `trial` (one trial without Ray) -> `records` | `storage`.
+(search space) | `tracking` (MLflow, with `mlflow_view`) | `progress` | `trial` (one trial without Ray) ->
+`records` | `storage`.
 """
 
 from __future__ import annotations
@@ -119,16 +120,19 @@ class Study:
         return SearchSpace(self.config).distributions()
 
     # ------------------------------------------------------------------------------------------------ run
-    def run(self, objective: Callable | str | None = None, *, progress: bool = True) -> StudySummary:
+    def run(self, objective: Callable | str | None = None, *, progress: bool | Reporter = True) -> StudySummary:
         """Run or continue the study until it holds `study.trials` finished trials (or time/failures run out).
 
         Everything is checked before anything is written: the config, registry names, objectives, that the stores
-        answer and (on a Ray cluster) that every node can reach them. Then Ray starts (or is joined), and only
-        then the storage, MLflow and the runs folder are touched.
+        answer and (on a Ray cluster) that every node can reach them; the Optuna study is opened (or created) last,
+        since a study of this name with other objectives is refused there. Then Ray starts (or is joined; a node
+        able to run a trial is checked for), and only then MLflow and the runs folder are touched.
 
         Args:
             objective: optional custom objective `fn(TrialResult) -> float | tuple` or 'module:function' (else
                 `study.objective`, else the named `study.objectives` metrics).
+            progress: show progress on stderr (or the `Reporter` to show it with, e.g. one whose clock started
+                with the command).
         Raises:
             ConfigError, StorageError: before anything runs; StudyError: too many failed trials; StorageError: the
             stores stopped answering for longer than the retries wait.
@@ -141,13 +145,14 @@ class Study:
         space = SearchSpace(self.config)
         space.check_names()
         self.check_stores()
+        store = self.trial_store()  # the last check: a study of this name with other objectives is refused here
+        reporter = progress if isinstance(progress, Reporter) else Reporter(enabled=progress)
 
         from eeopt.study.loop import ray_session, run_tune
         from eeopt.study.searcher import SearchPlan
 
-        reporter = Reporter(enabled=progress)
-        with ray_session(self.settings.ray, self.settings.resources):
-            store = self.trial_store()
+        with ray_session(self.settings.ray, self.settings.resources, reporter):
+            reporter.line(f"study {self.name}: opening the MLflow tracking store")
             runs = self._start_runs(store, reporter)
             plan = SearchPlan(
                 settings=self.settings, space=space, objectives=tuple(self.objectives),
@@ -160,7 +165,7 @@ class Study:
                                    objective_fn=objective if callable(objective) else None)
                 state = outcome.state
             finally:
-                self._finish_runs(runs, state)
+                self._finish_runs(runs, store, state)
         summary = self.summary(store, interrupted=outcome.interrupted)
         if outcome.too_many_failures:
             raise StudyError(
@@ -192,6 +197,7 @@ class Study:
             self.tracking_uri, self.experiment_name, self.artifact_root, self.name,
             {"eeopt.storage": storage_mod.mask_url(self.storage_url) or "",
              "eeopt.study_file": str(self.path) if self.path else ""},
+            objectives=dict(zip(self.objectives, self.directions)),
         )
         for dead in store.fail_dead_trials():
             if dead.mlflow_run_id:
@@ -209,9 +215,11 @@ class Study:
             self.config.model_dump(mode="json", exclude={"search_space"})))
         return runs
 
-    def _finish_runs(self, runs: tracking.StudyRuns, state: str) -> None:
-        """Close this run's MLflow parent run, and any run a killed driver left open that is now past the grace.
-        A tracking store that does not answer at this point is reported, not raised over the study's outcome."""
+    def _finish_runs(self, runs: tracking.StudyRuns, store: TrialStore, state: str) -> None:
+        """Put the study's summary on this run's MLflow parent run and close it, and any run a killed driver left
+        open that is now past the grace. A tracking store that does not answer at this point is reported, not
+        raised over the study's outcome."""
+        runs.log_summary(store)
         try:
             runs.close_dead_runs(self.settings.heartbeat_grace)
             runs.finish(state)
@@ -261,10 +269,17 @@ class Study:
             rows.append(row)
         return rows
 
+    def trial_rows(self) -> list[dict[str, Any]]:
+        """One row per trial from the Optuna storage alone (no MLflow): what `eeopt study status` lists. Creates
+        nothing (`StudyError` without the study)."""
+        return [self._row(t) for t in self.trial_store(create=False).trials()]
+
     def _row(self, trial) -> dict[str, Any]:
+        start, end = trial.datetime_start, trial.datetime_complete
         return {
             "number": trial.number,
             "state": trial.state.name,
+            "duration_s": (end - start).total_seconds() if start and end else None,
             **{f"objective/{name}": v for name, v in zip(self.objectives, trial.values or [None] * len(self.objectives))},
             **{f"param/{k}": v for k, v in trial.params.items()},
             **{k: v for k, v in sorted(trial.user_attrs.items()) if k.startswith("test/")},

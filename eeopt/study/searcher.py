@@ -3,8 +3,10 @@ storage and records how they end.
 
 Before each trial it claims a slot of the study's total over the whole storage (so reruns and other workers share
 `study.trials`; requeued trials come first), opens the trial's MLflow child run and hands the worker a `TrialSpec`.
-When the trial ends it reads the worker's `TrialReport` and tells Optuna COMPLETE, PRUNED or FAIL, or requeues a
-trial that was stopped from outside (Ctrl-C), and closes the MLflow run.
+While it runs, each epoch's validation accuracy becomes the Optuna trial's intermediate value (what Tune's
+schedulers decide on, so optuna-dashboard and the pruners see the same numbers) and the worker's progress goes to the
+`Reporter`. When the trial ends it reads the worker's `TrialReport` and tells Optuna COMPLETE, PRUNED or FAIL, or
+requeues a trial that was stopped from outside (Ctrl-C), and closes the MLflow run.
 
 A worker stops only when the study holds `study.trials` finished trials (or failures or time run out): while the
 other slots are held by trials running elsewhere it waits, saying so, and takes over the slots of trials whose
@@ -22,12 +24,14 @@ from ray.tune.search import Searcher
 
 from eeopt.config import StudySettings
 from eeopt.errors import StorageError
-from eeopt.study.progress import Reporter, format_params
-from eeopt.study.records import EpochReport, TrialReport, TrialSpec
+from eeopt.study.progress import Reporter, StudyHeader
+from eeopt.study.records import EpochReport, ProgressReport, TrialReport, TrialSpec
 from eeopt.study.space import SearchSpace
 from eeopt.study.storage import RETRY_FOR
 from eeopt.study.tracking import StudyRuns
-from eeopt.study.trials import ATTR_MLFLOW_RUN, ATTR_RAY_TRIAL, DEAD_TRIAL_REASON, TrialStore, TrialTicket
+from eeopt.study.trials import (
+    ATTR_MLFLOW_RUN, ATTR_MLFLOW_URL, ATTR_RAY_TRIAL, DEAD_TRIAL_REASON, TrialStore, TrialTicket,
+)
 
 #: Seconds between two looks at the storage while this worker has no slot (Tune asks about every second).
 LOOK_EVERY = 2.0
@@ -106,6 +110,9 @@ class StudySearcher(Searcher):
         self._trouble_since: float | None = None  # when the stores stopped answering (None: they answer)
         self.unclosed: list[tuple[str, str, str | None]] = []  # MLflow runs to close: (run id, state, error)
         self.starting: TrialTicket | None = None  # claimed, its MLflow run being opened
+        reporter.begin(StudyHeader(store.name, plan.settings.trials, self.finished_before,
+                                   plan.settings.resources.max_concurrent, plan.objectives[0],
+                                   plan.directions[0] == "maximize", self.best))
 
     # Tune pickles its search algorithm to snapshot the experiment. eeopt never restores a Tune run (the Optuna
     # storage is the study's state), so the snapshot carries nothing: no database handles, no locks.
@@ -114,11 +121,6 @@ class StudySearcher(Searcher):
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
-
-    def progress(self) -> str:
-        """'[3/8 done, 2 running, 1 failed]': the study's finished trials, this run's running and failed ones."""
-        done = self.finished_before + self.finished_here
-        return f"[{done}/{self.plan.settings.trials} done, {len(self.running)} running, {self.failures} failed]"
 
     # -------------------------------------------------------------------------------------------- start
     def suggest(self, trial_id: str) -> dict | None:
@@ -150,9 +152,13 @@ class StudySearcher(Searcher):
             except StorageError:
                 self.store.requeue(ticket)
                 raise
-            if not self.store.set_attrs(ticket, {ATTR_MLFLOW_RUN: run_id, ATTR_RAY_TRIAL: trial_id}):
+            url = self.runs.run_url(run_id)
+            if not self.store.set_attrs(ticket, {ATTR_MLFLOW_RUN: run_id, ATTR_MLFLOW_URL: url,
+                                                 ATTR_RAY_TRIAL: trial_id}):
                 self._close_run(run_id, "FAIL", DEAD_TRIAL_REASON)  # failed as dead meanwhile: not ours any more
                 return None
+            self.store.set_note(ticket, f"MLflow run: [{run_id}]({url})  \nIts metrics, plots and files "
+                                        f"(serve the MLflow UI with `eeopt ui STUDY.yaml`).")
             try:
                 spec = self.plan.trial_spec(ticket, run_id)
             except Exception as exc:  # noqa: BLE001 - a sampled combination the schema rejects: a failed trial
@@ -161,9 +167,7 @@ class StudySearcher(Searcher):
             self.running[trial_id] = _Running(ticket, run_id)
         finally:
             self.starting = None
-        what = {"requeued": "resumed (requeued; continues from its checkpoint)", "queued": "started (queued)",
-                "sampled": "started"}[ticket.origin]
-        self.reporter.line(f"trial {ticket.number} {what}  {format_params(spec.sampled)}")
+        self.reporter.trial_started(ticket.number, spec.sampled, ticket.requeued)
         return spec.to_config()
 
     def _no_slot(self) -> str | None:
@@ -180,7 +184,7 @@ class StudySearcher(Searcher):
             self.reporter.line(
                 f"waiting for trial{'s' if len(others) > 1 else ''} {', '.join(map(str, others))}, running "
                 f"elsewhere: another worker's, or a killed run's (a trial silent for {grace:g} s, "
-                f"study.heartbeat_grace, is failed and its slot taken)  {self.progress()}")
+                f"study.heartbeat_grace, is failed and its slot taken)  {self.reporter.status()}")
         self._waiting_for = others
         return None
 
@@ -189,7 +193,7 @@ class StudySearcher(Searcher):
         now = time.monotonic()
         if self._trouble_since is None:
             self._trouble_since = now
-            self.reporter.line(f"{exc}; trying again  {self.progress()}")
+            self.reporter.line(f"{exc}; trying again  {self.reporter.status()}")
         self.last_error = str(exc)
         self._next_look = now + LOOK_EVERY
         if now - self._trouble_since > 2 * RETRY_FOR:
@@ -198,11 +202,19 @@ class StudySearcher(Searcher):
     # -------------------------------------------------------------------------------------------- results
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         entry = self.running.get(trial_id)
+        if entry is None:
+            return
+        progress = ProgressReport.from_result(result)
+        if progress is not None:
+            self.reporter.trial_progress(entry.ticket.number, progress)
+            return
         epoch = EpochReport.from_result(result)
-        if entry is not None and epoch is not None:
-            self.reporter.line(
-                f"trial {entry.ticket.number} epoch {epoch.epoch}: val acc (last exit) {epoch.val_acc_last:.4f}"
-            )
+        if epoch is not None:
+            try:
+                self.store.report(entry.ticket, epoch.epoch, epoch.val_acc_last)
+            except StorageError as exc:  # an intermediate value lost; the trial goes on
+                self.reporter.line(f"trial {entry.ticket.number} epoch {epoch.epoch}: not recorded in Optuna ({exc})")
+            self.reporter.trial_epoch(entry.ticket.number, epoch.epoch, epoch.val_acc_last)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         entry = self.running.pop(trial_id, None)
@@ -229,30 +241,32 @@ class StudySearcher(Searcher):
         maximize = self.plan.directions[0] == "maximize"
         if self.best is None or (first > self.best if maximize else first < self.best):
             self.best = first
-        shown = ", ".join(f"{n}={v:.4f}" for n, v in zip(self.plan.objectives, report.values))
-        self.reporter.line(f"trial {entry.ticket.number} done: {shown}  (best {self.plan.objectives[0]} "
-                           f"{self.best:.4f})  {self.progress()}")
+        shown = " ".join(f"{n}={v:.4f}" for n, v in zip(self.plan.objectives, report.values))
+        self.reporter.trial_ended(entry.ticket.number, "done", shown, best=self.best)
+        self.runs.log_summary(self.store)
 
     def _fail(self, entry: _Running, error: str | None) -> None:
         self.failures += 1
         self.last_error = error
         if self._record(entry, "FAIL", lambda: self.store.fail(entry.ticket, error), error):
-            self.reporter.line(f"trial {entry.ticket.number} FAILED: {error}  {self.progress()}")
+            self.reporter.trial_ended(entry.ticket.number, "failed", error or "")
+            self.runs.log_summary(self.store)
 
     def _prune(self, entry: _Running) -> None:
         if self._record(entry, "PRUNED", lambda: self.store.prune(entry.ticket)):
             self.finished_here += 1
-            self.reporter.line(f"trial {entry.ticket.number} pruned  {self.progress()}")
+            self.reporter.trial_ended(entry.ticket.number, "pruned")
+            self.runs.log_summary(self.store)
 
     def _requeue(self, entry: _Running) -> None:
         try:
             self.store.requeue(entry.ticket)
         except StorageError as exc:
-            self.reporter.line(f"trial {entry.ticket.number} interrupted, but not requeued ({exc}); it is failed "
-                               "once its heartbeat is study.heartbeat_grace old")
+            self.reporter.trial_ended(entry.ticket.number, "interrupted", f"not requeued ({exc}); it is failed once "
+                                      "its heartbeat is study.heartbeat_grace old")
             return
         self._close_run(entry.run_id, "KILLED", "interrupted; the trial was requeued")
-        self.reporter.line(f"trial {entry.ticket.number} interrupted: requeued, it runs first next time")
+        self.reporter.trial_ended(entry.ticket.number, "requeued", "interrupted; it runs first next time")
 
     def _record(self, entry: _Running, state: str, tell, error: str | None = None) -> bool:
         """Tell Optuna (`tell()`) and close the MLflow run as `state`. False, with a line, when the trial was
@@ -262,13 +276,13 @@ class StudySearcher(Searcher):
         try:
             told = tell()
         except StorageError as exc:
-            self.reporter.line(f"trial {number}: its end ({state}) could not be recorded: {exc}; it is failed once "
-                               "its heartbeat is study.heartbeat_grace old")
+            self.reporter.trial_ended(number, "failed", f"its end ({state}) could not be recorded: {exc}; it is "
+                                      "failed once its heartbeat is study.heartbeat_grace old")
             return False
         self._close_run(entry.run_id, state if told else "FAIL", error if told else DEAD_TRIAL_REASON)
         if not told:
-            self.reporter.line(f"trial {number} ended ({state}) after another worker failed it as dead "
-                               f"({DEAD_TRIAL_REASON}); it counts as failed")
+            self.reporter.trial_ended(number, "failed", f"it ended ({state}) after another worker had failed it as "
+                                      f"dead ({DEAD_TRIAL_REASON})")
         return told
 
     # -------------------------------------------------------------------------------------------- upkeep

@@ -3,21 +3,32 @@
 Runs are created explicitly with `MlflowClient` (Ray's and Optuna's integrations do not nest). The driver creates
 and closes runs; the trial (possibly on a Ray worker) logs its params, metrics and artifacts into the run id it is
 given. Names: `{split}/exit{k}/{metric}`, `{split}/mean/{metric}`, `{split}/{efficiency metric}`; per-epoch curves
-under `train/...` with `step` = epoch.
+under `train/...` with `step` = epoch; plots as MLflow images under `plots/{name}` (the runs page's image grid).
+
+What a person sees: the parent run carries the study's summary (the best trial's objectives and headline test
+metrics under the same keys as the trials, `trials/...` counts, a Markdown description), and the experiment carries
+a saved view of its runs page (`mlflow_view`) that `eeopt ui` opens.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from eeopt.study import mlflow_view
 from eeopt.study.storage import creation_lock, mask_secrets, mask_url, retrying, translate_errors, use_wal
 
+log = logging.getLogger("eeopt.study")
 MAX_PARAM_LENGTH = 500
+#: Where `eeopt ui` serves a local tracking store by default (an http tracking URI serves its own UI).
+DEFAULT_UI = "http://127.0.0.1:5000"
+#: The image keys of a trial's plots (`eeopt.plots.TRIAL_PLOTS` under `plots/`).
+PLOT_KEY_PREFIX = "plots/"
 _BATCH = 900  # MLflow accepts up to 1000 metrics per batch
 #: MLflow settings for a store shared by many processes (each may be overridden in the environment): small
 #: database pools, and HTTP retries that ride out a server restart (about 30 s) without hanging for minutes.
@@ -118,6 +129,21 @@ def log_artifacts(mlflow_client, run_id: str, paths: Iterable[Path], artifact_pa
             mlflow_client.log_artifact(run_id, str(path), artifact_path=artifact_path)
 
 
+def log_images(mlflow_client, run_id: str, images: Mapping[str, Path], step: int = 0) -> None:
+    """Each PNG as an MLflow image under `plots/{name}`, so the runs page's image grid compares it across runs."""
+    from PIL import Image
+
+    for name, path in images.items():
+        with Image.open(path) as img:
+            mlflow_client.log_image(run_id, img.convert("RGB"), key=f"{PLOT_KEY_PREFIX}{name}", step=step,
+                                    synchronous=True)
+
+
+def ui_base(tracking_uri: str) -> str:
+    """The MLflow UI's address for a tracking URI: a tracking server serves its own, a local store `DEFAULT_UI`."""
+    return tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else DEFAULT_UI
+
+
 def start_parent_run(mlflow_client, experiment_id: str, study_name: str, tags: Mapping[str, str]) -> str:
     run = mlflow_client.create_run(
         experiment_id, run_name=f"{study_name}-{time.strftime('%Y%m%d-%H%M%S')}",
@@ -160,12 +186,16 @@ class StudyRuns:
     experiment_id: str
     parent_run_id: str
     study_name: str
+    ui_base: str = DEFAULT_UI
+    objectives: dict[str, str] = dataclasses.field(default_factory=dict)  # {key: direction}, in order
+    _view_keys: set = dataclasses.field(default_factory=set)  # the metric keys of the view last written
     tracking_uri: str = ""
 
     @classmethod
     def start(cls, tracking_uri: str, experiment: str, artifact_root: str | None, study_name: str,
-              tags: Mapping[str, str]) -> StudyRuns:
-        """Create (or find) the experiment and open the parent run (with a first heartbeat).
+              tags: Mapping[str, str], objectives: Mapping[str, str] | None = None) -> StudyRuns:
+        """Create (or find) the experiment and open the parent run (with a first heartbeat); write the
+        experiment's runs-page view.
 
         Several workers starting together may race to create the store or the experiment: a SQLite store is
         created under a lock (`prepare_store`), the experiment is looked up again when another created it first.
@@ -186,7 +216,42 @@ class StudyRuns:
                     time.sleep(0.2 * (attempt + 1))
             parent = start_parent_run(mlflow_client, experiment_id, study_name,
                                       {**tags, TAG_HEARTBEAT: f"{time.time():.0f}"})
-        return cls(mlflow_client, experiment_id, parent, study_name, tracking_uri)
+        runs = cls(mlflow_client, experiment_id, parent, study_name, ui_base(tracking_uri), dict(objectives or {}),
+                   tracking_uri=tracking_uri)
+        if mlflow_view.VIEW_TAG not in mlflow_client.get_experiment(experiment_id).tags:
+            runs._write_view(set(runs.objectives), params=(), images=())  # widened once a trial has finished
+        return runs
+
+    def run_url(self, run_id: str) -> str:
+        """The run's page in the MLflow UI (at `ui_base`)."""
+        return mlflow_view.run_url(self.ui_base, self.experiment_id, run_id)
+
+    def log_summary(self, store) -> None:
+        """Put the study's state on the parent run (see `summarize`) and widen the runs-page view to the keys the
+        best trial has. Display only: a failure is logged as a warning, never raised."""
+        try:
+            metrics, tags, note, best_run = summarize(store, self.objectives, self.experiment_id)
+            log_metrics(self.client, self.parent_run_id, metrics)
+            for key, value in tags.items():
+                self.client.set_tag(self.parent_run_id, key, value)
+            set_note_section(self.client, self.parent_run_id, "summary", note)
+            if best_run is not None:
+                run = self.client.get_run(best_run)
+                keys = set(run.data.metrics) | set(metrics)
+                if not keys <= self._view_keys:
+                    from eeopt.plots import TRIAL_PLOTS
+
+                    self._write_view(keys | self._view_keys,
+                                     params=sorted(k for k in run.data.params if k.startswith("sampled.")),
+                                     images=[f"{PLOT_KEY_PREFIX}{name}" for name in TRIAL_PLOTS])
+        except Exception as exc:  # noqa: BLE001 - a summary that cannot be written must not stop the study
+            log.warning("could not write the study summary to MLflow: %s", exc)
+
+    def _write_view(self, keys: set[str], params, images) -> None:
+        state = mlflow_view.view_state(keys, self.objectives, params, images)
+        self.client.set_experiment_tag(self.experiment_id, mlflow_view.VIEW_TAG, mlflow_view.fit_view(state))
+        self._view_keys.clear()
+        self._view_keys.update(keys)
 
     def _call(self, fn):
         """`fn()`, retried while the tracking store's database does not answer (`storage.retrying`); other errors
@@ -230,3 +295,50 @@ class StudyRuns:
                 self.finish_trial(run.info.run_id, "FAIL", DEAD_DRIVER_REASON)
                 closed += 1
         return closed
+
+
+NOTE_TAG = "mlflow.note.content"
+_SECTION = "<!-- eeopt:{name} -->"
+
+
+def set_note_section(mlflow_client, run_id: str, name: str, markdown: str) -> None:
+    """Put `markdown` in the run's description (MLflow's note, Markdown) as section `name`, replacing an earlier
+    version of that section and keeping the rest (the study summary and the analysis live side by side)."""
+    note = mlflow_client.get_run(run_id).data.tags.get(NOTE_TAG, "")
+    start, end = _SECTION.format(name=name), _SECTION.format(name=f"/{name}")
+    if start in note and end in note:
+        note = note[: note.index(start)] + note[note.index(end) + len(end):]
+    mlflow_client.set_tag(run_id, NOTE_TAG, f"{note.strip()}\n\n{start}\n{markdown.strip()}\n{end}".strip())
+
+
+def summarize(store, objectives: Mapping[str, str], experiment_id: str):
+    """(metrics, tags, Markdown note, best run id) of a study for its parent run: trial counts as `trials/...`;
+    the best trial's objective values and headline test metrics (its Optuna user attributes) under the trials'
+    own keys, so the parent's row shows them in the same columns; with several objectives, the Pareto trial best
+    on the first."""
+    counts = store.counts()
+    metrics = {"trials/complete": counts.complete, "trials/pruned": counts.pruned, "trials/failed": counts.failed,
+               "trials/running": counts.running}
+    names = list(objectives)
+    front = store.best_trials()
+    lines = [f"**{counts.complete} complete**, {counts.pruned} pruned, {counts.failed} failed, "
+             f"{counts.running} running."]
+    if not front:
+        return metrics, {}, "\n\n".join(lines + ["No trial has completed yet."]), None
+    maximize = not names or objectives[names[0]] == "maximize"
+    best = (max if maximize else min)(front, key=lambda t: t.values[0])
+    headline = {k: float(v) for k, v in sorted(best.user_attrs.items())
+                if k.startswith("test/") and isinstance(v, (int, float)) and not isinstance(v, bool)}
+    values = dict(zip(names, best.values))
+    metrics.update({**values, **headline, "trials/best": best.number})
+    run_id = best.user_attrs.get("mlflow_run_id")
+    # root-relative: the link works on whatever host and port serves this UI
+    link = f"[trial {best.number}]({mlflow_view.run_url('', experiment_id, run_id)})" if run_id else \
+        f"trial {best.number}"
+    rows = "\n".join(f"| {k} | {v:.4f} |" for k, v in {**values, **headline}.items() if not math.isnan(v))
+    lines += [f"Best: {link}" + (f" (of a Pareto front of {len(front)})" if len(front) > 1 else ""),
+              f"| metric | best trial |\n| --- | ---: |\n{rows}",
+              "Which proxy predicts efficiency: `eeopt study analyze STUDY.yaml` (its report goes to this run's "
+              "artifacts, `analysis/`)."]
+    tags = {"eeopt.best_trial": str(best.number), **({"eeopt.best_run_id": run_id} if run_id else {})}
+    return metrics, tags, "\n\n".join(lines), run_id

@@ -65,19 +65,21 @@ def run_trial(
     objectives: Sequence[str] = ("val/acc_cost_auc",),
     objective: ObjectiveFn | str | None = None,
     progress: bool = False,
+    on_batch: Callable[[int, int], None] | None = None,
 ) -> tuple[TrialResult, list[float]]:
     """Train and evaluate one configuration; return the result and its objective values.
 
     Args:
         objectives: metric names (val/...) whose values are returned, in order, when `objective` is None.
         objective: a custom objective (callable or 'package.module:function') returning one value per objective.
+        on_batch: `(steps done, steps in the epoch)` after every optimizer step (`eeopt.training.train`).
     Raises:
         TrainingDiverged, DataError, ConfigError: from training or from an objective that returns the wrong thing.
     """
     from eeopt.training import train
 
     output_dir = Path(output_dir) if output_dir is not None else None
-    trained = train(cfg, output_dir, progress=progress, callback=on_epoch)
+    trained = train(cfg, output_dir, progress=progress, callback=on_epoch, on_batch=on_batch)
     evaluation = evaluate_trial(trained.val, trained.test, cfg)
     result = TrialResult(cfg, trained.val, trained.test, evaluation.metrics, evaluation, trained.history, output_dir)
     if output_dir is not None:

@@ -29,6 +29,7 @@ from eeopt.study import storage as storage_mod
 
 #: Optuna trial user attributes eeopt writes.
 ATTR_MLFLOW_RUN = "mlflow_run_id"
+ATTR_MLFLOW_URL = "mlflow_run_url"
 ATTR_ERROR = "eeopt_error"
 ATTR_RAY_TRIAL = "ray_trial_id"
 #: Optuna study user attribute: the objective names, in order (Optuna itself keeps only their directions).
@@ -169,6 +170,10 @@ class TrialStore:
         elif stored is not None and stored != objectives:
             raise ConfigError(f"study.objectives: {where} optimises {stored}, this file asks for {objectives}; "
                               "use another study.name")
+        if record and objectives and self.study.metric_names != objectives:
+            with self._errors(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # experimental in Optuna; optuna-dashboard shows these names
+                self.study.set_metric_names(objectives)
 
     def _errors(self):
         return storage_mod.translate_errors(self.url)
@@ -229,6 +234,24 @@ class TrialStore:
         except UpdateFinishedTrialError:
             return False
         return True
+
+    def report(self, ticket: TrialTicket, step: int, value: float) -> None:
+        """The trial's intermediate value at `step` (an epoch; NaN is skipped): what Optuna's pruners and
+        optuna-dashboard's intermediate-value plot read."""
+        if value != value:
+            return
+        self._do(lambda: self.storage.set_trial_intermediate_value(ticket.trial_id, step, float(value)))
+
+    def set_note(self, ticket: TrialTicket, markdown: str) -> None:
+        """The trial's note in optuna-dashboard (Markdown: links work there, user attributes are plain text);
+        nothing where optuna-dashboard is not installed."""
+        try:
+            from optuna_dashboard import save_note
+        except ImportError:
+            return
+        import optuna
+
+        self._do(lambda: save_note(optuna.Trial(self.study, ticket.trial_id), markdown))
 
     def complete(self, ticket: TrialTicket, values: Sequence[float], attrs: Mapping[str, Any] | None = None) -> bool:
         """Finish a trial with its objective values, after setting `attrs` (e.g. headline test metrics).

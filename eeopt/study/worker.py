@@ -1,7 +1,9 @@
 """The worker side of a study: the Tune trainable that runs one trial on a Ray worker.
 
 It receives a `TrialSpec`, runs `run_trial` (train -> evaluate -> search) with MLflow logging into the trial's run,
-reports each epoch as an `EpochReport` (for early stopping and progress lines) and the outcome as a `TrialReport`.
+reports each epoch as an `EpochReport` (for early stopping, Optuna's intermediate values and progress lines), where
+it stands within an epoch every `PROGRESS_EVERY` seconds as a `ProgressReport` (for the live view), and the outcome
+as a `TrialReport`.
 Every error becomes a FAIL report: the trial is recorded as failed and the study goes on. The run records the node
 (and GPUs) the trial ran on; the trial's folder may be a URI, synced after every epoch (`cluster.TrialFolder`).
 """
@@ -9,13 +11,14 @@ Every error becomes a FAIL report: the trial is recorded as failed and the study
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 
 from eeopt.config import TrainConfig
 from eeopt.study import tracking
 from eeopt.study.cluster import node_tags, trial_folder
+from eeopt.study.records import PROGRESS_EVERY, HEADLINE_METRICS, EpochReport, ProgressReport, TrialReport, TrialSpec
 from eeopt.study.storage import mask_secrets
-from eeopt.study.records import HEADLINE_METRICS, EpochReport, TrialReport, TrialSpec
 from eeopt.study.trial import run_trial
 
 #: Files of a trial's output folder logged as MLflow artifacts.
@@ -46,6 +49,7 @@ def _run(spec: TrialSpec, tracking_uri: str, folder, objective_fn, last_acc: lis
     cfg = TrainConfig.model_validate(spec.train_config)
     tracking.set_tags(client, run_id, node_tags())
     tracking.log_params(client, run_id, tracking.params_from_config(spec.train_config, spec.sampled))
+    progress = _ProgressSender(cfg, resumed=(folder.path / "checkpoint.pt").exists())
 
     def on_epoch(epoch: int, row: dict[str, Any]) -> None:
         numeric = {f"train/{k}": float(v) for k, v in row.items()
@@ -55,16 +59,46 @@ def _run(spec: TrialSpec, tracking_uri: str, folder, objective_fn, last_acc: lis
         last_acc[0] = float(accs[-1]) if accs else math.nan
         folder.sync()  # the epoch's checkpoint reaches the study's storage before Tune hears of the epoch
         tune.report(EpochReport(epoch, last_acc[0]).to_result())
+        progress.epoch_done(epoch, last_acc[0])
 
     result, values = run_trial(
         cfg, output_dir=folder.path, on_epoch=on_epoch, objectives=list(spec.objectives),
-        objective=objective_fn or spec.objective_ref,
+        objective=objective_fn or spec.objective_ref, on_batch=progress.batch_done,
     )
     tracking.log_metrics(client, run_id, result.metrics)
     _log_trial_artifacts(client, run_id, result)
     k = result.test.num_exits
     headline = {name: result.metrics[name] for name in (*HEADLINE_METRICS, f"test/exit{k}/accuracy")}
     return TrialReport.complete(values, headline, last_acc[0])
+
+
+class _ProgressSender:
+    """Sends `ProgressReport`s: at most one per `PROGRESS_EVERY` seconds within an epoch (each `tune.report` waits
+    for the driver), and one as soon as training is over (the evaluation that follows takes a while)."""
+
+    def __init__(self, cfg: TrainConfig, resumed: bool):
+        from eeopt.training.stages import plan_stages
+
+        self.epochs = sum(stage.epochs for stage in plan_stages(cfg.training))
+        self.epoch = 0 if resumed else 1  # the epoch under way; unknown (0) until a resumed run finishes one
+        self.val_acc = math.nan
+        self.last_sent = -math.inf
+
+    def batch_done(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - self.last_sent >= PROGRESS_EVERY or done == 1:
+            self._send(ProgressReport(self.epoch, self.epochs, done, total, "train", self.val_acc))
+
+    def epoch_done(self, epoch: int, val_acc: float) -> None:
+        self.epoch, self.val_acc = epoch + 1, val_acc
+        if epoch >= self.epochs:
+            self._send(ProgressReport(epoch, self.epochs, 0, 0, "evaluate", val_acc))
+
+    def _send(self, report: ProgressReport) -> None:
+        from ray import tune
+
+        self.last_sent = time.monotonic()
+        tune.report(report.to_result())
 
 
 def _exit_index(key: str) -> int:
@@ -77,10 +111,8 @@ def _log_trial_artifacts(client, run_id: str, result) -> None:
     if out is None:
         return
     tracking.log_artifacts(client, run_id, [out / name for name in TRIAL_ARTIFACTS])
-    try:
-        from eeopt.plots import save_trial_plots
+    from eeopt.plots import save_trial_plots
 
-        plots = save_trial_plots(result, out / "plots")
-        tracking.log_artifacts(client, run_id, plots, artifact_path="plots")
-    except ImportError:
-        pass
+    plots = save_trial_plots(result, out / "plots")
+    tracking.log_artifacts(client, run_id, plots.values(), artifact_path="plots")
+    tracking.log_images(client, run_id, plots)

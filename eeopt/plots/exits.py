@@ -1,0 +1,147 @@
+"""Per-exit figures of one prepared split: reliability diagrams with their confidence histograms, risk-coverage
+curves beside the optimal ranking, and calibration / failure-prediction metrics against the exit index.
+
+They take a `PreparedSplit` (the calibrated outputs and exit scores) and its `EvaluationReport` (the numbers in
+titles and legends come from the report, so a figure and a table never disagree); the only arrays computed here
+are bins and curves from `eeopt.metrics` helpers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from eeopt.plots.base import EXIT, LAST, SEARCH, figure, grid_shape, setting
+
+if TYPE_CHECKING:
+    from eeopt.evaluation import EvaluationReport
+    from eeopt.prepared import PreparedSplit
+
+#: A bin holding fewer samples than this (or than 0.5 % of the split) is drawn hatched: its accuracy is noise.
+SPARSE_BIN = 20
+
+
+def plot_reliability(path: Path, split: PreparedSplit, report: EvaluationReport, n_bins: int = 15,
+                     fit_split: str | None = "val") -> Path:
+    """One panel per exit, in a grid that fits the exit count: accuracy per confidence bin against the diagonal,
+    the gap to the bin's mean confidence shaded, sparse bins hatched; below each, the confidence histogram (samples
+    per bin, log scale). ECE and accuracy in each panel's title come from `report`."""
+    from eeopt.metrics.calibration import reliability_bins
+
+    out = split.outputs
+    k, n = out.num_exits, out.num_samples
+    rows, cols = grid_shape(k)
+    sparse = max(SPARSE_BIN, int(0.005 * n))
+    with figure(path, (3.1 * cols + 0.4, 3.9 * rows + 0.6)) as fig:
+        grid = fig.add_gridspec(2 * rows, cols, height_ratios=[3, 1] * rows)
+        for i in range(k):
+            r, c = divmod(i, cols)
+            top = fig.add_subplot(grid[2 * r, c])
+            bottom = fig.add_subplot(grid[2 * r + 1, c], sharex=top)
+            bins = reliability_bins(out.confidence[i], split.correct[i], n_bins)
+            _reliability_panel(top, bottom, bins, sparse, show_legend=i == 0)
+            top.set_title(f"exit {i + 1}: ECE {report.metrics.get(f'exit{i + 1}/ece', np.nan):.3f}, "
+                          f"acc {report.metrics.get(f'exit{i + 1}/accuracy', np.nan):.3f}", fontsize=10)
+            if c == 0:
+                top.set_ylabel("accuracy")
+                bottom.set_ylabel("samples")
+            bottom.set_xlabel("confidence")
+        fig.suptitle(f"Reliability per exit, {setting(split.name, None, split.calibration, fit_split)}, "
+                     f"N = {n}", fontsize=11)
+    return path
+
+
+def _reliability_panel(top, bottom, bins, sparse: int, show_legend: bool) -> None:
+    """Accuracy bars (hatched where sparse, sparse bins shaded grey whatever their accuracy), the gap to the
+    bin's mean confidence in red, the diagonal; the histogram of samples per bin below."""
+    from matplotlib.patches import Patch
+
+    centers = (bins.edges[:-1] + bins.edges[1:]) / 2
+    width = bins.edges[1] - bins.edges[0]
+    full = bins.count >= sparse
+    thin = (bins.count > 0) & ~full
+    acc, conf = np.nan_to_num(bins.accuracy), np.nan_to_num(bins.mean_confidence)
+    for lo in bins.edges[:-1][thin]:
+        top.axvspan(lo, lo + width, color=EXIT, alpha=0.15, lw=0)
+    top.bar(centers[full], acc[full], width=width * 0.92, color=SEARCH, alpha=0.85)
+    top.bar(centers[thin], acc[thin], width=width * 0.92, color="white", edgecolor=SEARCH, hatch="///")
+    used = bins.count > 0
+    top.bar(centers[used], (conf - acc)[used], bottom=acc[used], width=width * 0.92, color="#d62728", alpha=0.3)
+    top.plot([0, 1], [0, 1], color=LAST, lw=0.8, ls="--")
+    top.set_xlim(0, 1)
+    top.set_ylim(0, 1)
+    top.tick_params(labelbottom=False)
+    top.grid(alpha=0.25)
+    if show_legend:
+        top.legend(handles=[Patch(color=SEARCH, alpha=0.85, label="accuracy"),
+                            Patch(facecolor="white", edgecolor=SEARCH, hatch="///", label=f"sparse bin (< {sparse})"),
+                            Patch(color="#d62728", alpha=0.3, label="gap to mean confidence")],
+                   loc="upper left", fontsize=7, frameon=False)
+    bottom.bar(centers, np.maximum(bins.count, 0.8), width=width * 0.92, color=EXIT, log=True)
+    bottom.set_ylim(0.8, max(10, bins.count.max() * 1.5))
+    bottom.grid(alpha=0.25)
+
+
+def plot_risk_coverage(path: Path, split: PreparedSplit, report: EvaluationReport, fit_split: str | None = "val") -> Path:
+    """Risk (error rate among the accepted samples) against coverage per exit, accepting by decreasing exit score;
+    each exit's optimal curve (every error ranked last, same error rate) dotted in its colour."""
+    import matplotlib
+
+    from eeopt.metrics.failure import risk_coverage
+
+    out = split.outputs
+    palette = matplotlib.colormaps["viridis"]
+    with figure(path, (8.2, 5.2)) as fig:
+        ax = fig.add_subplot()
+        for i in range(out.num_exits):
+            colour = palette(i / max(out.num_exits - 1, 1) * 0.9)
+            rc = risk_coverage(split.scores[i], split.correct[i])
+            error = 1.0 - float(report.metrics.get(f"exit{i + 1}/accuracy", np.nan))
+            aurc, eaurc = (report.metrics.get(f"exit{i + 1}/{m}", np.nan) for m in ("aurc", "eaurc"))
+            ax.plot(100 * rc.coverage, 100 * rc.risk, color=colour, lw=1.6,
+                    label=f"exit {i + 1}: AURC {aurc:.3f}, E-AURC {eaurc:.3f}")
+            ax.plot(100 * rc.coverage, 100 * np.maximum(0.0, 1.0 - (1.0 - error) / rc.coverage), color=colour,
+                    lw=1.0, ls=":")
+        ax.plot([], [], color="grey", ls=":", label="optimal ranking (same errors)")
+        ax.set_xlabel("coverage (% of samples accepted)")
+        ax.set_ylabel("risk (% errors among accepted)")
+        ax.set_xlim(0, 100)
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.25)
+        ax.set_title(f"Risk vs coverage per exit (lower is better)\n"
+                     f"{setting(split.name, split.score, split.calibration, fit_split)}", fontsize=11)
+        ax.legend(loc="upper left", frameon=False)
+    return path
+
+
+#: Metrics of the per-exit figure: (key, label).
+PER_EXIT = (("accuracy", "accuracy ↑"), ("ece", "ECE ↓ (calibration)"), ("auroc", "AUROC ↑ (failure prediction)"),
+            ("eefp", "EEFP ↑ (exiting here loses nothing)"))
+
+
+def plot_per_exit(path: Path, report: EvaluationReport, costs: np.ndarray | None = None, *,
+                  fit_report: EvaluationReport | None = None, split: str = "test", fit_split: str = "val") -> Path:
+    """Accuracy, ECE, AUROC and EEFP against the exit index, one panel each: the evaluated split solid, the fit
+    split dashed. EEFP is undefined at the last exit (nothing comes after it)."""
+    k = report.num_exits
+    exits = np.arange(1, k + 1)
+    labels = [str(i) if costs is None else f"{i}\n{100 * costs[i - 1] / costs[-1]:.0f} %" for i in exits]
+    with figure(path, (3.0 * len(PER_EXIT) + 0.6, 3.6)) as fig:
+        axes = fig.subplots(1, len(PER_EXIT))
+        for ax, (name, label) in zip(axes, PER_EXIT):
+            for rep, style, which in ((fit_report, "--", fit_split), (report, "-", split)):
+                if rep is None:
+                    continue
+                values = np.array([rep.metrics.get(f"exit{i}/{name}", np.nan) for i in exits], dtype=float)
+                ax.plot(exits, values, ls=style, marker="o", ms=4, color=SEARCH, alpha=1.0 if style == "-" else 0.6,
+                        label=which)
+            ax.set_title(label, fontsize=10)
+            ax.set_xticks(exits, labels, fontsize=8)
+            ax.set_xlabel("exit (cost)" if costs is not None else "exit")
+            ax.grid(alpha=0.25)
+        axes[0].legend(frameon=False)
+        fig.suptitle(f"Per-exit metrics, {setting(split, report.score, report.calibration)} "
+                     f"({split} solid{', ' + fit_split + ' dashed' if fit_report is not None else ''})", fontsize=11)
+    return path

@@ -1,0 +1,209 @@
+"""How the MLflow UI shows a study: a saved view of the experiment's runs page, and the links into it.
+
+MLflow 3 opens on its GenAI pages; the trials are on `#/experiments/<id>/runs?workflowType=machine_learning`. Its
+runs table shows no metric columns by default, and its chart view puts each metric in a section named after the key
+up to its last '/' (`test/exit2/ece` and `test/exit2/auroc` share 'test/exit2'), so calibration and failure
+prediction end up mixed. Both are settings of the page's view state, which MLflow 3 reads from an experiment tag
+`mlflow.sharedViewState.<id>` when the URL carries `viewStateShareKey=<id>` (its "saved views": an envelope with a
+name and the state, the state optionally `deflate;` + base64). eeopt writes one such view (`VIEW_ID`), so no key is
+renamed: sections come from `eeopt.names.parse_key` (split, calibrator or score variant, scope, metric family), the
+columns are the objectives, a few headline test metrics and the sampled parameters, and the rows are sorted by the
+first objective.
+
+Everything here is pure (keys in, JSON-ready dicts and strings out); `tracking` writes the tag.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import zlib
+from collections.abc import Iterable, Mapping
+
+from eeopt.names import parse_key
+
+#: The saved view's id (`viewStateShareKey=`) and the experiment tag that holds it.
+VIEW_ID = "eeopt-trials"
+VIEW_TAG = f"mlflow.sharedViewState.{VIEW_ID}"
+VIEW_NAME = "eeopt: trials, metrics by family"
+#: Headline columns beside the objectives (those a run lacks stay empty).
+HEADLINE_COLUMNS = ("test/acc_cost_auc", "test/acc_at_50", "test/mean/ece", "test/mean/auroc", "test/mean/eefp")
+#: Proxy-against-efficiency scatter plots shown first (the question eeopt asks): (x, y).
+SCATTERS = (("test/mean/auroc", "test/acc_cost_auc"), ("test/mean/eefp", "test/acc_cost_auc"),
+            ("test/mean/ece", "test/acc_cost_auc"))
+
+_FAMILY = {"accuracy": "accuracy", "calibration": "calibration", "failure": "failure prediction",
+           "ranking": "ranking kept by the calibrator", "efficiency": "efficiency and cost", "cost": "efficiency and cost"}
+_FAMILY_ORDER = {"efficiency and cost": 0, "calibration": 1, "failure prediction": 2, "accuracy": 3,
+                 "ranking kept by the calibrator": 4}
+
+
+def section_of(key: str, objectives: Iterable[str] = ()) -> tuple[tuple, str, bool] | None:
+    """(sort order, section name, open) of a metric key; None for keys outside the scheme (MLflow's default
+    grouping by prefix applies to them, e.g. the `train/...` curves).
+
+    Test before val; per split: efficiency, calibration, failure prediction (means over exits open, per-exit values
+    folded), then each compared calibrator or score in a folded section of its own."""
+    if key in set(objectives):
+        return (0,), "objectives (val: what the search optimises)", True
+    if key.startswith("trials/"):
+        return (9,), "study: trial counts (parent run)", False
+    try:
+        parsed = parse_key(key)
+    except ValueError:
+        return None
+    split = parsed.split or "?"
+    split_rank = {"test": 0, "val": 1}.get(split, 2)
+    family = _FAMILY[parsed.metric.group]
+    where = "thresholds chosen on val" if split == "test" else "in-sample"
+    if parsed.variant is not None:
+        kind, name = parsed.variant
+        label = f"{split} · {'calibrator' if kind == 'calib' else 'score'} {name}"
+        return (3 + split_rank, 1, kind, name, False), label, False
+    if parsed.scope == "efficiency":
+        return (3 + split_rank, 0, 0, "", False), f"{split} · {family} ({where})", split == "test"
+    if parsed.scope == "mean":
+        return (3 + split_rank, 0, _FAMILY_ORDER[family], "", False), f"{split} · {family} · mean over exits", \
+            split == "test"
+    return (3 + split_rank, 0, 10 + _FAMILY_ORDER[family], "", True), f"{split} · {family} · per exit", False
+
+
+def view_state(metric_keys: Iterable[str], objectives: Mapping[str, str], params: Iterable[str] = (),
+               image_keys: Iterable[str] = ()) -> dict:
+    """The runs page's state: columns, sort order, chart sections and cards.
+
+    Args:
+        metric_keys: the keys the runs carry (each gets a bar chart in its section).
+        objectives: {objective key: "maximize" | "minimize"}, in order; the rows sort by the first.
+        params: MLflow param names shown as columns (the sampled ones).
+        image_keys: `log_image` keys (each gets an image card in 'plots').
+    """
+    objectives = dict(objectives)
+    keys = sorted(set(metric_keys) | set(objectives), key=_natural)
+    placed = [(section_of(k, objectives), k) for k in keys]
+    placed = [(s, k) for s, k in placed if s is not None]
+    plots = ((2,), "plots (one image per trial: compare them across runs)", True)
+    scatter = ((1, 5), "proxy vs efficiency (test): does the proxy predict the efficiency?", True)
+    scatters = [(x, y) for x, y in SCATTERS if {x, y} <= set(keys)]
+    images = sorted(image_keys)
+    sections: dict[str, tuple] = {}
+    for s in [sp for sp, _ in placed] + [plots] * bool(images) + [scatter] * bool(scatters):
+        sections.setdefault(s[1], s)
+    order = sorted(sections.values(), key=lambda s: s[0])
+    uuid = {name: f"s{i}" for i, (_, name, _) in enumerate(order)}
+    charts = [_scatter(x, y, uuid[scatter[1]], i) for i, (x, y) in enumerate(scatters)]
+    charts += [{"type": "IMAGE", "uuid": f"i{i}", "metricSectionId": uuid[plots[1]], "deleted": False,
+                "isGenerated": True, "imageKeys": [k], "step": 0, "showRunParams": False} for i, k in enumerate(images)]
+    charts += [_bar(k, uuid[s[1]], i, objectives) for i, (s, k) in enumerate(placed)]
+    first, direction = next(iter(objectives.items())) if objectives else (None, "maximize")
+    headline = [k for k in HEADLINE_COLUMNS if k in keys and k not in objectives]
+    columns = [*(_column("metrics", k) for k in [*objectives, *headline]), *(_column("params", p) for p in params),
+               _column("tags", "eeopt.state")]
+    return {
+        "orderByKey": _column("metrics", first) if first else "attributes.start_time",
+        "orderByAsc": direction == "minimize",
+        "selectedColumns": columns,
+        "columnOrder": columns,  # the objective first (MLflow sorts the metric columns by name otherwise)
+        "columnWidths": {c: 130 for c in columns},
+        "compareRunSections": [{"uuid": uuid[name], "name": name, "display": shown, "isReordered": True,
+                                "deleted": False, "isGenerated": False} for _, name, shown in order],
+        "compareRunCharts": charts,
+        "isAccordionReordered": True,
+        "hideEmptyCharts": True,
+        "useGroupedValuesInCharts": True,
+    }
+
+
+def encode_view(state: dict, name: str = VIEW_NAME, now_ms: int | None = None) -> str:
+    """The experiment tag's value: MLflow's saved-view envelope around the state, compressed as the UI does
+    (`deflate;` + base64 of zlib data), so a few hundred charts fit in the tag's 20,000 characters."""
+    packed = "deflate;" + base64.b64encode(zlib.compress(json.dumps(state, separators=(",", ":")).encode())).decode()
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    return json.dumps({"name": name, "createdAt": now_ms, "updatedAt": now_ms, "state": packed})
+
+
+#: MLflow's limit on an experiment tag's value.
+TAG_LIMIT = 20_000
+
+
+def fit_view(state: dict, limit: int = TAG_LIMIT) -> str:
+    """`encode_view(state)`, thinned until it fits `limit`: first without the deleted cards (MLflow then draws
+    those keys itself, in sections by prefix at the end), then without any per-exit card, then without charts
+    (the columns and the sort order stay)."""
+    def per_exit(card: dict) -> bool:
+        parsed = _parsed(card.get("metricKey", ""))
+        return parsed is not None and parsed.scope == "exit"
+
+    for keep in (lambda c: True, lambda c: not c["deleted"], lambda c: not c["deleted"] and not per_exit(c),
+                 lambda c: False):
+        value = encode_view({**state, "compareRunCharts": [c for c in state["compareRunCharts"] if keep(c)]})
+        if len(value) <= limit:
+            return value
+    raise ValueError(f"the runs-page view does not fit {limit} characters even without charts")
+
+
+def decode_view(value: str) -> dict:
+    """The state inside a tag value written by `encode_view` (tests and checks)."""
+    packed = json.loads(value)["state"]
+    return json.loads(zlib.decompress(base64.b64decode(packed.removeprefix("deflate;"))).decode())
+
+
+def runs_url(base: str, experiment_id: str | None, with_view: bool = True) -> str:
+    """The runs page of an experiment in the model-training view (the experiments list without an id)."""
+    base = base.rstrip("/")
+    if experiment_id is None:
+        return f"{base}/#/experiments"
+    view = f"&viewStateShareKey={VIEW_ID}" if with_view else ""
+    return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning{view}"
+
+
+def run_url(base: str, experiment_id: str, run_id: str) -> str:
+    """A run's page in the model-training view (without `workflowType`, MLflow 3 shows it among GenAI pages)."""
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
+
+
+def _column(kind: str, name: str) -> str:
+    """MLflow's column id: `metrics.\\`val/acc_cost_auc\\``."""
+    return f"{kind}.`{name}`"
+
+
+def _display_name(key: str, keep_split: bool = False) -> str:
+    """The key without its split (its section names it), with the better direction: 'exit2/ece ↓'."""
+    try:
+        parsed = parse_key(key)
+    except ValueError:
+        return key
+    rest = key.split("/", 1)[1] if parsed.split and not keep_split else key
+    return f"{rest} {'↑' if parsed.metric.higher_is_better else '↓'}"
+
+
+def _bar(key: str, section: str, i: int, objectives) -> dict:
+    """A bar chart of one key. The per-exit values of compared calibrators and scores (a thousand keys with six
+    exits and five calibrators) get a deleted card: not drawn, and not regenerated by MLflow either, which keeps
+    the page light and the view within the tag's 20,000 characters; their means and efficiency are drawn."""
+    parsed = _parsed(key)
+    if parsed is not None and parsed.variant is not None and parsed.scope == "exit":
+        return {"type": "BAR", "uuid": f"d{i}", "metricSectionId": section, "deleted": True, "metricKey": key}
+    return {"type": "BAR", "uuid": f"c{i}", "metricSectionId": section, "deleted": False, "isGenerated": True,
+            "metricKey": key, "displayName": _display_name(key, key in objectives), "runsCountToCompare": 10}
+
+
+def _parsed(key: str):
+    try:
+        return parse_key(key)
+    except ValueError:
+        return None
+
+
+def _scatter(x: str, y: str, section: str, i: int) -> dict:
+    return {"type": "SCATTER", "uuid": f"x{i}", "metricSectionId": section, "deleted": False,
+            "isGenerated": False, "xaxis": {"key": x, "type": "METRIC"}, "yaxis": {"key": y, "type": "METRIC"},
+            "runsCountToCompare": 100, "displayName": f"{y} against {x}"}
+
+
+def _natural(key: str) -> list:
+    """Sort 'exit10' after 'exit9'."""
+    import re
+
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", key)]
