@@ -46,6 +46,10 @@ _EXPORTS = {
     "build_model": ("eeopt.training", "build_model_for"),
     "train": "eeopt.training",
     "TrainResult": "eeopt.training",
+    "PolicyFile": "eeopt.policy_file",
+    "policy_from_search": "eeopt.policy_file",
+    "EarlyExitPredictor": "eeopt.inference",
+    "profile_latency": "eeopt.inference",
     "Study": "eeopt.study",
     "run_trial": "eeopt.study",
 }

@@ -16,6 +16,7 @@ import typer
 
 from eeopt.cli import common
 from eeopt.cli.exits import exits_app
+from eeopt.cli.predict import predict_app
 from eeopt.cli.servers import servers_app
 from eeopt.cli.study import study_app
 from eeopt.cli.train import data_app, train_app
@@ -30,7 +31,9 @@ app = typer.Typer(
 app.add_typer(exits_app, name="exits")
 app.add_typer(study_app, name="study")
 app.add_typer(data_app, name="data")
-app.registered_commands += train_app.registered_commands + servers_app.registered_commands
+app.registered_commands += (
+    train_app.registered_commands + predict_app.registered_commands + servers_app.registered_commands
+)
 
 
 def _version(value: bool) -> None:

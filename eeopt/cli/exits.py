@@ -78,6 +78,11 @@ def exits_search(
     sampler: Annotated[str, typer.Option("--sampler", help="nsga2 or tpe.")] = "nsga2",
     seed: Annotated[int, typer.Option("--seed")] = 0,
     save_policy: Annotated[Optional[Path], typer.Option("--save-policy", help="Write the chosen policies (JSON).")] = None,
+    policy_out: Annotated[Optional[Path], typer.Option(
+        "--policy-out", help="Write one deployable policy file (for `eeopt predict`): the val-chosen policy at "
+        "--budget, or without it the knee of the val front; with the calibrator's fitted state.")] = None,
+    budget: Annotated[Optional[float], typer.Option(
+        "--budget", help="With --policy-out: share of the last exit's cost, in (0, 1] (0.5 = 50 %).")] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Per-exit threshold search on validation (Optuna), reported on test beside the global sweep."""
@@ -87,13 +92,30 @@ def exits_search(
         raise ConfigError(f"--sampler: expected nsga2 or tpe, got {sampler!r}")
     if save_policy is not None:
         check_output_file(save_policy, "--save-policy")
+    if budget is not None and policy_out is None:
+        raise ConfigError("--budget: only with --policy-out FILE (it picks the policy written there)")
+    if budget is not None and not 0 < budget <= 1:
+        raise ConfigError(f"--budget: expected a share of the last exit's cost in (0, 1] (0.5 for 50 %), "
+                          f"got {budget}")
+    if policy_out is not None:
+        check_output_file(policy_out, "--policy-out")
     from eeopt.evaluation import jsonable
-    from eeopt.outputs import ExitOutputs
-    from eeopt.prepared import prepare_pair
+    from eeopt.outputs import ExitOutputs, check_compatible
+    from eeopt.prepared import fit_calibrator, prepare_pair
     from eeopt.search import search_policies
 
-    val, test = prepare_pair(ExitOutputs.load(fit_on), ExitOutputs.load(evaluate_on), calibrate=calibrate, score=score)
-    summary = search_policies(val, test, trials=trials, sampler=sampler, seed=seed).to_dict()
+    val_outputs, test_outputs = ExitOutputs.load(fit_on), ExitOutputs.load(evaluate_on)
+    check_compatible(val_outputs, test_outputs)
+    calibrator = fit_calibrator(calibrate, val_outputs)  # fitted once: the policy file keeps its state
+    val, test = prepare_pair(val_outputs, test_outputs, calibrate=calibrator, score=score)
+    search = search_policies(val, test, trials=trials, sampler=sampler, seed=seed)
+    summary = search.to_dict()
+    if policy_out is not None:
+        from eeopt.policy_file import policy_from_search
+
+        source = {"fit_on": str(fit_on), "evaluate_on": str(evaluate_on), "trials": trials, "sampler": sampler,
+                  "seed": seed}
+        policy_from_search(search, budget, calibrator=calibrator, source=source).save(policy_out)
     if save_policy is not None:
         save_policy.write_text(json.dumps(jsonable(summary["policies"]), indent=2))
     if as_json:
@@ -104,6 +126,9 @@ def exits_search(
     display.print_search(summary)
     if save_policy is not None:
         typer.echo(f"policies written to {save_policy}")
+    if policy_out is not None:
+        typer.echo(f"policy file written to {policy_out} (next: eeopt predict MODEL_DIR --policy {policy_out} "
+                   "--split test)")
 
 
 @exits_app.command("analyze")
