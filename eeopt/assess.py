@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from eeopt.evaluation import EvaluationReport, evaluate
 from eeopt.names import with_split, with_variant
 from eeopt.outputs import ExitOutputs, check_compatible
 from eeopt.prepared import PreparedSplit, fit_calibrator, prepare
 from eeopt.search import PolicySearch, search_policies
+
+if TYPE_CHECKING:
+    from eeopt.calibration import Calibrator
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,6 +32,7 @@ class Variant:
     val_report: EvaluationReport
     test_report: EvaluationReport
     search: PolicySearch
+    calibrator: Calibrator | None = None  # fitted on val; None for "none" (what a policy file of `search` keeps)
 
     def metrics(self) -> dict[str, float]:
         """`val/...` and `test/...` keys of this variant (without a variant prefix)."""
@@ -95,7 +100,7 @@ def assess_model(
 
 def _variant(val: ExitOutputs, test: ExitOutputs, calibrator, score: str, settings: dict) -> Variant:
     v, t = prepare(val, calibrator, score, "val"), prepare(test, calibrator, score, "test")
-    return Variant(v, t, evaluate(v, v), evaluate(t, v), search_policies(v, t, **settings))
+    return Variant(v, t, evaluate(v, v), evaluate(t, v), search_policies(v, t, **settings), calibrator)
 
 
 def _under(kind: str, name: str, split_metrics: dict[str, float]) -> dict[str, float]:

@@ -9,9 +9,12 @@ objective validation, the study summary, exports, tables and the proxy analysis.
     sweep/{efficiency}      one shared threshold (exact global sweep)          sweep/acc_cost_auc
     calib/{name}/{key}      any of the above under another calibrator          calib/temperature/mean/ece
     score/{name}/{key}      any of the above under another exit score          score/learned/mean/auroc
+    cost/{unit}/exit{k}     cumulative cost of reaching exit k, per sample     cost/flops/exit2, cost/latency_ms/exit1
 
 MLflow and study objectives put the split in front: `val/...` (what objectives read) or `test/...` (held out,
-reported only). The same key means the same number everywhere.
+reported only). The same key means the same number everywhere. Cost keys belong to the model, not to a split, and
+never carry one; the efficiency metrics (`mean_cost_at_50`, ...) are in the unit of the cost the trial evaluated
+with (`COST_UNITS`: FLOPs, or measured milliseconds per sample).
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ SPLITS = ("val", "test")
 METHODS = ("search", "sweep")
 #: Variant kinds: the same keys under another calibrator or another exit score.
 VARIANTS = ("calib", "score")
+#: Units of a per-exit cost: counted FLOPs, or measured latency in milliseconds per sample (`policy.cost`).
+COST_UNITS = ("flops", "latency_ms")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,7 +70,12 @@ EFFICIENCY_METRICS = (
       for b in BUDGETS),
     Metric("mean_cost", "cost", False, "mean cost of the most accurate val-chosen policy (the 100 % budget's)"),
 )
+COST_METRICS = (
+    Metric("flops", "cost", False, "counted FLOPs of reaching the exit, per sample"),
+    Metric("latency_ms", "cost", False, "measured milliseconds of reaching the exit, per sample (median)"),
+)
 _BY_NAME = {m.name: m for m in (*EXIT_METRICS, *EFFICIENCY_METRICS)}
+_COST_BY_UNIT = {m.name: m for m in COST_METRICS}
 EXIT_METRIC_NAMES = tuple(m.name for m in EXIT_METRICS)
 EFFICIENCY_METRIC_NAMES = tuple(m.name for m in EFFICIENCY_METRICS)
 #: Exit metrics that are proxies in the analysis: calibration and failure prediction.
@@ -96,6 +106,18 @@ def variant_key(key: str, kind: str, name: str) -> str:
     return f"{kind}/{name}/{key}"
 
 
+def cost_key(unit: str, k: int) -> str:
+    """`cost/{unit}/exit{k}`: the model's cumulative cost of reaching exit `k` (from 1) in `unit` (`COST_UNITS`)."""
+    if unit not in COST_UNITS:
+        raise ValueError(f"cost unit must be one of {COST_UNITS}, got {unit!r}")
+    return f"cost/{unit}/exit{int(k)}"
+
+
+def cost_metrics(unit: str, costs) -> dict[str, float]:
+    """{`cost/{unit}/exit{k}`: cost} for a vector of K cumulative costs."""
+    return {cost_key(unit, k): float(c) for k, c in enumerate(costs, start=1)}
+
+
 def split_key(split: str, key: str) -> str:
     """`{split}/{key}`, the MLflow name of a key on a split."""
     return f"{split}/{key}"
@@ -111,8 +133,9 @@ def with_variant(kind: str, name: str, metrics: dict[str, float]) -> dict[str, f
 
 
 class Key(NamedTuple):
-    """A parsed key. `scope` is 'exit', 'mean' or 'efficiency'; `exit` counts from 1 (None unless scope is exit);
-    `method` is 'search' or 'sweep' for efficiency keys (None otherwise)."""
+    """A parsed key. `scope` is 'exit', 'mean', 'efficiency' or 'cost'; `exit` counts from 1 (None unless scope is
+    exit or cost); `method` is 'search' or 'sweep' for efficiency keys (None otherwise). A cost key's metric is its
+    unit (`flops`, `latency_ms`)."""
 
     split: str | None
     variant: tuple[str, str] | None
@@ -128,10 +151,13 @@ class Key(NamedTuple):
             return exit_key(self.exit, self.metric.name)
         if self.scope == "mean":
             return mean_key(self.metric.name)
+        if self.scope == "cost":
+            return cost_key(self.metric.name, self.exit)
         return efficiency_key(self.metric.name, self.method)
 
 
 _NAME = r"[A-Za-z0-9_.\-]+"
+_COST_KEY = re.compile(rf"cost/(?P<unit>{'|'.join(COST_UNITS)})/exit(?P<exit>[1-9]\d*)")
 _KEY = re.compile(
     rf"(?:(?P<split>{'|'.join(SPLITS)})/)?"
     rf"(?:(?P<kind>{'|'.join(VARIANTS)})/(?P<vname>{_NAME})/)?"
@@ -145,6 +171,12 @@ def parse_key(key: str) -> Key:
     Raises:
         ValueError: the key is not in the scheme (the message lists the forms).
     """
+    cost = _COST_KEY.fullmatch(key)
+    if cost is not None:
+        return Key(None, None, "cost", int(cost["exit"]), None, _COST_BY_UNIT[cost["unit"]])
+    if key.startswith(tuple(f"{prefix}cost/" for prefix in ("", *(f"{s}/" for s in SPLITS)))):
+        raise ValueError(f"{key!r}: a cost key is cost/{{unit}}/exit{{k}} with unit one of {', '.join(COST_UNITS)}, "
+                         "without a split")
     match = _KEY.fullmatch(key)
     if match is None:
         raise ValueError(f"{key!r} is not a metric key ({_FORMS})")
@@ -167,7 +199,7 @@ def parse_key(key: str) -> Key:
 
 
 _FORMS = "forms: exit{k}/{metric}, mean/{metric}, {efficiency}, sweep/{efficiency}, optionally after calib/{name}/ or " \
-         "score/{name}/, after val/ or test/ in MLflow"
+         "score/{name}/, after val/ or test/ in MLflow; cost/{unit}/exit{k}"
 
 
 def metric_of(key: str) -> Metric:

@@ -77,11 +77,27 @@ def study_export(
     fmt: Annotated[str, typer.Option("--format", help="csv, json or table.")] = "csv",
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="File to write (default: stdout).")] = None,
     overrides: SetOpt = None,
+    best: Annotated[bool, typer.Option("--best", help="With --policy: the best trial's (by the first objective; "
+                                       "with several objectives, the Pareto-optimal trial best on the first).")] = False,
+    trial: Annotated[Optional[int], typer.Option("--trial", min=0, help="With --policy: this trial's.")] = None,
+    policy: Annotated[Optional[Path], typer.Option(
+        "--policy", help="Write a trial's policy file here (for `eeopt predict --policy`) instead of the rows.")] = None,
+    budget: Annotated[Optional[float], typer.Option(
+        "--budget", help="With --policy: the budget, a share of the last exit's cost the trial's policy was chosen "
+        "for on val: 0.25, 0.5 (default) or 0.75.")] = None,
 ) -> None:
     """One row per trial: MLflow run id, number, state, objectives, params, val/test metrics. CSV writes an
-    undefined number (NaN) as an empty cell, JSON as null; the table shows the headline columns only."""
+    undefined number (NaN) as an empty cell, JSON as null; the table shows the headline columns only.
+
+    With --best --policy FILE (or --trial N --policy FILE): the policy file that trial wrote for --budget instead."""
     from eeopt.errors import ConfigError
 
+    if policy is not None or best or trial is not None:
+        _export_policy(study_file, overrides or [], policy, best, trial, 0.5 if budget is None else budget, fmt,
+                       output)
+        return
+    if budget is not None:
+        raise ConfigError("--budget: only with --policy FILE (and --best or --trial N)")
     if fmt not in ("csv", "json", "table"):
         raise ConfigError(f"--format: expected csv, json or table, got {fmt!r}")
     if output is not None:
@@ -101,6 +117,31 @@ def study_export(
     else:
         output.write_text(text)
         typer.echo(f"wrote {len(rows)} trials to {output}", err=True)
+
+
+def _export_policy(study_file: Path, overrides: list[str], policy: Optional[Path], best: bool,
+                   trial: Optional[int], budget: float, fmt: str, output: Optional[Path]) -> None:
+    """`study export --best --policy FILE`: copy the chosen trial's policy file (validated) to FILE."""
+    from eeopt.errors import ConfigError
+
+    if policy is None:
+        raise ConfigError("--best/--trial: say where to write the trial's policy file with --policy FILE")
+    if best == (trial is not None):
+        raise ConfigError("--policy: say which trial's policy: --best or --trial N (one of them)")
+    if output is not None or fmt != "csv":
+        raise ConfigError("--policy writes a policy file; --output and --format are for the trial rows")
+    check_output_file(policy, "--policy")
+    from eeopt.study import Study
+
+    study = Study.from_yaml(study_file, overrides)
+    chosen, number = study.trial_policy(budget, trial)
+    chosen.save(policy)
+    report = chosen.report or {}
+    numbers = (f": test accuracy {report['accuracy']:.4f}, mean cost {report['mean_cost']:.4g} {chosen.cost_unit}"
+               if {"accuracy", "mean_cost"} <= set(report) else "")
+    model_dir = (chosen.source or {}).get("model_dir", "MODEL_DIR")
+    typer.echo(f"wrote trial {number}'s policy for budget {budget:g} to {policy}{numbers}", err=True)
+    typer.echo(f"next: eeopt predict {model_dir} --policy {policy} --split test", err=True)
 
 
 def _export_text(rows: list[dict], fmt: str) -> str:

@@ -143,6 +143,9 @@ class StudyConfig(TrainConfig):
     def _search_paths(self) -> StudyConfig:
         fixed = self.model_dump(exclude={"search_space", "study"})
         for path, dist in self.search_space.items():
+            if path == "policy.cost":
+                raise ValueError("search_space.policy.cost: every trial's objectives must be in one cost unit to be "
+                                 "compared; set policy.cost (flops or latency) instead")
             values = dist.choices if isinstance(dist, CategoricalDistribution) else [dist.low, dist.high]
             for value in values:
                 trial = copy.deepcopy(fixed)

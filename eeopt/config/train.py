@@ -120,10 +120,35 @@ class CalibrationConfig(Strict):
 
 
 class PolicyConfig(Strict):
+    """How exit policies are scored, searched and costed.
+
+    `cost` is the cost every efficiency metric (acc_cost_auc, acc_at_50, mean_cost_at_50, ...) and every budget
+    uses: the counted FLOPs, or the latency measured on the trained model (`eeopt.inference.profile_latency`: on
+    the device training used, `latency_batch_size` samples a batch, the median of `latency_repeats` runs after
+    `latency_warmup`, divided by the batch size: milliseconds per sample).
+    """
+
     score: str = Field("msp", description="exit score: msp, entropy, margin, doctor, learned, or a registered one")
     trials: int = Field(300, ge=1, description="trials of the per-exit threshold search")
     sampler: Literal["nsga2", "tpe"] = "nsga2"
     seed: int = Field(0, description="seed of the per-exit threshold search (the same for every trial)")
+    cost: Literal["flops", "latency"] = Field(
+        "flops", description="cost of an exit for budgets and efficiency metrics: counted FLOPs or measured latency")
+    measure_latency: bool = Field(
+        False, description="with cost: flops, also measure latency (both costs logged); cost: latency always does")
+    latency_batch_size: int = Field(1, ge=1, description="samples per timed batch when measuring latency")
+    latency_repeats: int = Field(20, ge=1, description="timed runs per latency measurement (the median is used)")
+    latency_warmup: int = Field(3, ge=0, description="untimed runs before the timed ones")
+
+    @property
+    def measures_latency(self) -> bool:
+        """Whether a trained model's latency is measured (cost: latency, or measure_latency)."""
+        return self.cost == "latency" or self.measure_latency
+
+    @property
+    def cost_unit(self) -> str:
+        """The unit of the efficiency metrics: "flops" or "latency_ms" (`eeopt.names.COST_UNITS`)."""
+        return "latency_ms" if self.cost == "latency" else "flops"
 
 
 class TrainConfig(Strict):

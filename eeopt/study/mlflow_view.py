@@ -44,7 +44,8 @@ def section_of(key: str, objectives: Iterable[str] = ()) -> tuple[tuple, str, bo
     grouping by prefix applies to them, e.g. the `train/...` curves).
 
     Test before val; per split: efficiency, calibration, failure prediction (means over exits open, per-exit values
-    folded), then each compared calibrator or score in a folded section of its own."""
+    folded), then each compared calibrator or score in a folded section of its own; the per-exit costs
+    (`cost/flops/exit{k}`, `cost/latency_ms/exit{k}`) last, in one folded section."""
     if key in set(objectives):
         return (0,), "objectives (val: what the search optimises)", True
     if key.startswith("trials/"):
@@ -53,6 +54,8 @@ def section_of(key: str, objectives: Iterable[str] = ()) -> tuple[tuple, str, bo
         parsed = parse_key(key)
     except ValueError:
         return None
+    if parsed.scope == "cost":  # the model's, not a split's: FLOPs and measured latency side by side
+        return (7,), "cost of reaching each exit (per sample; objectives use policy.cost)", False
     split = parsed.split or "?"
     split_rank = {"test": 0, "val": 1}.get(split, 2)
     family = _FAMILY[parsed.metric.group]

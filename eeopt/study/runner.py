@@ -196,7 +196,8 @@ class Study:
         runs = tracking.StudyRuns.start(
             self.tracking_uri, self.experiment_name, self.artifact_root, self.name,
             {"eeopt.storage": storage_mod.mask_url(self.storage_url) or "",
-             "eeopt.study_file": str(self.path) if self.path else ""},
+             "eeopt.study_file": str(self.path) if self.path else "",
+             tracking.TAG_COST: self.config.policy.cost_unit},
             objectives=dict(zip(self.objectives, self.directions)),
         )
         for dead in store.fail_dead_trials():
@@ -268,6 +269,94 @@ class Study:
                 row.update({k: v for k, v in sorted(run.data.metrics.items()) if k.startswith(("val/", "test/"))})
             rows.append(row)
         return rows
+
+    def trial_policy(self, budget: float = 0.5, trial: int | None = None):
+        """The policy file a finished trial wrote for `budget` (a share of the last exit's cost): the best trial's
+        (`TrialStore.best_trial`: the first objective decides, on the Pareto front with several), or trial number
+        `trial`'s. Read from the trial's folder, else from its MLflow run's artifacts. Creates nothing.
+
+        Returns:
+            (`eeopt.policy_file.PolicyFile`, the trial's number).
+        Raises:
+            ConfigError: `budget` is not one trials write a policy for, or no such trial.
+            StudyError: no study, no finished trial, the trial did not complete, or it has no policy file for
+                `budget` (the message lists those it has).
+            PolicyFileError: the file is not a valid policy. StorageError: a store cannot be read.
+        """
+        from eeopt.errors import ConfigError
+        from eeopt.study.trial import POLICY_BUDGETS, POLICY_DIR
+
+        shares = {b / 100: b for b in POLICY_BUDGETS}
+        if isinstance(budget, bool) or budget not in shares:
+            raise ConfigError(f"budget: expected one of {', '.join(f'{s:g}' for s in shares)} (the budgets every "
+                              f"trial writes a policy file for), got {budget!r}")
+        percent = shares[budget]
+        store = self.trial_store(create=False)
+        if trial is None:
+            chosen = store.best_trial()
+            if chosen is None:
+                raise StudyError(f"study {self.name!r} has no finished trial yet (run it: eeopt study run)")
+        else:
+            by_number = {t.number: t for t in store.trials()}
+            if trial not in by_number:
+                known = f"trials 0..{max(by_number)}" if by_number else "no trials yet"
+                raise ConfigError(f"trial: study {self.name!r} has no trial {trial} ({known})")
+            chosen = by_number[trial]
+            if chosen.state.name != "COMPLETE":
+                raise StudyError(f"trial {trial} of study {self.name!r} is {chosen.state.name}, not COMPLETE: it "
+                                 "wrote no policy files")
+        local, available = self._local_policy(chosen.number, percent)
+        if local is not None:
+            from eeopt.policy_file import PolicyFile
+
+            return PolicyFile.load(local), chosen.number
+        policy, listed = self._mlflow_policy(chosen.user_attrs.get(ATTR_MLFLOW_RUN), percent)
+        if policy is not None:
+            return policy, chosen.number
+        have = sorted(available | listed)
+        raise StudyError(
+            f"trial {chosen.number} of study {self.name!r} has no policy file for budget {budget:g}; it has: "
+            f"{', '.join(f'{b / 100:g}' for b in have) or 'none'} (a budget gets none when no val policy costs so "
+            f"little; looked in {self._trial_folder(chosen.number)}/{POLICY_DIR} and the trial's MLflow artifacts)")
+
+    def _trial_folder(self, number: int) -> str:
+        return cluster.join_location(self.trials_location, f"trial-{number}")
+
+    def _local_policy(self, number: int, percent: int) -> tuple[Path | None, set[int]]:
+        """(the trial folder's policy file for `percent`, or None; the budgets the folder has files for). Only
+        where the trials' location is a local folder."""
+        from eeopt.study.trial import POLICY_DIR, policy_path
+
+        if "://" in self.trials_location:
+            return None, set()
+        folder = Path(self._trial_folder(number))
+        path = policy_path(folder, percent)
+        have = {int(f.stem.removeprefix("budget_")) for f in (folder / POLICY_DIR).glob("budget_*.json")
+                if f.stem.removeprefix("budget_").isdigit()}
+        return (path if path.is_file() else None), have
+
+    def _mlflow_policy(self, run_id: str | None, percent: int):
+        """(the policy file for `percent` among the MLflow run's artifacts, or None; the budgets it has)."""
+        import tempfile
+
+        from eeopt.policy_file import PolicyFile
+        from eeopt.study.trial import POLICY_DIR
+
+        if not run_id:
+            return None, set()
+        path = storage_mod.sqlite_path(self.tracking_uri)
+        if path is not None and not path.is_file():
+            return None, set()
+        mlflow_client = tracking.client(self.tracking_uri)
+        with storage_mod.translate_errors(self.tracking_uri, what="MLflow tracking store"):
+            names = [Path(f.path).name for f in mlflow_client.list_artifacts(run_id, POLICY_DIR)]
+            have = {int(n[len("budget_"):-len(".json")]) for n in names
+                    if n.startswith("budget_") and n.endswith(".json") and n[len("budget_"):-len(".json")].isdigit()}
+            if percent not in have:
+                return None, have
+            with tempfile.TemporaryDirectory() as tmp:
+                local = mlflow_client.download_artifacts(run_id, f"{POLICY_DIR}/budget_{percent}.json", tmp)
+                return PolicyFile.load(local), have
 
     def trial_rows(self) -> list[dict[str, Any]]:
         """One row per trial from the Optuna storage alone (no MLflow): what `eeopt study status` lists. Creates

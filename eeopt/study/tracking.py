@@ -2,8 +2,10 @@
 
 Runs are created explicitly with `MlflowClient` (Ray's and Optuna's integrations do not nest). The driver creates
 and closes runs; the trial (possibly on a Ray worker) logs its params, metrics and artifacts into the run id it is
-given. Names: `{split}/exit{k}/{metric}`, `{split}/mean/{metric}`, `{split}/{efficiency metric}`; per-epoch curves
-under `train/...` with `step` = epoch; plots as MLflow images under `plots/{name}` (the runs page's image grid).
+given. Names: `{split}/exit{k}/{metric}`, `{split}/mean/{metric}`, `{split}/{efficiency metric}`, the model's
+per-exit costs `cost/flops/exit{k}` and `cost/latency_ms/exit{k}` (the tag `eeopt.cost` names the one the
+efficiency metrics use); per-epoch curves under `train/...` with `step` = epoch; plots as MLflow images under
+`plots/{name}` (the runs page's image grid); policy files under `policies/budget_{b}.json`.
 
 What a person sees: the parent run carries the study's summary (the best trial's objectives and headline test
 metrics under the same keys as the trials, `trials/...` counts, a Markdown description), and the experiment carries
@@ -46,6 +48,9 @@ MLFLOW_SHARED_STORE_ENV = {
 #: The error of a run whose driver died (no heartbeat on the parent run for `study.heartbeat_grace` seconds).
 DEAD_DRIVER_REASON = "its driver stopped sending heartbeats (killed?)"
 TAG_HEARTBEAT = "eeopt.heartbeat"
+#: A trial run's tag naming the cost unit of its efficiency metrics and objectives: "flops" or "latency_ms" (its
+#: per-exit costs are logged as `cost/{unit}/exit{k}` for every unit it knows, `eeopt.names.cost_key`).
+TAG_COST = "eeopt.cost"
 
 
 def client(tracking_uri: str):

@@ -1,8 +1,16 @@
-"""One study trial, callable without Ray: train -> exit outputs -> calibrate on val -> metrics -> threshold search
-on val, reported on test -> objectives.
+"""One study trial, callable without Ray: train -> (measure latency) -> exit outputs -> calibrate on val -> metrics
+-> threshold search on val, reported on test -> objectives -> policy files.
 
 `run_trial` is what a Ray Tune worker runs; tests and debugging call it directly. Test numbers are computed and
 logged beside the val numbers but never feed an objective.
+
+Costs: with `policy.cost: latency` the trained model is profiled on the device it trained on
+(`eeopt.inference.profile_latency`), the per-sample latency goes into the exit outputs as `latency_ms` (val.npz and
+test.npz keep the counted FLOPs as `costs`), and everything is evaluated with the latency as the cost, so every
+efficiency metric and objective is accuracy-latency. Both cost vectors are reported as `cost/{unit}/exit{k}`.
+
+A trial with an output folder writes the val-chosen policy of its search for 25, 50 and 75 % of the last exit's
+cost as `policies/budget_{b}.json` (`eeopt.policy_file`), ready for `eeopt predict`.
 """
 
 from __future__ import annotations
@@ -11,16 +19,28 @@ import dataclasses
 import importlib
 import json
 import math
-from collections.abc import Callable, Sequence
+import logging
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from eeopt.config import TrainConfig
+import numpy as np
+
+from eeopt.config import PolicyConfig, TrainConfig
 from eeopt.errors import ConfigError
+from eeopt.names import cost_metrics
 from eeopt.outputs import ExitOutputs
 
 if TYPE_CHECKING:
     from eeopt.assess import Assessment
+    from eeopt.inference import LatencyProfile
+
+log = logging.getLogger("eeopt.study")
+#: Budgets (percent of the last exit's cost) a trial writes a policy file for: `policies/budget_{b}.json`.
+POLICY_BUDGETS = (25, 50, 75)
+POLICY_DIR = "policies"
+#: The latency profile of a trial that measured one (`LatencyProfile.to_dict()`), in its output folder.
+LATENCY_FILE = "latency.json"
 
 #: A custom objective: receives the trial's results, returns one float per study objective.
 ObjectiveFn = Callable[["TrialResult"], "float | Sequence[float]"]
@@ -28,7 +48,16 @@ ObjectiveFn = Callable[["TrialResult"], "float | Sequence[float]"]
 
 @dataclasses.dataclass
 class TrialResult:
-    """Everything one trial produced. `metrics` uses the MLflow keys (`val/acc_cost_auc`, `test/exit2/ece`, ...)."""
+    """Everything one trial produced.
+
+    Attributes:
+        val, test: the exit outputs as evaluated: `costs` in `cost_unit` (the latency with `policy.cost: latency`),
+            `latency_ms` set when latency was measured.
+        metrics: MLflow keys (`val/acc_cost_auc`, `test/exit2/ece`, ..., `cost/flops/exit1`).
+        costs: {unit: cumulative cost per exit [K]} for each unit known ("flops", and "latency_ms" when measured).
+        latency: the latency profile, when measured.
+        policies: {budget percent: policy file written} (with an output folder).
+    """
 
     config: TrainConfig
     val: ExitOutputs
@@ -37,6 +66,10 @@ class TrialResult:
     evaluation: Assessment
     history: list[dict[str, Any]]
     output_dir: Path | None = None
+    cost_unit: str = "flops"
+    costs: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    latency: LatencyProfile | None = None
+    policies: dict[int, Path] = dataclasses.field(default_factory=dict)
 
 
 def evaluate_trial(val: ExitOutputs, test: ExitOutputs, cfg: TrainConfig) -> Assessment:
@@ -66,6 +99,7 @@ def run_trial(
     objective: ObjectiveFn | str | None = None,
     progress: bool = False,
     on_batch: Callable[[int, int], None] | None = None,
+    source: Mapping[str, Any] | None = None,
 ) -> tuple[TrialResult, list[float]]:
     """Train and evaluate one configuration; return the result and its objective values.
 
@@ -73,6 +107,8 @@ def run_trial(
         objectives: metric names (val/...) whose values are returned, in order, when `objective` is None.
         objective: a custom objective (callable or 'package.module:function') returning one value per objective.
         on_batch: `(steps done, steps in the epoch)` after every optimizer step (`eeopt.training.train`).
+        source: provenance recorded in the policy files (`trial`, `run_id`, `model_dir`: the folder holding
+            model.pt, `output_dir` by default).
     Raises:
         TrainingDiverged, DataError, ConfigError: from training or from an objective that returns the wrong thing.
     """
@@ -80,15 +116,91 @@ def run_trial(
 
     output_dir = Path(output_dir) if output_dir is not None else None
     trained = train(cfg, output_dir, progress=progress, callback=on_epoch, on_batch=on_batch)
-    evaluation = evaluate_trial(trained.val, trained.test, cfg)
-    result = TrialResult(cfg, trained.val, trained.test, evaluation.metrics, evaluation, trained.history, output_dir)
+    val, test = trained.val, trained.test
+    costs = {"flops": val.costs}
+    profile = None
+    if cfg.policy.measures_latency:
+        profile = measure_latency(trained.model, cfg.policy)
+        costs["latency_ms"] = profile.per_sample_ms
+        val, test = (dataclasses.replace(o, latency_ms=profile.per_sample_ms) for o in (val, test))
+        if output_dir is not None:
+            from eeopt.training.checkpoint import atomic_save_outputs
+
+            atomic_save_outputs(val, output_dir / "val.npz")
+            atomic_save_outputs(test, output_dir / "test.npz")
+            (output_dir / LATENCY_FILE).write_text(json.dumps(profile.to_dict(), indent=1))
+    unit = cfg.policy.cost_unit
+    val, test = with_cost(val, unit), with_cost(test, unit)
+    evaluation = evaluate_trial(val, test, cfg)
+    metrics = dict(evaluation.metrics)
+    for name, vector in costs.items():
+        metrics.update(cost_metrics(name, vector))
+    result = TrialResult(cfg, val, test, metrics, evaluation, trained.history, output_dir, unit, costs, profile)
     if output_dir is not None:
         from eeopt.evaluation import jsonable
 
-        (output_dir / "metrics.json").write_text(json.dumps(jsonable(evaluation.metrics), indent=1, sort_keys=True))
+        (output_dir / "metrics.json").write_text(json.dumps(jsonable(metrics), indent=1, sort_keys=True))
         (output_dir / "pareto.json").write_text(json.dumps(jsonable(evaluation.primary.search.to_dict()), indent=1))
+        result.policies = write_policies(result, {"model_dir": str(output_dir), **(source or {})})
     values = objective_values(result, objectives, objective)
     return result, values
+
+
+def measure_latency(model, policy: PolicyConfig) -> LatencyProfile:
+    """Profile a trained model where it is (the device it trained on) as `policy` says: random inputs of its input
+    shape (latency does not depend on the values: every timed run goes through all exits)."""
+    import torch
+
+    from eeopt.inference import profile_latency
+
+    device = next(model.parameters()).device
+    generator = torch.Generator().manual_seed(0)
+    example = torch.randn((policy.latency_batch_size, *model.input_shape), generator=generator)
+    return profile_latency(model, example, device=device, warmup=policy.latency_warmup,
+                           repeats=policy.latency_repeats)
+
+
+def with_cost(outputs: ExitOutputs, unit: str) -> ExitOutputs:
+    """`outputs` with `costs` in `unit`: "flops" leaves them as they are, "latency_ms" takes `latency_ms`.
+
+    Raises:
+        ConfigError: "latency_ms" asked for outputs without a `latency_ms` array.
+    """
+    if unit == "flops":
+        return outputs
+    if unit != "latency_ms":
+        raise ConfigError(f"cost unit: expected flops or latency_ms, got {unit!r}")
+    if outputs.latency_ms is None:
+        raise ConfigError(f"{outputs.source}: has no latency_ms (measure it with `eeopt profile`)")
+    return dataclasses.replace(outputs, costs=outputs.latency_ms)
+
+
+def policy_path(folder: str | Path, budget: int) -> Path:
+    """Where a trial's folder keeps the policy file of `budget` percent: `policies/budget_{budget}.json`."""
+    return Path(folder) / POLICY_DIR / f"budget_{int(budget)}.json"
+
+
+def write_policies(result: TrialResult, source: Mapping[str, Any]) -> dict[int, Path]:
+    """Write the val-chosen policy of the trial's search (its configured calibrator and score) for each of
+    `POLICY_BUDGETS` into `result.output_dir` (`policy_path`); `report` holds its test numbers, the same as
+    `test/acc_at_{b}` and `test/mean_cost_at_{b}`. A budget no val policy fits (the first exit alone costs more) gets
+    no file. Returns {budget: path}."""
+    from eeopt.policy_file import PolicyFileError, policy_from_search
+
+    primary = result.evaluation.primary
+    written = {}
+    for budget in POLICY_BUDGETS:
+        try:
+            policy = policy_from_search(primary.search, budget / 100, calibrator=primary.calibrator,
+                                        source=dict(source), cost_unit=result.cost_unit)
+        except PolicyFileError as exc:
+            log.info("no policy file for the %d %% budget: %s", budget, exc)
+            continue
+        path = policy_path(result.output_dir, budget)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        policy.save(path)
+        written[budget] = path
+    return written
 
 
 def objective_values(

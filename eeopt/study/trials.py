@@ -357,6 +357,15 @@ class TrialStore:
             return None
         return max(values) if self.study.directions[0].name == "MAXIMIZE" else min(values)
 
+    def best_trial(self):
+        """The best COMPLETE trial (an Optuna `FrozenTrial`): by the objective; with several objectives, the
+        Pareto-optimal trial best on the first (the rule of the study summary). None before the first."""
+        front = self.best_trials()
+        if not front:
+            return None
+        pick = max if self.study.directions[0].name == "MAXIMIZE" else min
+        return pick(front, key=lambda t: t.values[0])
+
     def best_trials(self) -> list:
         """The best trial, or the Pareto front with several objectives (by number); [] before the first."""
         from optuna.trial import TrialState

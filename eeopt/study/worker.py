@@ -19,10 +19,11 @@ from eeopt.study import tracking
 from eeopt.study.cluster import node_tags, trial_folder
 from eeopt.study.records import PROGRESS_EVERY, HEADLINE_METRICS, EpochReport, ProgressReport, TrialReport, TrialSpec
 from eeopt.study.storage import mask_secrets
-from eeopt.study.trial import run_trial
+from eeopt.study.trial import LATENCY_FILE, POLICY_DIR, run_trial
 
 #: Files of a trial's output folder logged as MLflow artifacts.
-TRIAL_ARTIFACTS = ("val.npz", "test.npz", "config.yaml", "pareto.json", "metrics.json", "history.json", "model.pt")
+TRIAL_ARTIFACTS = ("val.npz", "test.npz", "config.yaml", "pareto.json", "metrics.json", "history.json", "model.pt",
+                   LATENCY_FILE)
 
 
 def run_trial_on_worker(config: dict[str, Any], objective_fn=None, tracking_uri: str = "") -> None:
@@ -47,7 +48,7 @@ def _run(spec: TrialSpec, tracking_uri: str, folder, objective_fn, last_acc: lis
     client = tracking.client(tracking_uri)
     run_id = spec.mlflow_run_id
     cfg = TrainConfig.model_validate(spec.train_config)
-    tracking.set_tags(client, run_id, node_tags())
+    tracking.set_tags(client, run_id, {**node_tags(), tracking.TAG_COST: cfg.policy.cost_unit})
     tracking.log_params(client, run_id, tracking.params_from_config(spec.train_config, spec.sampled))
     progress = _ProgressSender(cfg, resumed=(folder.path / "checkpoint.pt").exists())
 
@@ -64,6 +65,7 @@ def _run(spec: TrialSpec, tracking_uri: str, folder, objective_fn, last_acc: lis
     result, values = run_trial(
         cfg, output_dir=folder.path, on_epoch=on_epoch, objectives=list(spec.objectives),
         objective=objective_fn or spec.objective_ref, on_batch=progress.batch_done,
+        source={"model_dir": spec.output_dir, "trial": spec.trial_number, "run_id": run_id},
     )
     tracking.log_metrics(client, run_id, result.metrics)
     _log_trial_artifacts(client, run_id, result)
@@ -111,6 +113,7 @@ def _log_trial_artifacts(client, run_id: str, result) -> None:
     if out is None:
         return
     tracking.log_artifacts(client, run_id, [out / name for name in TRIAL_ARTIFACTS])
+    tracking.log_artifacts(client, run_id, sorted(result.policies.values()), artifact_path=POLICY_DIR)
     from eeopt.plots import save_trial_plots
 
     plots = save_trial_plots(result, out / "plots")
