@@ -42,10 +42,17 @@ run: data
 test: data
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# Every benchmark, each writing benchmarks/results/NAME.json, then BENCHMARKS.md rendered from them (about 8-10
+# minutes on 2 idle cores, the benchmark model's training included; see BENCHMARKS.md for the machine and load).
 bench: data
+	$(BIN)/python benchmarks/report.py --start
+	$(BIN)/python benchmarks/bench_search.py
+	$(BIN)/python benchmarks/bench_inference.py
 	$(BIN)/python benchmarks/bench_policies.py
+	$(BIN)/python benchmarks/bench_evaluate.py --repeats 2
 	$(BIN)/python benchmarks/bench_training.py
 	$(BIN)/python benchmarks/bench_study.py
+	$(BIN)/python benchmarks/report.py
 
 clean:
 	rm -rf $(VENV) runs studies/runs studies/*.db studies/mlartifacts .pytest_cache

@@ -12,7 +12,8 @@ Both sides are timed as whole processes (wall clock, process start and imports i
   accuracy and mean cost per threshold. It computes a 100-point approximation of one of eeopt's curves and nothing
   else.
 
-Prints a markdown table (and the time spent in eeopt's stages, in-process, for the record).
+Prints a markdown table (and the time spent in eeopt's stages, in-process, for the record) and writes
+benchmarks/results/evaluate.json (or `--out`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from common import machine_info, progress, write_result
 
 LOOP = r"""
 import sys
@@ -85,7 +88,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--samples", type=int, default=200_000)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", default=None, help="result file (default benchmarks/results/evaluate.json)")
     args = parser.parse_args()
+    machine = machine_info()
     from eeopt.synthetic import synthetic_exit_outputs
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -93,9 +98,16 @@ def main() -> None:
         synthetic_exit_outputs(8, args.samples, 10, seed=0).save(path)
         loop_file = Path(tmp) / "loop.py"
         loop_file.write_text(LOOP)
+        progress(f"wrote N = {args.samples:,} synthetic exit outputs; timing `eeopt exits evaluate` "
+                 f"({args.repeats} runs)")
         ours = best_wall([sys.executable, "-m", "eeopt.cli", "exits", "evaluate", str(path), "--json"], args.repeats)
+        progress(f"eeopt: {ours:.2f} s; timing the research loop ({args.repeats} runs)")
         loop = best_wall([sys.executable, str(loop_file), str(path)], args.repeats)
+        progress(f"loop: {loop:.2f} s; timing eeopt's stages in-process")
         parts = stages(path)
+    write_result("evaluate", {"samples": args.samples, "exits": 8, "classes": 10, "repeats": args.repeats,
+                              "eeopt_s": ours, "loop_s": loop, "speedup": loop / ours, "stages_s": parts},
+                 machine, out=args.out)
     print(f"Machine: {platform.processor() or platform.machine()}, Python {platform.python_version()}; "
           f"N = {args.samples:,}, K = 8, C = 10; best of {args.repeats}, whole processes.\n")
     print("| command | seconds | notes |")

@@ -8,7 +8,8 @@
     their results are checked against `evaluate_thresholds` on those policies.
 (b) `global_sweep` at N = 1,000,000, K = 8 from synthetic score / correctness arrays (no logits): a realistic
     case (scores grow with depth, about 4 record scores per sample) and the worst case (every score a record).
-Times are the best of `--repeats` runs (time.perf_counter). Prints a markdown table.
+Times are the best of `--repeats` runs (time.perf_counter). Prints a markdown table and writes
+benchmarks/results/policies.json (or `--out`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from eeopt.metrics.efficiency import global_sweep  # noqa: E402
 from eeopt.policies import evaluate_thresholds  # noqa: E402
 from eeopt.scores import compute_score  # noqa: E402
 from eeopt.synthetic import synthetic_exit_outputs  # noqa: E402
+
+from common import machine_info, progress, write_result  # noqa: E402
 
 
 def loop_exit_index(scores, correct, costs, thresholds):
@@ -119,7 +122,9 @@ def main() -> None:
     parser.add_argument("--loop-policies", type=int, default=None, help="policies the loops run on (default 100)")
     parser.add_argument("--sweep-samples", type=int, default=None, help="N of the sweep (default 1,000,000)")
     parser.add_argument("--repeats", type=int, default=None, help="best of this many runs (default 3)")
+    parser.add_argument("--out", default=None, help="result file (default benchmarks/results/policies.json)")
     args = parser.parse_args()
+    machine = machine_info()
     loop_m = args.loop_policies or (20 if args.quick else 100)
     sweep_n = args.sweep_samples or (100_000 if args.quick else 1_000_000)
     repeats = args.repeats or (2 if args.quick else 3)
@@ -133,7 +138,10 @@ def main() -> None:
     thresholds = ordered[np.arange(k - 1)[None, :], positions]  # [M, K-1] random per-exit quantiles
 
     t_vec, result = best_of(repeats, evaluate_thresholds, scores, correct, costs, thresholds)
+    progress(f"evaluate_thresholds: {t_vec:.4f} s")
     rows = [("(a) `evaluate_thresholds`", f"M={m}, N={n}, K={k}", t_vec, "measured")]
+    record = {"policies": m, "samples": n, "exits": k, "loop_policies": loop_m, "sweep_samples": sweep_n,
+              "repeats": repeats, "evaluate_thresholds_s": t_vec, "loops": [], "sweeps": []}
     probs, labels = outputs.probs, outputs.labels
 
     def masked_heads(_scores, _correct, _costs, thr):
@@ -149,6 +157,9 @@ def main() -> None:
         rows.append((f"(a) {name}", f"M={m}, N={n}, K={k}", t_loop * m / loop_m,
                      f"{loop_m} policies x {m // loop_m}; speed-up of evaluate_thresholds "
                      f"{t_loop * m / loop_m / t_vec:.0f}x"))
+        record["loops"].append({"name": name, "seconds": t_loop * m / loop_m,
+                                "speedup": t_loop * m / loop_m / t_vec})
+        progress(f"{name}: {t_loop * m / loop_m:.4f} s (scaled)")
 
     for label, worst in (("realistic scores", False), ("worst case, every score a record", True)):
         s, c, sc = sweep_data(sweep_n, k, worst)
@@ -156,9 +167,15 @@ def main() -> None:
         t_sweep, curve = best_of(repeats, global_sweep, s, c, sc)
         rows.append((f"(b) `global_sweep`, {label}", f"N={sweep_n:,}, K={k}", t_sweep,
                      f"{events:,} events, {curve.threshold.size:,} curve points"))
+        record["sweeps"].append({"name": label, "seconds": t_sweep, "events": events,
+                                 "points": int(curve.threshold.size)})
+        progress(f"global_sweep, {label}: {t_sweep:.4f} s")
         del s, c, curve
 
     cpu = min(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else "?"
+    record["pinned_cpu"] = cpu
+    record["rows"] = [{"benchmark": a, "size": b, "seconds": c, "notes": d} for a, b, c, d in rows]
+    write_result("policies", record, machine, out=args.out)
     print(f"\nOne thread pinned (cpu {cpu}), "
           f"numpy {np.__version__}, Python {platform.python_version()}, best of {repeats}\n")
     print("| benchmark | size | seconds | notes |")

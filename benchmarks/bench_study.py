@@ -5,7 +5,8 @@ same trainings in a plain loop (`run_trial`, no Ray, no storage, no MLflow).
 
 Ray is started first and timed on its own; the study then reuses it, so the difference per trial is what eeopt adds
 once Ray is up (Tune scheduling, worker start, Optuna ask/tell, MLflow runs, params, metrics and artifacts, plots).
-Both sides run trials one at a time (max_concurrent 1) so the comparison is like for like.
+Both sides run trials one at a time (max_concurrent 1) so the comparison is like for like. Writes
+benchmarks/results/study.json (or `--out`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import time
 from pathlib import Path
 
 import yaml
+
+from common import machine_info, progress, write_result
 
 TRIAL = {
     "seed": 0,
@@ -29,7 +32,9 @@ TRIAL = {
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=8)
+    parser.add_argument("--out", default=None, help="result file (default benchmarks/results/study.json)")
     args = parser.parse_args()
+    machine = machine_info()
     n = args.trials
 
     import ray
@@ -41,15 +46,18 @@ def main() -> None:
         folder = Path(tmp)
         # Plain loop: the same trainings and evaluations, in this process.
         cfg = TrainConfig.model_validate(TRIAL)
+        progress(f"plain loop: 1 warm-up trial, then {n} trials")
         run_trial(cfg)  # warm-up: imports and first-call costs stay out of the comparison
         started = time.perf_counter()
         for i in range(n):
             run_trial(cfg.model_copy(update={"seed": i}), output_dir=folder / f"loop-{i}")
         loop_s = time.perf_counter() - started
+        progress(f"plain loop: {loop_s:.1f} s; starting Ray")
 
         started = time.perf_counter()
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
         ray_s = time.perf_counter() - started
+        progress(f"ray.init: {ray_s:.1f} s; running the study ({n} trials)")
 
         study_file = folder / "study.yaml"
         study_file.write_text(yaml.safe_dump({
@@ -63,6 +71,9 @@ def main() -> None:
         study_s = time.perf_counter() - started
         ray.shutdown()
         assert summary.completed == n, summary
+    write_result("study", {"trials": n, "loop_s": loop_s, "ray_init_s": ray_s, "study_s": study_s,
+                           "overhead_s": study_s - loop_s, "overhead_per_trial_s": (study_s - loop_s) / n,
+                           "trial": TRIAL}, machine, out=args.out)
 
     print(f"\n{n} tiny trials (digits, tinyresnet width 8, 1 epoch), one at a time\n")
     print("| what | seconds | per trial |")
