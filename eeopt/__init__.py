@@ -47,7 +47,7 @@ _EXPORTS = {
     "train": "eeopt.training",
     "TrainResult": "eeopt.training",
     "PolicyFile": "eeopt.policy_file",
-    "policy_from_search": "eeopt.policy_file",
+    "policy_from_search": "eeopt.policy_choice",
     "EarlyExitPredictor": "eeopt.inference",
     "profile_latency": "eeopt.inference",
     "Study": "eeopt.study",

@@ -14,7 +14,8 @@ from scipy.special import softmax as scipy_softmax
 from eeopt.calibration import create_calibrator, list_calibrators
 from eeopt.cli import main
 from eeopt.outputs import ExitOutputs
-from eeopt.policy_file import FORMAT, ExitDecider, PolicyFile, PolicyFileError, knee_index
+from eeopt.policy_choice import knee_index
+from eeopt.policy_file import FORMAT, ExitDecider, PolicyFile, PolicyFileError
 from eeopt.scores import compute_score, list_scores
 from eeopt.synthetic import synthetic_exit_outputs
 

@@ -111,7 +111,7 @@ def exits_search(
     search = search_policies(val, test, trials=trials, sampler=sampler, seed=seed)
     summary = search.to_dict()
     if policy_out is not None:
-        from eeopt.policy_file import policy_from_search
+        from eeopt.policy_choice import policy_from_search
 
         source = {"fit_on": str(fit_on), "evaluate_on": str(evaluate_on), "trials": trials, "sampler": sampler,
                   "seed": seed}

@@ -185,7 +185,8 @@ def write_policies(result: TrialResult, source: Mapping[str, Any]) -> dict[int, 
     `POLICY_BUDGETS` into `result.output_dir` (`policy_path`); `report` holds its test numbers, the same as
     `test/acc_at_{b}` and `test/mean_cost_at_{b}`. A budget no val policy fits (the first exit alone costs more) gets
     no file. Returns {budget: path}."""
-    from eeopt.policy_file import PolicyFileError, policy_from_search
+    from eeopt.policy_choice import policy_from_search
+    from eeopt.policy_file import PolicyFileError
 
     primary = result.evaluation.primary
     written = {}
