@@ -55,7 +55,7 @@ def main() -> None:
         progress(f"plain loop: {loop_s:.1f} s; starting Ray")
 
         started = time.perf_counter()
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
         ray_s = time.perf_counter() - started
         progress(f"ray.init: {ray_s:.1f} s; running the study ({n} trials)")
 

@@ -16,8 +16,8 @@ import uuid
 import pytest
 from optuna.trial import TrialState
 from services import (
-    assert_study_consistent, kill_with_descendants_watched, mlflow_runs, optuna_trials, start_driver, tiny_study,
-    wait_for_line, write_study,
+    assert_study_consistent, kill_with_descendants_watched, mlflow_runs, optuna_trials, service_env, start_driver,
+    tiny_study, wait_for_line, write_study,
 )
 
 from eeopt.study.reaper import psutil_module
@@ -67,7 +67,9 @@ def test_killed_driver_then_one_rerun(tmp_path):
     assert states[0] == TrialState.COMPLETE and states[1] == TrialState.RUNNING, states
 
     rerun_log = tmp_path / "rerun.log"
-    text = _finish(start_driver(path, rerun_log), rerun_log)
+    # RAY_ADDRESS names no Ray: study.ray.address is null, so the rerun starts a Ray of its own all the same
+    env = service_env(PYTHONUNBUFFERED="1", RAY_ADDRESS="127.0.0.1:1")
+    text = _finish(start_driver(path, rerun_log, env), rerun_log)
     assert re.search(r"trial 1 is RUNNING elsewhere.*this run waits for it", text), text[-3000:]
     assert "trial 1: marked failed, its process stopped sending heartbeats" in text
     trials = assert_study_consistent(storage, "killed", tracking, n)

@@ -133,7 +133,8 @@ def ray_session(settings: RayConfig, resources: ResourcesConfig, reporter: Repor
 def _init_ray(settings: RayConfig) -> None:
     """Start a local Ray or join a cluster. Workers of a local Ray get this process's working folder and
     PYTHONPATH, so a custom objective importable here is importable there; a cluster's nodes have eeopt
-    installed (their own PYTHONPATH)."""
+    installed (their own PYTHONPATH). A local Ray is always a new one (`address="local"`): with `None`, Ray would
+    join whatever `ray start` last started on this machine or `RAY_ADDRESS` names, and then refuse `num_cpus`."""
     import ray
 
     kwargs: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
@@ -142,7 +143,7 @@ def _init_ray(settings: RayConfig) -> None:
         kwargs["num_cpus"] = settings.num_cpus
         kwargs["runtime_env"] = {"env_vars": {"PYTHONPATH": os.pathsep.join(
             [str(Path.cwd()), *filter(None, [os.environ.get("PYTHONPATH")])])}}
-    ray.init(address=None if settings.address == "local" else settings.address, **kwargs)
+    ray.init(address=settings.address if is_cluster(settings.address) else "local", **kwargs)
 
 
 def _check_resources(resources: ResourcesConfig, address: str | None) -> None:
