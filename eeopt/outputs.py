@@ -142,6 +142,21 @@ class ExitOutputs:
                 raise ExitOutputsError(f"{src}: latency_ms must be non-negative, got {latency.tolist()}")
             set_("latency_ms", latency)
 
+    @classmethod
+    def unchecked(cls, logits: np.ndarray, labels: np.ndarray, costs: np.ndarray, scores: np.ndarray | None = None,
+                  source: str = "exit outputs") -> ExitOutputs:
+        """Outputs from arrays eeopt shaped itself (a network's batch at one exit): only the finite check of the
+        logits and scores, none of the shape, dtype, label and cost checks. The early-exit predictor decides each
+        batch at each exit through this: at batch 1 the full validation costs as much as the decision."""
+        _check_finite(source, "logits", logits)
+        if scores is not None:
+            _check_finite(source, "scores", scores)
+        out = object.__new__(cls)
+        for name, value in (("logits", logits), ("labels", labels), ("costs", costs), ("scores", scores),
+                            ("latency_ms", None), ("source", source)):
+            object.__setattr__(out, name, value)
+        return out
+
     # ----------------------------------------------------------------------------------------------- shape
     @property
     def num_exits(self) -> int:

@@ -200,7 +200,8 @@ class ExitDecider:
     between network stages.
 
     Calibration and scoring go through the same calibrator and score code as `PolicyFile.decide`, on the batch
-    alone: without a calibrator the batch is a one-exit `ExitOutputs`; with one it sits at its exit among K-1 exits
+    alone: without a calibrator the batch is a one-exit `ExitOutputs` (`ExitOutputs.unchecked`: the batch comes from
+    the network, and at batch 1 full validation would cost as much as the decision); with one it sits at its exit among K-1 exits
     of zeros (so the calibrator's per-exit parameters line up) and only that exit is read. Calibrators and scores
     act on each sample on its own (all built-ins do), so a sample gets the score `decide` gives it.
     """
@@ -211,6 +212,7 @@ class ExitDecider:
         self.num_exits = policy.num_exits
         # the last exit takes every sample that reaches it
         self.thresholds = np.append(np.asarray(policy.thresholds, dtype=np.float64), -np.inf)
+        self._one_cost = np.ones(1)
 
     def __call__(
         self, k: int, logits: np.ndarray, scores: np.ndarray | None = None
@@ -229,8 +231,9 @@ class ExitDecider:
         b, c = logits.shape
         k_all = self.num_exits
         if self.calibrator is None:
-            view = ExitOutputs(logits[None], np.zeros(b, dtype=np.int64), np.ones(1),
-                               scores=None if scores is None else np.asarray(scores)[None], source=f"exit{k + 1}")
+            view = ExitOutputs.unchecked(logits[None], np.zeros(b, dtype=np.int64), self._one_cost,
+                                         scores=None if scores is None else np.asarray(scores)[None],
+                                         source=f"exit{k + 1}")
             row = 0
         else:
             padded = np.zeros((k_all, b, c), dtype=logits.dtype)

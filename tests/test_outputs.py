@@ -79,6 +79,20 @@ def test_nan_logits_named_with_position():
         ExitOutputs(**a)
 
 
+def test_unchecked_outputs_equal_validated_ones_and_still_refuse_nan():
+    a = _arrays()
+    scores = np.random.default_rng(2).random((3, 20))
+    checked, unchecked = ExitOutputs(**a, scores=scores), ExitOutputs.unchecked(**a, scores=scores)
+    for name in ("probs", "log_normalizer", "predictions", "confidence", "scores", "costs"):
+        np.testing.assert_array_equal(getattr(unchecked, name), getattr(checked, name), err_msg=name)
+    a["logits"][2, 5, 1] = np.inf
+    with pytest.raises(ExitOutputsError, match=r"logits contains inf \(exit 3, sample 5"):
+        ExitOutputs.unchecked(**a)
+    scores[0, 3] = np.nan
+    with pytest.raises(ExitOutputsError, match=r"scores contains NaN"):
+        ExitOutputs.unchecked(**_arrays(), scores=scores)
+
+
 def test_load_errors(tmp_path):
     with pytest.raises(ExitOutputsError, match="no such file"):
         ExitOutputs.load(tmp_path / "missing.npz")
