@@ -52,7 +52,7 @@ def _study(n_trials: int = 12, seed: int = 0, exits: int = 3) -> list[Point]:
             metrics |= {f"exit{k}/eefp": auroc if k < exits else math.nan for k in range(1, exits + 1)}
             metrics |= {"mean/ece": ece, "mean/nll": 0.5 + 2 * ece + (1 - quality), "mean/brier": ece / 2,
                         "mean/auroc": auroc, "mean/aurc": (1 - quality) * (1 - auroc), "mean/eefp": auroc,
-                        "score/learned/mean/auroc": auroc + 0.02, "exit2/ece": ece}
+                        "score/learned/mean/auroc": auroc + 0.02, "score/learned/mean/ece": ece, "exit2/ece": ece}
             efficiency = quality / 2 + auroc / 2 + rng.normal(0, 0.005)
             for budget in (25, 50, 75):
                 metrics[f"acc_at_{budget}"] = efficiency - (75 - budget) / 500 + rng.normal(0, 0.005)
@@ -227,7 +227,8 @@ def test_proxy_keys_are_the_calibration_and_failure_keys_present():
     analysis = analyze(_study(6), n_boot=0)
     proxies = list(dict.fromkeys(r.proxy for r in analysis.correlations))
     assert proxies[:6] == ["mean/ece", "mean/brier", "mean/nll", "mean/auroc", "mean/aurc", "mean/eefp"]
-    # accuracy, kendall_tau and cost are no proxies
+    # accuracy, kendall_tau and cost are no proxies, nor calibration under another score (the same top-label
+    # probability as the point's own mean/ece)
     assert proxies[6:] == ["exit1/auroc", "exit1/eefp", "exit2/ece", "exit2/auroc", "exit2/eefp",
                            "exit3/auroc", "exit3/eefp", "score/learned/mean/auroc"]
     assert analysis.targets == ("acc_cost_auc", "sweep/acc_cost_auc", "acc_at_25", "acc_at_50", "acc_at_75")

@@ -121,9 +121,11 @@ class PointTable:
         return self.column(key) if parse_key(key).metric.higher_is_better else -self.column(key)
 
     def proxy_keys(self) -> list[str]:
-        """Every calibration or failure-prediction key present (mean, per exit, variants), in a stable
-        order."""
-        keys = [key for key, parsed in self.parsed.items() if parsed.metric.group in PROXY_GROUPS]
+        """Every calibration or failure-prediction key present (mean, per exit, variants), in a stable order.
+        Under another exit score (`score/learned/...`) only failure prediction: calibration is measured on the
+        top-label probability whatever the score, so those keys repeat the point's own calibration keys."""
+        keys = [key for key, parsed in self.parsed.items() if parsed.metric.group in PROXY_GROUPS
+                and not (parsed.variant and parsed.variant[0] == "score" and parsed.metric.group == "calibration")]
         return sorted(keys, key=lambda key: _key_order(self.parsed[key]))
 
     def last_exit_accuracy(self) -> np.ndarray:
