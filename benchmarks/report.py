@@ -164,6 +164,7 @@ def inference_section(data: dict | None, title: str = "Early-exit inference (CPU
                    f"{bd['other']:.3f} | {x['measured_speedup'] / x['latency_predicted_speedup']:.2f} |")
     out.append("")
     out.append(targets_summary(runs))
+    out.append(why_missed(runs, r))
     out.append(where_time_goes(r))
     agree = r.get("agreement", [])
     if agree:
@@ -188,6 +189,38 @@ def targets_summary(runs: list[dict]) -> str:
                       f"**missed** at {sum(x['ratio'] < target for x in sel)} of {len(sel)} budgets, worst by "
                       f"{target - worst['ratio']:.2f} ({worst['ratio']:.2f} at {worst['budget']:.0%})")
             lines.append(f"- batch {batch}, {threads} thread{'s' if threads > 1 else ''}: {ratios}: {status}.")
+    return "\n".join(lines) + "\n"
+
+
+def why_missed(runs: list[dict], r: dict) -> str:
+    """Each missed target's ratio as the product of its two causes, read off the same run's numbers."""
+    missed = [x for x in runs if x["ratio"] < (0.8 if x["batch_size"] >= 256 else 0.6)]
+    if not missed:
+        return ""
+    lines = ["Why the misses: measured / predicted = (latency-predicted / predicted) x (measured / latency-predicted). "
+             "The first factor is FLOPs against time: the profile's latency share of the exit most images take, "
+             "against its FLOPs share (early blocks work on large feature maps and small channel counts, which a "
+             "CPU runs at fewer FLOPs per second than the later blocks). The second is the predictor against the "
+             "profile: its decisions and host copies per exit, and the smaller batches after compaction (at "
+             "batch 1 every exit taken pays a whole decision; a batch of 256 spreads it over its images)."]
+    for x in missed:
+        prof = r["profiles"].get(f"{x['threads']}/{x['batch_size']}")
+        flops_vs_time = x["latency_predicted_speedup"] / x["predicted_speedup"]
+        own = x["ratio"] / flops_vs_time
+        main = max(range(len(x["exit_shares"])), key=lambda e: x["exit_shares"][e])
+        where = ""
+        if prof is not None:
+            med = prof["median_ms"]
+            where = (f"; {x['exit_shares'][main]:.0%} of the images leave at exit {main + 1}, "
+                     f"{r['cost_share'][main]:.3f} of the FLOPs but {med[main] / med[-1]:.3f} of the time")
+        bd = x.get("predictor_breakdown_ms") or {}
+        cost = ""
+        if bd:
+            cost = (f"; decisions {bd['decision']:.3f} and other {bd['other']:.3f} of the predictor's "
+                    f"{bd['total']:.3f} ms per image")
+        lines.append(f"- batch {x['batch_size']}, {x['threads']} thread{'s' if x['threads'] > 1 else ''}, "
+                     f"{x['budget']:.0%}: {x['ratio']:.2f} = {flops_vs_time:.2f} (FLOPs vs time{where}) x "
+                     f"{own:.2f} (predictor vs profile{cost}).")
     return "\n".join(lines) + "\n"
 
 
