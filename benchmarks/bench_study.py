@@ -5,8 +5,9 @@ same trainings in a plain loop (`run_trial`, no Ray, no storage, no MLflow).
 
 Ray is started first and timed on its own; the study then reuses it, so the difference per trial is what eeopt adds
 once Ray is up (Tune scheduling, worker start, Optuna ask/tell, MLflow runs, params, metrics and artifacts, plots).
-Both sides run trials one at a time (max_concurrent 1) so the comparison is like for like. Writes
-benchmarks/results/study.json (or `--out`).
+Both sides run trials one at a time (max_concurrent 1) so the comparison is like for like. The steady state (trial
+1's end to the last trial's, per trial) leaves out what a study pays once; the four plots a trial writes are also
+timed on their own. Writes benchmarks/results/study.json (or `--out`).
 """
 
 from __future__ import annotations
@@ -71,8 +72,13 @@ def main() -> None:
         study_s = time.perf_counter() - started
         ray.shutdown()
         assert summary.completed == n, summary
+        steady_s = steady_per_trial(f"sqlite:///{folder / 'eeopt.db'}", "overhead")
+        plots_s = time_plots(cfg, folder / "plots")
+    loop_per = loop_s / n
     write_result("study", {"trials": n, "loop_s": loop_s, "ray_init_s": ray_s, "study_s": study_s,
                            "overhead_s": study_s - loop_s, "overhead_per_trial_s": (study_s - loop_s) / n,
+                           "steady_per_trial_s": steady_s, "steady_overhead_per_trial_s": steady_s - loop_per,
+                           "one_time_s": study_s - n * steady_s, "plots_s": plots_s,
                            "trial": TRIAL}, machine, out=args.out)
 
     print(f"\n{n} tiny trials (digits, tinyresnet width 8, 1 epoch), one at a time\n")
@@ -82,6 +88,32 @@ def main() -> None:
     print(f"| `ray.init` (once) | {ray_s:.1f} | |")
     print(f"| eeopt study (Tune + Optuna storage + MLflow), Ray up | {study_s:.1f} | {study_s / n:.2f} |")
     print(f"| **overhead** | {study_s - loop_s:.1f} | **{(study_s - loop_s) / n:.2f}** |")
+    print(f"| steady state: trial 1 to trial {n - 1} finished, per trial | | {steady_s:.2f} |")
+    print(f"| the trial's four plots, rendered in this process | | {plots_s:.2f} |")
+
+
+def steady_per_trial(storage: str, name: str) -> float:
+    """Seconds per trial once the first has finished: from the first trial's end to the last one's, over N-1.
+    It leaves out what a study pays once (opening the stores, the first worker's imports)."""
+    import optuna
+
+    ends = sorted(t.datetime_complete for t in optuna.load_study(study_name=name, storage=storage).get_trials()
+                  if t.datetime_complete is not None)
+    return (ends[-1] - ends[0]).total_seconds() / (len(ends) - 1)
+
+
+def time_plots(cfg, folder: Path) -> float:
+    """Best of 3: the four plots every study trial writes (`save_trial_plots`), for one tiny trial's result."""
+    from eeopt.plots import save_trial_plots
+    from eeopt.study import run_trial
+
+    result, _ = run_trial(cfg, output_dir=folder / "trial")
+    times = []
+    for i in range(3):
+        started = time.perf_counter()
+        save_trial_plots(result, folder / f"plots-{i}")
+        times.append(time.perf_counter() - started)
+    return min(times)
 
 
 if __name__ == "__main__":
