@@ -144,13 +144,14 @@ class ExitOutputs:
 
     @classmethod
     def unchecked(cls, logits: np.ndarray, labels: np.ndarray, costs: np.ndarray, scores: np.ndarray | None = None,
-                  source: str = "exit outputs") -> ExitOutputs:
+                  source: str = "exit outputs", first_exit: int = 1) -> ExitOutputs:
         """Outputs from arrays eeopt shaped itself (a network's batch at one exit): only the finite check of the
         logits and scores, none of the shape, dtype, label and cost checks. The early-exit predictor decides each
-        batch at each exit through this: at batch 1 the full validation costs as much as the decision."""
-        _check_finite(source, "logits", logits)
+        batch at each exit through this: at batch 1 the full validation costs as much as the decision.
+        `first_exit` numbers the exits in error messages (a one-exit view of the network's exit 3 says exit 3)."""
+        _check_finite(source, "logits", logits, first_exit)
         if scores is not None:
-            _check_finite(source, "scores", scores)
+            _check_finite(source, "scores", scores, first_exit)
         out = object.__new__(cls)
         for name, value in (("logits", logits), ("labels", labels), ("costs", costs), ("scores", scores),
                             ("latency_ms", None), ("source", source)):
@@ -326,10 +327,11 @@ def _float_vector(src: str, name: str, value, k: int) -> np.ndarray:
     return arr
 
 
-def _check_finite(src: str, name: str, arr: np.ndarray) -> None:
+def _check_finite(src: str, name: str, arr: np.ndarray, first_exit: int = 1) -> None:
     finite = np.isfinite(arr)
     if not finite.all():
         where = np.argwhere(~finite)[0]
         kind = "NaN" if np.isnan(arr[tuple(where)]) else "inf"
-        pos = f"exit {where[0] + 1}, sample {where[1]}" if arr.ndim >= 2 else f"exit {where[0] + 1}"
+        exit_no = where[0] + first_exit
+        pos = f"exit {exit_no}, sample {where[1]}" if arr.ndim >= 2 else f"exit {exit_no}"
         raise ExitOutputsError(f"{src}: {name} contains {kind} ({pos}; {int((~finite).sum())} non-finite values)")

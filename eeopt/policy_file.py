@@ -233,7 +233,7 @@ class ExitDecider:
         if self.calibrator is None:
             view = ExitOutputs.unchecked(logits[None], np.zeros(b, dtype=np.int64), self._one_cost,
                                          scores=None if scores is None else np.asarray(scores)[None],
-                                         source=f"exit{k + 1}")
+                                         source="network batch", first_exit=k + 1)
             row = 0
         else:
             padded = np.zeros((k_all, b, c), dtype=logits.dtype)
@@ -243,7 +243,7 @@ class ExitDecider:
                 padded_scores = np.zeros((k_all, b), dtype=np.asarray(scores).dtype)
                 padded_scores[k] = scores
             view = self.calibrator.apply(ExitOutputs(padded, np.zeros(b, dtype=np.int64), np.ones(k_all),
-                                                     scores=padded_scores, source=f"exit{k + 1}"))
+                                                     scores=padded_scores, source="network batch"))
             row = k
         score = compute_score(self.policy.score, view)[row]
         leave = score >= self.thresholds[k]  # NaN never passes

@@ -13,6 +13,7 @@ from scipy.special import softmax as scipy_softmax
 
 from eeopt.calibration import create_calibrator, list_calibrators
 from eeopt.cli import main
+from eeopt.errors import ExitOutputsError
 from eeopt.outputs import ExitOutputs
 from eeopt.policy_choice import knee_index
 from eeopt.policy_file import FORMAT, ExitDecider, PolicyFile, PolicyFileError
@@ -195,6 +196,17 @@ def test_exit_by_exit_decisions_with_compaction_equal_decide(pair, score, calibr
     np.testing.assert_array_equal(got[1], exits)
     np.testing.assert_array_equal(got[2], scores)
     assert np.all(np.bincount(exits, minlength=4) > 0)
+
+
+@pytest.mark.parametrize("calibrator", ["none", "temperature"])
+def test_exit_decider_names_the_network_exit_of_a_nan(pair, calibrator):
+    """A NaN in the network's batch at exit 3 is reported at exit 3 (the decider's one-exit view is its exit 1)."""
+    val, test = pair
+    decider = ExitDecider(_policy(val, test, "msp", calibrator))
+    logits = test.logits[2, :5].copy()
+    logits[4, 1] = np.nan
+    with pytest.raises(ExitOutputsError, match=r"network batch: logits contains NaN \(exit 3, sample 4"):
+        decider(2, logits)
 
 
 def test_decide_rejects_outputs_of_another_model(pair):
