@@ -34,7 +34,7 @@ def plot_accuracy_vs_cost(path: Path, report: EvaluationReport, costs: np.ndarra
     costs = np.asarray(costs, dtype=float)
     last = costs[-1]
     chosen_on = fit_split if fit_report is not None else f"{split}, in-sample"
-    with figure(path, (8.6, 5.6)) as fig:
+    with figure(path, (8.6, 7.0)) as fig:
         ax = fig.add_subplot()
         if fit_report is not None:
             ax.plot(100 * fit_report.curve.mean_cost / last, 100 * fit_report.curve.accuracy, color=SWEEP, lw=1.1,
@@ -54,7 +54,8 @@ def plot_accuracy_vs_cost(path: Path, report: EvaluationReport, costs: np.ndarra
         ax.set_title(f"Accuracy vs cost, {split} split (thresholds chosen on {chosen_on})\n"
                      f"{setting(None, report.score, report.calibration, fit_split if fit_report else None)}",
                      fontsize=11)
-        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+        # below the axes, inside the figure: the constrained layout makes room for it (the plot keeps its width)
+        fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncols=2, frameon=False, fontsize=8.5)
     return path
 
 
@@ -86,9 +87,10 @@ def _budget_choices(ax, report: EvaluationReport, search: PolicySearch | None, l
             points: dict[tuple[float, float], list[str]] = {}
             for xi, yi, b in zip(x, y, budgets):  # budgets that chose the same policy share one label
                 points.setdefault((xi, yi), []).append(f"{b:.0f}")
-            for (xi, yi), names in points.items():
+            # left to right, labels alternate below and above their points, so neighbours do not overlap
+            for j, ((xi, yi), names) in enumerate(sorted(points.items())):
                 ax.annotate(f"budget {'/'.join(names)} %", (100 * xi / last, 100 * yi), textcoords="offset points",
-                            xytext=(5, -12), fontsize=8, color=SEARCH)
+                            xytext=(5, -12 if j % 2 == 0 else 7), fontsize=8, color=SEARCH)
 
 
 def _single_exits(ax, report: EvaluationReport, costs: np.ndarray) -> None:

@@ -21,12 +21,14 @@ if TYPE_CHECKING:
 
 #: A bin holding fewer samples than this (or than 0.5 % of the split) is drawn hatched: its accuracy is noise.
 SPARSE_BIN = 20
+#: The gap between a bin's accuracy and its mean confidence.
+GAP = "#d62728"
 
 
 def plot_reliability(path: Path, split: PreparedSplit, report: EvaluationReport, n_bins: int = 15,
                      fit_split: str | None = "val") -> Path:
     """One panel per exit, in a grid that fits the exit count: accuracy per confidence bin against the diagonal,
-    the gap to the bin's mean confidence shaded, sparse bins hatched; below each, the confidence histogram (samples
+    the gap to the bin's mean confidence shaded (hatched where the bin is under-confident), sparse bins hatched; below each, the confidence histogram (samples
     per bin, log scale). ECE and accuracy in each panel's title come from `report`."""
     from eeopt.metrics.calibration import reliability_bins
 
@@ -41,7 +43,7 @@ def plot_reliability(path: Path, split: PreparedSplit, report: EvaluationReport,
             top = fig.add_subplot(grid[2 * r, c])
             bottom = fig.add_subplot(grid[2 * r + 1, c], sharex=top)
             bins = reliability_bins(out.confidence[i], split.correct[i], n_bins)
-            _reliability_panel(top, bottom, bins, sparse, show_legend=i == 0)
+            _reliability_panel(top, bottom, bins, sparse)
             top.set_title(f"exit {i + 1}: ECE {report.metrics.get(f'exit{i + 1}/ece', np.nan):.3f}, "
                           f"acc {report.metrics.get(f'exit{i + 1}/accuracy', np.nan):.3f}", fontsize=10)
             if c == 0:
@@ -50,14 +52,25 @@ def plot_reliability(path: Path, split: PreparedSplit, report: EvaluationReport,
             bottom.set_xlabel("confidence")
         fig.suptitle(f"Reliability per exit, {setting(split.name, None, split.calibration, fit_split)}, "
                      f"N = {n}", fontsize=11)
+        fig.legend(handles=_reliability_legend(sparse), loc="outside lower center", ncols=4, fontsize=8,
+                   frameon=False)
     return path
 
 
-def _reliability_panel(top, bottom, bins, sparse: int, show_legend: bool) -> None:
-    """Accuracy bars (hatched where sparse, sparse bins shaded grey whatever their accuracy), the gap to the
-    bin's mean confidence in red, the diagonal; the histogram of samples per bin below."""
+def _reliability_legend(sparse: int) -> list:
+    """One legend for the grid, below it (inside a panel it covered bars)."""
     from matplotlib.patches import Patch
 
+    return [Patch(color=SEARCH, alpha=0.85, label="accuracy"),
+            Patch(facecolor="white", edgecolor=SEARCH, hatch="///", label=f"sparse bin (< {sparse} samples)"),
+            Patch(color=GAP, alpha=0.3, label="over-confident: gap up to the mean confidence"),
+            Patch(facecolor="white", edgecolor=GAP, hatch="xx", label="under-confident: gap down to the mean confidence")]
+
+
+def _reliability_panel(top, bottom, bins, sparse: int) -> None:
+    """Accuracy bars (hatched where sparse, sparse bins shaded grey whatever their accuracy), the gap to the
+    bin's mean confidence in red (tinted above an over-confident bar, hatched inside an under-confident one), the
+    diagonal; the histogram of samples per bin below."""
     centers = (bins.edges[:-1] + bins.edges[1:]) / 2
     width = bins.edges[1] - bins.edges[0]
     full = bins.count >= sparse
@@ -68,17 +81,16 @@ def _reliability_panel(top, bottom, bins, sparse: int, show_legend: bool) -> Non
     top.bar(centers[full], acc[full], width=width * 0.92, color=SEARCH, alpha=0.85)
     top.bar(centers[thin], acc[thin], width=width * 0.92, color="white", edgecolor=SEARCH, hatch="///")
     used = bins.count > 0
-    top.bar(centers[used], (conf - acc)[used], bottom=acc[used], width=width * 0.92, color="#d62728", alpha=0.3)
+    over, under = used & (conf >= acc), used & (conf < acc)
+    top.bar(centers[over], (conf - acc)[over], bottom=acc[over], width=width * 0.92, color=GAP, alpha=0.3)
+    # under-confident: the gap lies inside the accuracy bar, so it is hatched rather than tinted
+    top.bar(centers[under], (acc - conf)[under], bottom=conf[under], width=width * 0.92, facecolor="none",
+            edgecolor=GAP, hatch="xx", linewidth=0)
     top.plot([0, 1], [0, 1], color=LAST, lw=0.8, ls="--")
     top.set_xlim(0, 1)
     top.set_ylim(0, 1)
     top.tick_params(labelbottom=False)
     top.grid(alpha=0.25)
-    if show_legend:
-        top.legend(handles=[Patch(color=SEARCH, alpha=0.85, label="accuracy"),
-                            Patch(facecolor="white", edgecolor=SEARCH, hatch="///", label=f"sparse bin (< {sparse})"),
-                            Patch(color="#d62728", alpha=0.3, label="gap to mean confidence")],
-                   loc="upper left", fontsize=7, frameon=False)
     bottom.bar(centers, np.maximum(bins.count, 0.8), width=width * 0.92, color=EXIT, log=True)
     bottom.set_ylim(0.8, max(10, bins.count.max() * 1.5))
     bottom.grid(alpha=0.25)
