@@ -41,7 +41,9 @@ def test_study_analyze_is_scipy_on_the_mlflow_metrics(finished, capsys):
     folder, path = finished
     capsys.readouterr()
     assert main(["study", "analyze", str(path), "--json", "--output-dir", str(folder / "report")]) == 0
-    out = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)
+    assert "Downloading artifacts" not in captured.err  # no MLflow progress bar per exit-outputs file
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{folder / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("proxies").experiment_id
     trials = [r for r in client.search_runs([experiment]) if r.data.tags.get("eeopt.role") == "trial"]

@@ -44,6 +44,8 @@ MLFLOW_SHARED_STORE_ENV = {
     # MLflow prints "View run ... at: <tracking URI>" for every closed run: noise in the progress lines, and the
     # URI may carry credentials.
     "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+    # a tqdm bar per downloaded file (each exit-outputs file `study analyze` reads): noise among eeopt's own lines
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
 }
 #: The error of a run whose driver died (no heartbeat on the parent run for `study.heartbeat_grace` seconds).
 DEAD_DRIVER_REASON = "its driver stopped sending heartbeats (killed?)"
