@@ -45,7 +45,7 @@ run: data
 test: data
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
-# Every benchmark, each writing benchmarks/results/NAME.json, then BENCHMARKS.md rendered from them (about 8-10
+# Every benchmark, each writing benchmarks/results/NAME.json, then BENCHMARKS.md rendered from them (about 7
 # minutes on 2 idle cores, the benchmark model's training included; see BENCHMARKS.md for the machine and load).
 bench: data
 	$(BIN)/python benchmarks/report.py --start
