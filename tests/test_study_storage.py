@@ -109,6 +109,38 @@ def test_trial_store_contract(storage_url):
 
 
 @pytest.mark.postgres
+@pytest.mark.parametrize("total", [1, 2])
+def test_workers_claiming_together_take_exactly_the_free_slots_and_leave_nothing_waiting(storage_url, total):
+    """Six workers claim at the same instant (a barrier) on a study with `total` free slots: exactly `total` get a
+    trial, and no surplus trial is left behind WAITING (before the claim lock, the losers of the race requeued
+    theirs, and a finished study kept them queued)."""
+    import threading
+
+    from eeopt.study.trials import TrialCounts, TrialStore
+
+    stores = [TrialStore(storage_url, "s", **OBJECTIVES) for _ in range(6)]
+    barrier = threading.Barrier(len(stores))
+    tickets, errors = [], []
+
+    def claim(store):
+        try:
+            barrier.wait()
+            tickets.append(store.claim(DIST, total=total))
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=claim, args=(store,)) for store in stores]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert errors == [] and len(tickets) == len(stores)
+    taken = sorted(t.number for t in tickets if t is not None)
+    assert taken == list(range(total))
+    assert stores[0].counts() == TrialCounts(running=total)
+
+
+@pytest.mark.postgres
 def test_dead_trials_are_failed_with_their_reason(storage_url):
     """A trial whose heartbeat stopped (its process was killed) is failed with the reason, once; the old code
     wrote the reason after failing the trial, which Optuna refuses (UpdateFinishedTrialError)."""

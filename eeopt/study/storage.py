@@ -180,6 +180,56 @@ def creation_lock(url: str) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+#: The first key of the PostgreSQL advisory lock that serialises trial claims (the second is the study's id).
+CLAIM_LOCK_CLASS = 0x0EE0
+
+
+@contextlib.contextmanager
+def claim_lock(url: str, engine, study_id: int, retry_for: float = RETRY_FOR) -> Iterator[None]:
+    """Serialise "count the study's trials, then ask for one" among every worker of a study, so that no two take
+    the last slot (the loser's trial would be left behind WAITING once the study is done). SQLite: an exclusive
+    lock on ``<file>.claim.lock`` (a SQLite store is one machine's); PostgreSQL: a session advisory lock on a
+    connection of its own (released by the server if the process dies; taking it is retried like every storage
+    call). Other databases: no lock (the caller's check after the ask still holds the total)."""
+    path = sqlite_path(url)
+    if path is not None:
+        import fcntl
+
+        with open(path.with_name(path.name + ".claim.lock"), "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+        return
+    if engine.dialect.name != "postgresql":
+        yield
+        return
+    import sqlalchemy
+
+    key = {"c": CLAIM_LOCK_CLASS, "k": study_id}
+
+    def acquire():
+        conn = engine.connect()
+        try:
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:c, :k)"), key)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    conn = retrying(acquire, url, retry_for=retry_for)
+    try:
+        yield
+    finally:
+        try:
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:c, :k)"), key)
+        except sqlalchemy.exc.SQLAlchemyError:
+            pass  # the connection is gone, and the server dropped the lock with it
+        finally:
+            conn.close()
+
+
 def is_transient(exc: BaseException | None) -> bool:
     """Whether `exc`, or an error it was raised from (a `StorageError`'s translated error, Optuna's
     `StorageInternalError`), is a lost, refused or busy connection worth retrying; not a bad query, a missing table

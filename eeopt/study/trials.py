@@ -212,12 +212,15 @@ class TrialStore:
     def claim(self, distributions: Mapping[str, Any], total: int) -> TrialTicket | None:
         """`ask`, unless `total` trials are already occupied; None when there is no slot left.
 
-        Another worker may take the last slot between the count and the ask: then the trial goes back to the queue
-        (the caller waits while others' trials run, so a slot freed later is still taken; see `waiting_on`).
+        The count and the ask hold the study's claim lock (`storage.claim_lock`), so two workers never take the
+        last slot together. Where the database has no such lock and another worker took the slot between the
+        count and the ask, the trial goes back to the queue (the caller waits while others' trials run, so a slot
+        freed later is still taken; see `waiting_on`).
         """
-        if self.counts().occupied >= total:
-            return None
-        ticket = self.ask(distributions)
+        with storage_mod.claim_lock(self.url, self.storage.engine, self._study_id, retry_for=self.retry_for):
+            if self.counts().occupied >= total:
+                return None
+            ticket = self.ask(distributions)
         if self.occupied(up_to=ticket.number) > total:
             self.requeue(ticket)
             return None
