@@ -210,16 +210,24 @@ def test_ctrl_c_requeues_running_trials_and_a_rerun_continues(tmp_path):
     trials = optuna.load_study(study_name="interrupted", storage=study.storage_url).get_trials()
     assert [t.state for t in trials].count(TrialState.COMPLETE) == 2
     assert {t.number for t in trials if t.state == TrialState.COMPLETE} >= set(requeued)
-    assert f"trial {requeued[0]} resumed" in done.stderr
-    # The resumed run continued the training: its first logged epoch comes after the interrupted run's last.
+    assert all(f"trial {n} resumed" in done.stderr for n in requeued), done.stderr[-2000:]
+    # A resumed run continued the training: its first logged epoch comes after the interrupted run's last. (With
+    # two trials at once, the other one may have been stopped before its first epoch: it starts over, at epoch 1.)
     import mlflow
 
     client = mlflow.MlflowClient(study.tracking_uri)
-    resumed = next(t for t in trials if t.number == requeued[0])
-    steps = [m.step for m in client.get_metric_history(resumed.user_attrs["mlflow_run_id"], "train/train_loss")]
-    old = next(r for r in killed if r.data.tags["optuna.trial_number"] == str(requeued[0]))
-    old_steps = [m.step for m in client.get_metric_history(old.info.run_id, "train/train_loss")]
-    assert old_steps and steps and min(steps) == max(old_steps) + 1 and max(steps) == 40, (old_steps, steps)
+
+    def epochs(run_id: str) -> list[int]:
+        return [m.step for m in client.get_metric_history(run_id, "train/train_loss")]
+
+    checked = 0
+    for number in requeued:
+        old_steps = epochs(next(r for r in killed if r.data.tags["optuna.trial_number"] == str(number)).info.run_id)
+        steps = epochs(next(t for t in trials if t.number == number).user_attrs["mlflow_run_id"])
+        assert steps and max(steps) == 40, (number, steps)
+        assert min(steps) == (max(old_steps) + 1 if old_steps else 1), (number, old_steps, steps)
+        checked += bool(old_steps)
+    assert checked >= 1  # the trial whose epoch 2 was awaited had checkpoints to resume from
 
 
 def test_asha_prunes_a_trial_that_learns_nothing(tmp_path, ray_local):

@@ -101,7 +101,7 @@ class Reporter:
     def trial_started(self, number: int, params: Mapping[str, Any], resumed: bool = False) -> None:
         with self._lock:
             self.rows[number] = _Row(number, dict(params), self.clock(), resumed)
-        what = "resumed (requeued; continues from its checkpoint)" if resumed else "started"
+        what = "resumed (requeued; continues from its last checkpoint, if it reached one)" if resumed else "started"
         self.line(f"trial {number} {what}  {format_params(params)}")
 
     def trial_progress(self, number: int, report: ProgressReport) -> None:
