@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from eeopt.study import mlflow_view
-from eeopt.study.storage import creation_lock, mask_secrets, mask_url, retrying, translate_errors, use_wal
+from eeopt.study.locks import creation_lock
+from eeopt.study.storage import mask_secrets, mask_url, retrying, translate_errors, use_wal
 
 log = logging.getLogger("eeopt.study")
 MAX_PARAM_LENGTH = 500

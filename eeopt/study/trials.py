@@ -26,6 +26,7 @@ from typing import Any
 
 from eeopt.errors import ConfigError, StorageError, StudyError
 from eeopt.study import storage as storage_mod
+from eeopt.study.locks import claim_lock
 
 #: Optuna trial user attributes eeopt writes.
 ATTR_MLFLOW_RUN = "mlflow_run_id"
@@ -212,12 +213,12 @@ class TrialStore:
     def claim(self, distributions: Mapping[str, Any], total: int) -> TrialTicket | None:
         """`ask`, unless `total` trials are already occupied; None when there is no slot left.
 
-        The count and the ask hold the study's claim lock (`storage.claim_lock`), so two workers never take the
+        The count and the ask hold the study's claim lock (`locks.claim_lock`), so two workers never take the
         last slot together. Where the database has no such lock and another worker took the slot between the
         count and the ask, the trial goes back to the queue (the caller waits while others' trials run, so a slot
         freed later is still taken; see `waiting_on`).
         """
-        with storage_mod.claim_lock(self.url, self.storage.engine, self._study_id, retry_for=self.retry_for):
+        with claim_lock(self.url, self.storage.engine, self._study_id, retry_for=self.retry_for):
             if self.counts().occupied >= total:
                 return None
             ticket = self.ask(distributions)
