@@ -4,7 +4,8 @@
 in `torch.inference_mode()`. After each exit the samples still in the batch get their calibrated score
 (`eeopt.policy_file.ExitDecider`, the same calibrator and score code as `PolicyFile.decide`); those whose score
 passes that exit's threshold leave with that exit's prediction, and only the rest go on (batch compaction: their
-feature maps and, for cascade heads, their previous exit's logits are indexed down). A batch in which every sample
+backbone state, whatever the family's (a map, tokens, multi-scale maps), and, for cascade heads, their previous
+exit's logits are indexed down). A batch in which every sample
 has left stops there. Its predictions and exits equal `policy.decide` on the exit outputs of the same inputs, up to
 samples whose score lies within float rounding of a threshold (the network's float32 arithmetic may differ in the
 last bits between batch compositions).
@@ -130,7 +131,7 @@ class EarlyExitPredictor:
                 return
             if leave.any():
                 keep = torch.from_numpy(np.flatnonzero(~leave)).to(self.device)
-                h, logits = h.index_select(0, keep), logits.index_select(0, keep)
+                h, logits = self.model.keep_samples(h, keep), logits.index_select(0, keep)
                 remaining = remaining[~leave]
             previous = logits
 

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextvars
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+# Set while a TrainConfig validates: whether its model has a pretrained backbone, which is a trained backbone as
+# much as `backbone_checkpoint` is (TrainingConfig alone cannot see the model section).
+_PRETRAINED_BACKBONE: contextvars.ContextVar[bool] = contextvars.ContextVar("_PRETRAINED_BACKBONE", default=False)
 
 
 class Strict(BaseModel):
@@ -24,8 +29,20 @@ class DataConfig(Strict):
     val_subset: int | None = Field(None, ge=1)
     test_subset: int | None = Field(None, ge=1, description="report on the first N test images only")
     normalize: bool = True
-    augment: bool = False
-    image_size: int | None = Field(None, ge=4, description="resize images (imagefolder); None keeps the native size")
+    augment: Literal["none", "cifar", "imagenet"] | bool = Field(
+        False,
+        description="training augmentation: none, cifar (pad-4 random crop + flip), imagenet (random-resized crop + "
+        "flip; resize + center crop for evaluation); true/false as before: cifar-style crop + flip / none",
+    )
+    image_size: int | None = Field(None, ge=4, description="resize images; None keeps the native size (or the model's)")
+    stream: bool | None = Field(
+        None, description="stream batches through a DataLoader (true), hold the splits in memory (false), or "
+        "choose by size (None)")
+    workers: int | None = Field(
+        None, ge=0, description="DataLoader worker processes when streaming; None: from the CPUs the trial has")
+    normalization: Literal["train", "pretrained"] | None = Field(
+        None, description="mean/std from the train split, or the pretrained family's statistics; None: pretrained "
+        "for a pretrained backbone, else train")
 
 
 class FlopShares(Strict):
@@ -38,9 +55,13 @@ class ModelConfig(Strict):
     backbone: str = "resnet20"
     width: int = Field(16, ge=1, description="channels of the first stage; later stages scale from it")
     exits: Any = Field("every_block", description="'every_block', block numbers [2, 4, 6], or {flops: [0.25, 0.5]}")
-    head: Literal["linear", "sdn", "conv"] = "linear"
+    head: Literal["linear", "sdn", "conv", "msdnet"] | None = Field(
+        None, description="exit head: linear, sdn, conv or msdnet; None: the family's own (msdnet for MSDNet, "
+        "linear otherwise)")
     cascade: bool = False
     failure_head: bool = False
+    pretrained: bool | str = Field(
+        False, description="timm/torchvision backbones: true loads the library's cached weights, a path a state dict")
     backbone_kwargs: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("exits", mode="before")
@@ -65,6 +86,12 @@ class ModelConfig(Strict):
             return value
         raise ValueError(expected)
 
+    @model_validator(mode="after")
+    def _family_head(self) -> ModelConfig:
+        if self.head is None:  # the family's own classifier: MSDNet's for MSDNet, a linear head otherwise
+            self.head = "msdnet" if self.backbone == "msdnet" else "linear"
+        return self
+
 
 class TrainingConfig(Strict):
     mode: Literal["joint", "frozen", "two_stage"] = "joint"
@@ -86,13 +113,19 @@ class TrainingConfig(Strict):
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")
     threads: int | None = Field(None, ge=1, description="torch threads on CPU; None lets torch decide")
     deterministic: bool = True
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="autocast precision of training steps (fp16 with a gradient scaler); evaluation and exit "
+        "outputs stay float32")
+    compile: bool = Field(False, description="torch.compile the model for training")
+    check_every: int = Field(
+        50, ge=1, description="steps between NaN/inf checks of the loss (each check waits for the device)")
 
     @model_validator(mode="after")
     def _modes(self) -> TrainingConfig:
         if self.failure_loss != "none" and self.failure_weight == 0:
             raise ValueError("failure_weight must be > 0 when failure_loss is set")
         if self.mode != "joint":
-            if self.backbone_epochs == 0 and self.backbone_checkpoint is None:
+            if self.backbone_epochs == 0 and self.backbone_checkpoint is None and not _PRETRAINED_BACKBONE.get():
                 raise ValueError(
                     f"mode {self.mode} first trains the backbone; set training.backbone_epochs > 0 "
                     "or training.backbone_checkpoint to a model.pt of a previous run"
@@ -160,6 +193,21 @@ class TrainConfig(Strict):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _pretrained(cls, data: Any, handler: Any) -> TrainConfig:
+        """A pretrained backbone defaults to `training.mode: frozen` with no backbone epochs (heads trained on a
+        bit-identical backbone, as the literature does); an explicit mode wins."""
+        model = data.get("model") if isinstance(data, dict) else None
+        pretrained = isinstance(model, dict) and model.get("pretrained") not in (None, False)
+        if pretrained and isinstance(data.get("training", {}), dict) and "mode" not in data.get("training", {}):
+            data = {**data, "training": {**data.get("training", {}), "mode": "frozen"}}
+        token = _PRETRAINED_BACKBONE.set(pretrained)
+        try:
+            return handler(data)
+        finally:
+            _PRETRAINED_BACKBONE.reset(token)
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:

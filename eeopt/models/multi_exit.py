@@ -6,12 +6,15 @@ stem), then exit k's head and, with failure heads, exit k's failure head. `forwa
 `forward_until(x, k)` runs segments 0..k, which is exactly what early-exit inference computes to reach exit k
 (heads on the way are evaluated to decide whether to exit there) and what `costs[k]` counts. `exit_step` runs one
 segment so that inference code can drop finished samples between segments.
+
+Between segments the model carries the backbone's *state* (a map, tokens or multi-scale maps; see
+`eeopt.models.registry`); heads read `backbone.head_input(state)`. Nothing here depends on the family.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -22,6 +25,7 @@ from eeopt.errors import ConfigError
 from eeopt.models.costs import count_backbone_flops, count_block_flops, count_exit_costs
 from eeopt.models.heads import HEAD_TYPES, FailureHead, make_exit_head
 from eeopt.models.registry import create_backbone
+from eeopt.models.state import index_state
 
 __all__ = ["ExitForward", "MultiExitModel", "build_model", "resolve_exit_blocks"]
 
@@ -37,10 +41,11 @@ class MultiExitModel(nn.Module):
     """A backbone with K exits.
 
     Args:
-        backbone: see `eeopt.models.registry` (stem, blocks, block_channels, in_channels, image_size).
+        backbone: see `eeopt.models.registry` (stem, blocks, head_input, in_channels, image_size).
         exit_blocks: 0-based, strictly increasing block indices after which an exit sits; the last block is
             added when missing (it always carries the final exit).
-        head: 'linear', 'sdn' or 'conv' (see `eeopt.models.heads`).
+        head: 'linear', 'sdn', 'conv' or 'msdnet' (see `eeopt.models.heads`); the backbone's `head_options`
+            (a dict by head type, optional) gives that type's settings for this family.
         cascade: early heads after the first also take the previous head's logits (Zero Time Waste).
         failure_head: add one failure head per exit.
         num_classes: C.
@@ -55,7 +60,8 @@ class MultiExitModel(nn.Module):
             `eeopt.models.costs`).
 
     Raises:
-        ValueError: bad exit_blocks, head type or num_classes.
+        ValueError: bad exit_blocks, head type (or one that needs a map on a family whose heads read vectors) or
+            num_classes.
     """
 
     def __init__(
@@ -93,8 +99,9 @@ class MultiExitModel(nn.Module):
         self.has_failure_heads = bool(failure_head)
         self.input_shape = tuple(input_shape)
 
-        shapes = _block_output_shapes(backbone, self.input_shape)
+        shapes = head_input_shapes(backbone, self.input_shape)
         k_last = self.num_exits - 1
+        options = dict(getattr(backbone, "head_options", {}).get(head, {}))
         self.heads = nn.ModuleList(
             make_exit_head(
                 head,
@@ -102,6 +109,7 @@ class MultiExitModel(nn.Module):
                 num_classes,
                 shapes[b][1:],
                 takes_previous=self.cascade and 0 < k < k_last,  # the final head stays the plain classifier
+                **options,
             )
             for k, b in enumerate(blocks)
         )
@@ -112,9 +120,9 @@ class MultiExitModel(nn.Module):
         self.backbone_flops: float | None = None
 
     # ----------------------------------------------------------------------------------------------- segments
-    def run_blocks(self, k: int, h: Tensor) -> Tensor:
-        """Segment k's blocks: the input image -> exit 0's block output (k=0, stem included), else exit k-1's
-        block output -> exit k's block output."""
+    def run_blocks(self, k: int, h: Any) -> Any:
+        """Segment k's blocks: the input image -> exit 0's block state (k=0, stem included), else exit k-1's
+        block state -> exit k's block state."""
         start = 0 if k == 0 else self.exit_blocks[k - 1] + 1
         if k == 0:
             h = self.backbone.stem(h)
@@ -122,23 +130,31 @@ class MultiExitModel(nn.Module):
             h = self.backbone.blocks[i](h)
         return h
 
-    def run_head(self, k: int, h: Tensor, previous: Tensor | None = None) -> Tensor:
-        """Exit k's logits [B, C] from its block's output; `previous` (exit k-1's logits) is used by cascade heads."""
+    def run_head(self, k: int, h: Any, previous: Tensor | None = None) -> Tensor:
+        """Exit k's logits [B, C] from its block's state; `previous` (exit k-1's logits) is used by cascade heads."""
+        return self._head(k, self.backbone.head_input(h), previous)
+
+    def run_failure_head(self, k: int, h: Any, logits: Tensor) -> Tensor | None:
+        """Exit k's failure logit [B] from its block's state (None without failure heads)."""
+        return self.failure_heads[k](self.backbone.head_input(h), logits) if self.has_failure_heads else None
+
+    def _head(self, k: int, z: Tensor, previous: Tensor | None) -> Tensor:
         head = self.heads[k]
-        return head(h, previous if head.takes_previous else None)
+        return head(z, previous if head.takes_previous else None)
 
-    def run_failure_head(self, k: int, h: Tensor, logits: Tensor) -> Tensor | None:
-        """Exit k's failure logit [B] (None without failure heads)."""
-        return self.failure_heads[k](h, logits) if self.has_failure_heads else None
-
-    def exit_step(
-        self, k: int, h: Tensor, previous: Tensor | None = None
-    ) -> tuple[Tensor, Tensor, Tensor | None]:
-        """Run segment k: `h` is the input image (k=0) or the feature map returned by step k-1; `previous` is
-        step k-1's logits. Returns (feature map, logits [B, C], failure [B] | None)."""
+    def exit_step(self, k: int, h: Any, previous: Tensor | None = None) -> tuple[Any, Tensor, Tensor | None]:
+        """Run segment k: `h` is the input image (k=0) or the state returned by step k-1; `previous` is step
+        k-1's logits. Returns (state, logits [B, C], failure [B] | None). The head input is read once."""
         h = self.run_blocks(k, h)
-        logits = self.run_head(k, h, previous)
-        return h, logits, self.run_failure_head(k, h, logits)
+        z = self.backbone.head_input(h)
+        logits = self._head(k, z, previous)
+        failure = self.failure_heads[k](z, logits) if self.has_failure_heads else None
+        return h, logits, failure
+
+    @staticmethod
+    def keep_samples(h: Any, index: Tensor) -> Any:
+        """The state `h` of the samples `index` only (int64 [B'], on the state's device): batch compaction."""
+        return index_state(h, index)
 
     def iter_exits(self, x: Tensor, until: int | None = None) -> Iterator[tuple[Tensor, Tensor | None]]:
         """Yield (logits [B, C], failure [B] | None) of exits 0..until (default: all), computing lazily."""
@@ -182,9 +198,9 @@ class MultiExitModel(nn.Module):
         }
 
 
-def _block_output_shapes(backbone: nn.Module, input_shape: tuple[int, int, int]) -> list[tuple[int, int, int]]:
-    """[C, H, W] of every block's output for one input, from an eval-mode, no-grad pass (BatchNorm statistics are
-    read, not updated); training flags are restored."""
+def head_input_shapes(backbone: nn.Module, input_shape: tuple[int, int, int]) -> list[tuple[int, ...]]:
+    """The head input's shape after every block for one input: [C, H, W] for maps, [D] for vectors; from an
+    eval-mode, no-grad pass (BatchNorm statistics are read, not updated); training flags are restored."""
     p = next(backbone.parameters(), None)
     device, dtype = (p.device, p.dtype) if p is not None else (torch.device("cpu"), torch.float32)
     flags = [(m, m.training) for m in backbone.modules()]
@@ -195,7 +211,7 @@ def _block_output_shapes(backbone: nn.Module, input_shape: tuple[int, int, int])
             h = backbone.stem(torch.zeros((1, *input_shape), device=device, dtype=dtype))
             for block in backbone.blocks:
                 h = block(h)
-                shapes.append(tuple(h.shape[1:]))
+                shapes.append(tuple(backbone.head_input(h).shape[1:]))
     finally:
         for m, training in flags:
             m.training = training
@@ -254,9 +270,12 @@ def build_model(
         raise ConfigError(f"model.head: expected one of {', '.join(HEAD_TYPES)}, got {cfg.head!r}")
     if num_classes < 1:
         raise ConfigError(f"the dataset has {num_classes} classes; a classifier needs at least one")
-    model = MultiExitModel(
-        backbone, exit_blocks, cfg.head, cfg.cascade, cfg.failure_head, num_classes, input_shape=input_shape
-    )
+    try:
+        model = MultiExitModel(
+            backbone, exit_blocks, cfg.head, cfg.cascade, cfg.failure_head, num_classes, input_shape=input_shape
+        )
+    except ValueError as exc:
+        raise ConfigError(f"model.head: {cfg.backbone}: {exc}") from None
     model.costs = count_exit_costs(model, input_shape)
     model.backbone_flops = count_backbone_flops(model, input_shape)
     return model

@@ -1,15 +1,24 @@
 """Backbone registry: `register_backbone` / `create_backbone` / `list_backbones` (timm's `register_model` pattern).
 
-A backbone is an `nn.Module` that early exits can be attached to:
+A backbone is a stem plus a chain of blocks; exits attach after blocks. What passes from one block to the next is
+the family's *state*: a feature map [B, C, H, W] (ResNets), a token sequence [B, N, D] (ViTs), a list of maps at
+several scales (MSDNet), or any nesting of tensors whose first dimension is the batch. A backbone provides:
 
-- ``stem``: the layers before the first residual block;
-- ``blocks``: an `nn.ModuleList`, one entry per residual block. Blocks are the unit of exit placement (numbered
-  from 1 in configs, indexed from 0 in code);
-- ``block_channels``: the output channels of each block; ``num_features`` is the last one;
-- ``in_channels`` and ``image_size``: the input it was built for (used to probe feature-map sizes and count FLOPs);
-- ``forward(x)``: stem then every block; returns the last block's feature map.
+- ``stem``: input [B, C_in, H, W] -> the first block's input state;
+- ``blocks``: an `nn.ModuleList`, one entry per block (state -> state). Blocks are the unit of exit placement
+  (numbered from 1 in configs, indexed from 0 in code);
+- ``head_input(state)``: what an exit head reads from a block's state: a map [B, C, H, W] (pooled by the head) or a
+  vector [B, D] (a class token, a mean token). `Backbone` returns the state itself; MSDNet reads its coarsest
+  scale, a ViT its final norm's class token;
+- ``in_channels`` and ``image_size``: the input it was built for (used to probe head-input shapes and count FLOPs);
+- ``forward(x)``: stem then every block; returns the last block's head input.
 
-`Backbone` below implements ``forward`` and ``num_features``; subclass it (or provide the same attributes).
+Batch compaction in early-exit inference keeps the running samples of every tensor in a state
+(`eeopt.models.state.index_state`), so a family never implements indexing. `block_channels` (per-block head-input
+channels) is optional: `MultiExitModel` probes the shapes it needs.
+
+`Backbone` below implements ``forward``, ``head_input`` and ``num_features``; subclass it (or provide the same
+attributes). A new family is one `@register_backbone` factory.
 """
 
 from __future__ import annotations
@@ -27,7 +36,9 @@ BACKBONES: Registry[BackboneFactory] = Registry("backbone")
 
 
 class Backbone(nn.Module):
-    """Base class of early-exit backbones; subclasses set `stem`, `blocks` and `block_channels` in `__init__`."""
+    """Base class of early-exit backbones; subclasses set `stem`, `blocks`, `in_channels` and `image_size` in
+    `__init__` (and `block_channels` where they know them), and override `head_input` when heads do not read the
+    state as it is."""
 
     stem: nn.Module
     blocks: nn.ModuleList
@@ -41,15 +52,19 @@ class Backbone(nn.Module):
 
     @property
     def num_features(self) -> int:
-        """Channels of the last block's feature map."""
+        """Channels of the last block's head input."""
         return self.block_channels[-1]
 
+    def head_input(self, state: Any) -> Tensor:
+        """What exit heads read from a block's state: [B, C, H, W] or [B, D]. Default: the state itself."""
+        return state
+
     def forward(self, x: Tensor) -> Tensor:
-        """[B, C_in, H, W] -> the last block's feature map [B, num_features, H', W']."""
+        """[B, C_in, H, W] -> the last block's head input ([B, C, H', W'] or [B, D])."""
         x = self.stem(x)
         for block in self.blocks:
             x = block(x)
-        return x
+        return self.head_input(x)
 
 
 def register_backbone(name: str) -> Callable[[BackboneFactory], BackboneFactory]:
@@ -93,12 +108,12 @@ def create_backbone(
 def _check_interface(name: str, backbone: Any) -> None:
     if not isinstance(backbone, nn.Module):
         raise TypeError(f"backbone factory {name!r} returned {type(backbone).__name__}, not an nn.Module")
-    for attr in ("stem", "blocks", "block_channels"):
+    for attr in ("stem", "blocks", "head_input", "in_channels", "image_size"):
         if not hasattr(backbone, attr):
             raise TypeError(f"backbone {name!r} has no `{attr}` attribute (see eeopt.models.registry)")
     if not isinstance(backbone.blocks, nn.ModuleList) or len(backbone.blocks) == 0:
         raise TypeError(f"backbone {name!r}: `blocks` must be a non-empty nn.ModuleList")
-    if len(backbone.block_channels) != len(backbone.blocks):
+    if hasattr(backbone, "block_channels") and len(backbone.block_channels) != len(backbone.blocks):
         raise TypeError(
             f"backbone {name!r}: {len(backbone.block_channels)} block_channels for {len(backbone.blocks)} blocks"
         )
