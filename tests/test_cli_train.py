@@ -19,6 +19,11 @@ def test_train_then_evaluate(tmp_path, capsys):
     for name in ("model.pt", "val.npz", "test.npz", "config.yaml", "history.json", "plots/accuracy_vs_cost.png",
                  "plots/reliability.png", "plots/risk_coverage.png", "plots/per_exit_metrics.png"):
         assert (out / name).is_file(), name  # the plots of a study trial too
+    env = json.loads((out / "environment.json").read_text())  # what reproducing the run needs
+    import torch
+
+    assert env["env.torch"] == torch.__version__ and env["env.device"] == "cpu" and env["env.deterministic"] == "true"
+    assert int(env["env.threads"]) == torch.get_num_threads() and env["env.cpu_model"] and env["env.git_commit"]
     capsys.readouterr()
     assert main(["exits", "evaluate", str(out / "test.npz"), "--fit-on", str(out / "val.npz"), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)

@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import optuna
 import pytest
 import yaml
@@ -84,6 +85,17 @@ def test_study_runs_then_continues(tmp_path, ray_local, capsys):
         assert optuna_trial.values[0] == pytest.approx(metrics["val/acc_cost_auc"])
         last = f"test/exit{max(int(k.split('/')[1][4:]) for k in metrics if k.startswith('test/exit'))}/accuracy"
         assert optuna_trial.user_attrs[last] == pytest.approx(metrics[last])  # the headline test numbers
+    # What reproducing a run needs is on every trial's run and on the study's (issue: reproducible results): the
+    # versions, the commit, the CPU and the thread count the trial trained with.
+    import torch
+
+    for run in children:
+        tags = run.data.tags
+        assert tags["env.torch"] == torch.__version__ and tags["env.numpy"] == np.__version__
+        assert tags["env.eeopt"] and tags["env.git_commit"] and tags["env.cpu_model"] and tags["env.cpu_simd"]
+        assert tags["env.device"] == "cpu" and tags["env.deterministic"] == "true"
+        assert int(tags["env.threads"]) >= 1 and tags["env.cpu_capability"]
+    assert parents[0].data.tags["env.torch"] == torch.__version__ and parents[0].data.tags["env.cpu_model"]
     client_arts = {a.path for a in __import__("mlflow").MlflowClient(study.tracking_uri).list_artifacts(children[0].info.run_id)}
     assert {"val.npz", "test.npz", "config.yaml", "pareto.json", "plots"} <= client_arts
 

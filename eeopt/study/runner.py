@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from eeopt.config import StudyConfig, load_config
+from eeopt.environment import environment
 from eeopt.errors import StorageError, StudyError
 from eeopt.study import cluster
 from eeopt.study import storage as storage_mod
@@ -197,7 +198,8 @@ class Study:
             self.tracking_uri, self.experiment_name, self.artifact_root, self.name,
             {"eeopt.storage": storage_mod.mask_url(self.storage_url) or "",
              "eeopt.study_file": str(self.path) if self.path else "",
-             tracking.TAG_COST: self.config.policy.cost_unit},
+             tracking.TAG_COST: self.config.policy.cost_unit,
+             **environment(deterministic=self.config.training.deterministic)},
             objectives=dict(zip(self.objectives, self.directions)),
         )
         for dead in store.fail_dead_trials():

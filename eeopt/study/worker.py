@@ -20,6 +20,8 @@ from eeopt.study.cluster import node_tags, trial_folder
 from eeopt.study.records import PROGRESS_EVERY, HEADLINE_METRICS, EpochReport, ProgressReport, TrialReport, TrialSpec
 from eeopt.study.storage import mask_secrets
 from eeopt.study.trial import LATENCY_FILE, POLICY_DIR, run_trial
+from eeopt.environment import environment
+from eeopt.training.runtime import resolve_device
 
 #: Files of a trial's output folder logged as MLflow artifacts.
 TRIAL_ARTIFACTS = ("val.npz", "test.npz", "config.yaml", "pareto.json", "metrics.json", "history.json", "model.pt",
@@ -48,7 +50,8 @@ def _run(spec: TrialSpec, tracking_uri: str, folder, objective_fn, last_acc: lis
     client = tracking.client(tracking_uri)
     run_id = spec.mlflow_run_id
     cfg = TrainConfig.model_validate(spec.train_config)
-    tracking.set_tags(client, run_id, {**node_tags(), tracking.TAG_COST: cfg.policy.cost_unit})
+    tracking.set_tags(client, run_id, {**node_tags(), tracking.TAG_COST: cfg.policy.cost_unit,
+                                       **environment(resolve_device(cfg.training.device), cfg.training.deterministic)})
     tracking.log_params(client, run_id, tracking.params_from_config(spec.train_config, spec.sampled))
     progress = _ProgressSender(cfg, resumed=(folder.path / "checkpoint.pt").exists())
 

@@ -22,6 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from eeopt.config import TrainConfig
 from eeopt.data import Dataset, load_dataset
+from eeopt.environment import environment
 from eeopt.errors import ConfigError
 from eeopt.models import MultiExitModel
 from eeopt.outputs import ExitOutputs
@@ -230,7 +231,8 @@ def _exit_outputs(run: _Run) -> tuple[ExitOutputs, ExitOutputs]:
 
 
 def _write_outputs(run: _Run, out: Path, val: ExitOutputs, test: ExitOutputs) -> None:
-    """model.pt, val.npz, test.npz, config.yaml and history.json; then the checkpoint goes."""
+    """model.pt, val.npz, test.npz, config.yaml, history.json and environment.json (what reproducing the run
+    needs to know: `eeopt.environment`); then the checkpoint goes."""
     data = run.dataset
     save_model_file(
         out / "model.pt", run.model, run.cfg.model_dump(mode="json"),
@@ -240,6 +242,7 @@ def _write_outputs(run: _Run, out: Path, val: ExitOutputs, test: ExitOutputs) ->
     atomic_save_outputs(test, out / "test.npz")
     write_yaml(out / "config.yaml", run.cfg.model_dump(mode="json"))
     write_json(out / "history.json", run.history)
+    write_json(out / "environment.json", environment(next(run.model.parameters()).device, run.cfg.training.deterministic))
     (out / "checkpoint.pt").unlink(missing_ok=True)  # only now: everything else is on disk
 
 
