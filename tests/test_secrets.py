@@ -51,6 +51,15 @@ def test_no_password_anywhere_a_cluster_study_writes(cluster_run, team_stack):
     params = next(r for r in runs if r.data.tags["eeopt.role"] == "study").data.params
     assert "***@" in params["study.storage"] and "***@" in params["study.mlflow.tracking_uri"]
 
+    # Nor in the Optuna storage: the trials' user attributes (the MLflow run link) and the study's (the dashboard
+    # notes), which optuna-dashboard shows to whoever opens it.
+    study = optuna.load_study(study_name=cluster_run.name,
+                              storage=cluster_run.storage_url.replace("postgresql://", "postgresql+psycopg://"))
+    texts = [repr(sorted(t.user_attrs.items())) + repr(sorted(t.system_attrs.items())) for t in study.get_trials()]
+    texts.append(repr(sorted(study.user_attrs.items())) + repr(sorted(study.system_attrs.items())))
+    assert any("mlflow_run_url" in t for t in texts)  # the links are there, without credentials
+    assert not [t for t in texts if any(s in t for s in secrets_)]
+
     tune_files = list((team_stack.shared / cluster_run.name / "ray").rglob("params.json"))
     assert tune_files  # Ray wrote its trial files where we look
     assert _files_with(team_stack.shared, secrets_) == []
@@ -87,6 +96,15 @@ def test_dashboard_keeps_the_password_off_the_command_line(cluster_run, tmp_path
             p.kill()
         proc.kill()
         proc.wait(timeout=30)
+
+
+def test_ui_links_carry_no_credentials():
+    from eeopt.study.tracking import DEFAULT_UI, ui_base
+
+    assert ui_base("http://alice:S3CRET@mlflow.example:5000/") == "http://mlflow.example:5000"
+    assert ui_base("https://bob:pw@[::1]:8443/mlflow") == "https://[::1]:8443/mlflow"
+    assert ui_base("http://127.0.0.1:5001") == "http://127.0.0.1:5001"
+    assert ui_base("sqlite:///x/mlflow.db") == DEFAULT_UI
 
 
 def test_mask_secrets_in_urls_and_settings():

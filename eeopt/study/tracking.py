@@ -18,6 +18,7 @@ import dataclasses
 import logging
 import math
 import time
+import urllib.parse
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -148,8 +149,16 @@ def log_images(mlflow_client, run_id: str, images: Mapping[str, Path], step: int
 
 
 def ui_base(tracking_uri: str) -> str:
-    """The MLflow UI's address for a tracking URI: a tracking server serves its own, a local store `DEFAULT_UI`."""
-    return tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else DEFAULT_UI
+    """The MLflow UI's address for a tracking URI: a tracking server serves its own, a local store `DEFAULT_UI`.
+
+    Without the URI's user and password: the address goes into links that eeopt stores (Optuna user attributes,
+    dashboard notes, run descriptions), and a browser asks for the credentials itself."""
+    if not tracking_uri.startswith(("http://", "https://")):
+        return DEFAULT_UI
+    parts = urllib.parse.urlsplit(tracking_uri.rstrip("/"))
+    host = parts.hostname or ""
+    netloc = (f"[{host}]" if ":" in host else host) + (f":{parts.port}" if parts.port else "")
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 def start_parent_run(mlflow_client, experiment_id: str, study_name: str, tags: Mapping[str, str]) -> str:
