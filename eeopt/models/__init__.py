@@ -6,6 +6,8 @@ Importing this package registers the built-in backbones (`eeopt.models.resnet`).
 from __future__ import annotations
 
 from eeopt.models import resnet as _resnet  # noqa: F401  (registers the ResNet variants)
+from eeopt.models import msdnet as _msdnet  # noqa: F401  (registers MSDNet)
+from eeopt.models.external import load_pretrained  # registers timm:<name>, torchvision:<name> (imports neither)
 from eeopt.models.costs import count_backbone_flops, count_block_flops, count_exit_costs, count_flops
 from eeopt.models.heads import HEAD_TYPES, MAP_HEADS, FailureHead, make_exit_head
 from eeopt.models.multi_exit import ExitForward, MultiExitModel, build_model, head_input_shapes, resolve_exit_blocks
