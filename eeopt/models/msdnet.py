@@ -8,8 +8,9 @@ then gives half the new channels). As depth grows, the finest scales are dropped
 `min` schedule) and 1x1 transition layers compress the channels by `reduction`. A block is a run of such layers
 (`steps`: `base` layers in the first, then `step` each for `even`, `step * i + 1` for `lin_grow`); one classifier
 reads the coarsest scale after every block. This follows the authors' PyTorch code (kalviny/MSDNet-PyTorch,
-models/msdnet.py) layer for layer: with their settings the parameter counts are theirs exactly
-(tests/test_msdnet.py).
+models/msdnet.py) layer for layer, parameters in the same order: with their settings the parameter counts are
+theirs exactly (tests/test_msdnet.py), and their weights loaded position by position give bit-identical logits
+at every exit (checked against their code outside this repository).
 
 State between blocks: a list of maps [B, C_s, H_s, W_s], one per scale still in use (the finest dropped first).
 `head_input` is the coarsest one, as the authors' classifiers read. `model.width` is the authors' nChannels (the
@@ -91,7 +92,9 @@ class ScaleOutput(nn.Module):
 
 class MSDLayer(nn.Module):
     """One multi-scale dense layer: `in_scales` maps in (the coarsest of the S scales), `out_scales` maps out
-    (in_scales or one fewer: the finest is dropped and only feeds the next scale's strided conv).
+    (in_scales or one fewer: the finest is dropped and only feeds the next scale's strided conv). As in the
+    authors' code every output scale is computed, even a finer one that no later layer or classifier reads (only
+    where a schedule ends on a layer with several scales; the authors' settings end on the coarsest alone).
 
     Args:
         channels: input channels of every scale, [S] (unused scales ignored).
