@@ -276,10 +276,10 @@ def split_data(cfg: TrainConfig, split: str) -> tuple[torch.Tensor, np.ndarray]:
     """
     if split not in OUTPUT_SPLITS:
         raise ConfigError(f"--split: expected val or test, got {split!r}")
-    from eeopt.data import load_dataset
+    from eeopt.data import load_dataset, split_tensors
 
-    data = getattr(load_dataset(cfg.data, cfg.seed), split)
-    return data.x, data.y.numpy().astype(np.int64)
+    x, y = split_tensors(getattr(load_dataset(cfg.data, cfg.seed), split))  # a streamed split is read whole
+    return x, y.numpy().astype(np.int64)
 
 
 def predict_split(

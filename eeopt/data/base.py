@@ -1,33 +1,60 @@
-"""Dataset registry and the one path from raw arrays to training-ready splits.
+"""Dataset registry and the one path from raw images to training-ready splits.
 
 A loader registered with `register_dataset` only reads files and returns `RawData` (the official train and test
-images as NumPy arrays); its optional `check` only looks for the files, so `check_dataset_files` can report a missing
-folder before a run starts. `load_dataset` then does the same for every dataset:
+images as NumPy arrays, or `LazyImages` read on demand: image folders); its optional `check` only looks for the
+files, so `check_dataset_files` can report a missing folder before a run starts. `load_dataset` then does the same
+for every dataset:
 
 1. a seeded train/val split of the *train* images (stratified by label when every class has >= 2 images);
 2. subsets: the first `train_subset` / `val_subset` images of the (seeded, shuffled) train / val splits, and the
    first `test_subset` test images in file order;
-3. conversion to float32 tensors [N, C, H, W] (uint8 images are scaled to [0, 1]), resized to
-   `image_size` x `image_size` when that is set and differs from the native size;
-4. per-channel normalisation with mean/std computed on the final train split only.
+3. in memory or streamed (`data.stream`; None: streamed when the train split would decode to more than
+   `STREAM_THRESHOLD_BYTES`, 2 GiB of float32): in memory, every split is decoded once into float32 tensors
+   [N, C, H, W]; streamed, a `StreamedSplit` keeps the labels and reads images per batch in DataLoader workers;
+4. images as float32 (uint8 scaled to [0, 1]) at the geometry of `data.augment` and `data.image_size`
+   (`augment.geometry_for`: a resize to image_size x image_size, or for imagenet a shorter-side resize to
+   image_size / 0.875 and a center crop of image_size);
+5. per-channel normalisation (`data.normalization`): mean/std of the final train split (streamed: of its first
+   `STATS_SAMPLE` images in the split's seeded order), or the pretrained backbone's statistics given by the caller.
 
-The test split is never used to fit anything. Everything is in memory; `iterate_batches` slices it.
+The test split is never used to fit anything. `iterate_batches` slices a `Split` or streams a `StreamedSplit`.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from eeopt.config import DataConfig
-from eeopt.errors import DataError
+from eeopt.data.augment import (  # noqa: F401  (RandomCropFlip is re-exported)
+    RandomCropFlip,
+    augment_name,
+    geometry_for,
+    make_augment,
+)
+from eeopt.data.stream import (
+    STATS_SAMPLE,
+    STREAM_THRESHOLD_BYTES,
+    BatchReader,
+    StreamedSplit,
+    default_workers,
+    streamed_channel_stats,
+)
+from eeopt.data.tensors import (  # noqa: F401  (to_tensor is re-exported)
+    LazyImages,
+    channel_stats,
+    decode_images,
+    image_shape,
+    normalize,
+    to_tensor,
+)
+from eeopt.errors import ConfigError, DataError
 from eeopt.registry import Registry
 
 
@@ -51,15 +78,16 @@ class Split:
 
 @dataclass(frozen=True)
 class Dataset:
-    """Train/val/test splits plus what a model needs to know about them.
+    """Train/val/test splits (each a `Split` in memory or a `StreamedSplit`) plus what a model needs to know.
 
-    `augment(x, generator) -> x` is the batch-level training augmentation (None when `data.augment` is false);
-    `info` is small and JSON-safe: name, sources, split sizes, split seed, sha1 of the val indices, mean/std.
+    `augment(x, generator) -> x` is the batch-level training augmentation of in-memory data (None for none, and
+    always None when streamed: the train split's workers augment); `info` is small and JSON-safe: name, sources,
+    split sizes, split seed, sha1 of the val indices, mean/std and how they were set, stream, augment.
     """
 
-    train: Split
-    val: Split
-    test: Split
+    train: Split | StreamedSplit
+    val: Split | StreamedSplit
+    test: Split | StreamedSplit
     num_classes: int
     in_channels: int
     image_size: tuple[int, int]
@@ -69,7 +97,7 @@ class Dataset:
 
 @dataclass(frozen=True)
 class RawData:
-    """What a loader returns: the official train and test images as NumPy arrays.
+    """What a loader returns: the official train and test images, as NumPy arrays or `LazyImages` (read on demand).
 
     Images are [N, H, W] (grey) or [N, H, W, C], uint8 (scaled to [0, 1] later) or float (kept as is); labels are
     integers in [0, num_classes). `sources` are the files or folders read (for `Dataset.info`); `hflip` says
@@ -77,9 +105,9 @@ class RawData:
     comes from when it is not an official one.
     """
 
-    train_images: np.ndarray
+    train_images: np.ndarray | LazyImages
     train_labels: np.ndarray
-    test_images: np.ndarray
+    test_images: np.ndarray | LazyImages
     test_labels: np.ndarray
     num_classes: int
     sources: tuple[str, ...] = ()
@@ -142,15 +170,26 @@ def check_dataset_files(cfg: DataConfig) -> None:
 
 
 # --------------------------------------------------------------------------------------------------- loading
-def load_dataset(cfg: DataConfig, seed: int) -> Dataset:
+def load_dataset(
+    cfg: DataConfig, seed: int, *, pretrained_stats: tuple[Sequence[float], Sequence[float]] | None = None,
+    pin_memory: bool = False,
+) -> Dataset:
     """Load `cfg.name` and split, subset, convert and normalise it (see the module docstring).
 
     The train/val split and the subsets depend on `seed` only (not on the subset sizes: a smaller `train_subset`
-    never moves images between train and val).
+    never moves images between train and val). For a given seed the streamed and in-memory paths hold the same
+    images in the same order; evaluation batches are equal bit for bit when the train statistics are (train split
+    within STATS_SAMPLE images, or pretrained statistics).
+
+    Args:
+        pretrained_stats: (mean [C], std [C]) of a pretrained backbone's inputs, in [0, 1] pixel units; used when
+            `data.normalization` is pretrained, or None with these given.
+        pin_memory: streamed batches in page-locked memory (pass true when training on CUDA).
 
     Raises:
         UnknownNameError: unknown dataset name (the message lists the registered ones).
         DataError: missing or malformed files.
+        ConfigError: data.normalization pretrained without `pretrained_stats`, or of another channel count.
     """
     raw = DATASETS.get(cfg.name, where="data.name").load(cfg)
     _check_raw(cfg.name, raw)
@@ -158,46 +197,99 @@ def load_dataset(cfg: DataConfig, seed: int) -> Dataset:
     train_idx, val_idx, stratified = split_indices(raw.train_labels, cfg.val_fraction, rng)
     train_idx = train_idx[: cfg.train_subset]  # both are already in a seeded random order
     val_idx = val_idx[: cfg.val_subset]
-    test_idx = np.arange(len(raw.test_labels) if cfg.test_subset is None else min(cfg.test_subset, len(raw.test_labels)))
-    splits, mean, std = _tensor_splits(raw, cfg, {"train": train_idx, "val": val_idx, "test": test_idx})
-    channels, image_size = splits["train"].x.shape[1], tuple(int(d) for d in splits["train"].x.shape[2:])
-    augment = None
-    if cfg.augment:
+    n_test = len(raw.test_labels)
+    test_idx = np.arange(n_test if cfg.test_subset is None else min(cfg.test_subset, n_test))
+    indices = {"train": train_idx, "val": val_idx, "test": test_idx}
+    sources = {"train": raw.train_images, "val": raw.train_images, "test": raw.test_images}
+    labels = {"train": raw.train_labels, "val": raw.train_labels, "test": raw.test_labels}
+    ys = {key: torch.from_numpy(labels[key][idx].astype(np.int64)) for key, idx in indices.items()}
+
+    geometry = geometry_for(cfg.augment, cfg.image_size)
+    shape = image_shape(raw.train_images)
+    channels = 1 if len(shape) == 3 else shape[3]
+    if isinstance(raw.train_images, np.ndarray):
+        image_size = geometry.output_shape(shape[1], shape[2])
+    else:  # lazy images are read at the geometry already
+        image_size = (shape[1], shape[2])
+    decoded_bytes = len(train_idx) * channels * image_size[0] * image_size[1] * 4
+    stream = cfg.stream if cfg.stream is not None else decoded_bytes > STREAM_THRESHOLD_BYTES
+    kind, fixed = _normalization(cfg, pretrained_stats, channels)
+    name = augment_name(cfg.augment)
+    info: dict[str, Any] = {"name": cfg.name, "sources": list(raw.sources)}
+
+    if stream:
+        workers = cfg.workers if cfg.workers is not None else default_workers()
+        if kind == "train":
+            sample = train_idx[:STATS_SAMPLE]
+            mean, std = streamed_channel_stats(BatchReader(raw.train_images, geometry), sample, workers=workers)
+            info["stats_images"] = len(sample)
+        else:
+            mean, std = fixed
+        norm = (tuple(mean), tuple(std)) if kind != "none" else (None, None)
         fill = tuple((0.0 - m) / s for m, s in zip(mean, std))  # raw black, in normalised units
-        augment = RandomCropFlip(pad=max(1, min(image_size) // 8), flip=raw.hflip, fill=fill)
-    info: dict[str, Any] = {
-        "name": cfg.name,
-        "sources": list(raw.sources),
+        augment = make_augment(name, image_size, raw.hflip, fill)
+        crops = name == "imagenet" and not isinstance(raw.train_images, np.ndarray)  # from the native images
+        train_reader = BatchReader(raw.train_images, geometry, *norm, augment=None if crops else augment,
+                                   resized_crop=image_size if crops else None, flip=raw.hflip)
+        readers = {"train": train_reader, "val": BatchReader(raw.train_images, geometry, *norm),
+                   "test": BatchReader(raw.test_images, geometry, *norm)}
+        splits = {
+            key: StreamedSplit(readers[key], idx, ys[key], workers=workers, pin_memory=pin_memory,
+                               persistent=key != "test")  # train and val are read every epoch
+            for key, idx in indices.items()
+        }
+        dataset_augment = None
+        info.update(stream=True, workers=workers)
+    else:
+        xs = {key: decode_images(sources[key], idx, geometry) for key, idx in indices.items()}
+        if kind == "train":
+            mean, std = channel_stats(xs["train"])
+        else:
+            mean, std = fixed
+        if kind != "none":
+            xs = {key: normalize(x, mean, std) for key, x in xs.items()}
+        splits = {key: Split(xs[key], ys[key]) for key in indices}
+        fill = tuple((0.0 - m) / s for m, s in zip(mean, std))
+        dataset_augment = make_augment(name, image_size, raw.hflip, fill)
+        info["stream"] = False
+    info.update({
         "sizes": {key: len(split) for key, split in splits.items()},
         "split_seed": int(seed),
         "stratified": stratified,
         "val_indices_sha1": indices_sha1(val_idx),
         "num_classes": raw.num_classes,
         "image_size": list(image_size),
+        "augment": name,
+        "normalization": kind,
         "mean": [float(m) for m in mean],
         "std": [float(s) for s in std],
-    }
+    })
     if raw.test_note:
         info["test_split"] = raw.test_note
-    return Dataset(**splits, num_classes=raw.num_classes, in_channels=channels, image_size=image_size,
-                   augment=augment, info=info)
+    return Dataset(**splits, num_classes=raw.num_classes, in_channels=channels, image_size=tuple(image_size),
+                   augment=dataset_augment, info=info)
 
 
-def _tensor_splits(raw: RawData, cfg: DataConfig, indices: dict[str, np.ndarray]):
-    """The train/val/test `Split`s of the chosen images (resized, normalised with train statistics), and the
-    per-channel mean and std used."""
-    size = (cfg.image_size, cfg.image_size) if cfg.image_size is not None else None
-    images = {"train": raw.train_images, "val": raw.train_images, "test": raw.test_images}
-    labels = {"train": raw.train_labels, "val": raw.train_labels, "test": raw.test_labels}
-    xs = {key: to_tensor(images[key][idx], size) for key, idx in indices.items()}
-    ys = {key: torch.from_numpy(labels[key][idx].astype(np.int64)) for key, idx in indices.items()}
-    channels = xs["train"].shape[1]
-    if cfg.normalize:
-        mean, std = channel_stats(xs["train"])
-        xs = {key: normalize(x, mean, std) for key, x in xs.items()}
-    else:
-        mean, std = [0.0] * channels, [1.0] * channels
-    return {key: Split(xs[key], ys[key]) for key in indices}, mean, std
+def _normalization(
+    cfg: DataConfig, pretrained: tuple[Sequence[float], Sequence[float]] | None, channels: int
+) -> tuple[str, tuple[list[float], list[float]]]:
+    """("train" | "pretrained" | "none", the fixed (mean, std) for the last two; unused for train)."""
+    identity = ([0.0] * channels, [1.0] * channels)
+    if not cfg.normalize:
+        return "none", identity
+    kind = cfg.normalization or ("pretrained" if pretrained is not None else "train")
+    if kind == "train":
+        return "train", identity
+    if pretrained is None:
+        raise ConfigError("data.normalization: pretrained needs the pretrained backbone's mean/std (set "
+                          "model.pretrained, or use data.normalization: train)")
+    mean, std = [float(v) for v in pretrained[0]], [float(v) for v in pretrained[1]]
+    if len(mean) != channels or len(std) != channels:
+        raise ConfigError(f"data.normalization: the pretrained statistics have {len(mean)} channels but the "
+                          f"{cfg.name} images have {channels}")
+    if min(std) <= 0:
+        raise ConfigError(f"data.normalization: the pretrained std must be positive, got {std}")
+    return "pretrained", (mean, std)
 
 
 def _check_raw(name: str, raw: RawData) -> None:
@@ -205,8 +297,9 @@ def _check_raw(name: str, raw: RawData) -> None:
     if raw.num_classes < 2:
         raise DataError(f"{where}: needs at least 2 classes, got {raw.num_classes}")
     for part, images, labels in (("train", raw.train_images, raw.train_labels), ("test", raw.test_images, raw.test_labels)):
-        if images.ndim not in (3, 4):
-            raise DataError(f"{where}: {part} images must be [N, H, W] or [N, H, W, C], got shape {images.shape}")
+        shape = image_shape(images)
+        if len(shape) not in (3, 4):
+            raise DataError(f"{where}: {part} images must be [N, H, W] or [N, H, W, C], got shape {shape}")
         if labels.ndim != 1 or len(labels) != len(images):
             raise DataError(f"{where}: {len(images)} {part} images but labels of shape {labels.shape}")
         if not np.issubdtype(labels.dtype, np.integer):
@@ -219,10 +312,9 @@ def _check_raw(name: str, raw: RawData) -> None:
         raise DataError(
             f"{where}: needs >= 2 train and >= 1 test images, got {len(raw.train_labels)} and {len(raw.test_labels)}"
         )
-    if raw.train_images.shape[1:] != raw.test_images.shape[1:]:
-        raise DataError(
-            f"{where}: train images are {raw.train_images.shape[1:]} but test images {raw.test_images.shape[1:]}"
-        )
+    train_shape, test_shape = image_shape(raw.train_images)[1:], image_shape(raw.test_images)[1:]
+    if train_shape != test_shape:
+        raise DataError(f"{where}: train images are {train_shape} but test images {test_shape}")
 
 
 # --------------------------------------------------------------------------------------------------- splitting
@@ -259,78 +351,19 @@ def indices_sha1(indices: np.ndarray) -> str:
     return hashlib.sha1(np.ascontiguousarray(indices, dtype="<i8").tobytes()).hexdigest()
 
 
-# --------------------------------------------------------------------------------------------------- tensors
-def to_tensor(images: np.ndarray, size: tuple[int, int] | None = None) -> Tensor:
-    """[N, H, W] or [N, H, W, C] NumPy images -> float32 [N, C, H, W]; uint8 scaled to [0, 1]; optional resize."""
-    x = torch.from_numpy(np.ascontiguousarray(images))
-    x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
-    x = x.float().div_(255.0) if images.dtype == np.uint8 else x.float()
-    x = x.contiguous()
-    if size is not None and tuple(x.shape[2:]) != size and len(x):
-        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
-    return x
-
-
-def channel_stats(x: Tensor) -> tuple[list[float], list[float]]:
-    """Per-channel mean and (population) std of [N, C, H, W], in float64; a constant channel gets std 1."""
-    flat = x.transpose(0, 1).reshape(x.shape[1], -1).double()
-    mean = flat.mean(dim=1)
-    std = flat.std(dim=1, correction=0)
-    std = torch.where(std > 0, std, torch.ones_like(std))
-    return mean.tolist(), std.tolist()
-
-
-def normalize(x: Tensor, mean: list[float], std: list[float]) -> Tensor:
-    """(x - mean) / std per channel of [N, C, H, W], in place when possible; returns the tensor."""
-    m = torch.tensor(mean, dtype=x.dtype).view(1, -1, 1, 1)
-    s = torch.tensor(std, dtype=x.dtype).view(1, -1, 1, 1)
-    return x.sub_(m).div_(s)
-
-
-# --------------------------------------------------------------------------------------------------- augmentation
-@dataclass(frozen=True)
-class RandomCropFlip:
-    """Batch augmentation: pad by `pad` pixels with `fill` (per channel), crop back at a random offset per image,
-    and flip each image horizontally with probability 1/2 when `flip` is true.
-
-    `fill` is raw black in normalised units, so the padding equals torchvision's zero padding before normalising.
-    All randomness comes from `generator` (on its own device), so a seeded generator gives the same batch.
-    """
-
-    pad: int
-    flip: bool = True
-    fill: tuple[float, ...] = field(default=())
-
-    def __call__(self, x: Tensor, generator: torch.Generator) -> Tensor:
-        """[B, C, H, W] -> [B, C, H, W] (a new tensor)."""
-        b, c, h, w = x.shape
-        p = self.pad
-        dev = generator.device
-        oy = torch.randint(0, 2 * p + 1, (b,), generator=generator, device=dev).to(x.device)
-        ox = torch.randint(0, 2 * p + 1, (b,), generator=generator, device=dev).to(x.device)
-        flips = (torch.rand(b, generator=generator, device=dev) < 0.5).to(x.device)
-        fill = torch.tensor(self.fill or (0.0,) * c, dtype=x.dtype, device=x.device).view(1, c, 1, 1)
-        padded = fill.expand(b, c, h + 2 * p, w + 2 * p).clone()
-        padded[:, :, p : p + h, p : p + w] = x
-        rows = (oy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
-        cols = ox[:, None] + torch.arange(w, device=x.device)
-        if self.flip:
-            cols = torch.where(flips[:, None], cols.flip(1), cols)
-        cols = cols[:, None, None, :]
-        batch = torch.arange(b, device=x.device)[:, None, None, None]
-        chan = torch.arange(c, device=x.device)[None, :, None, None]
-        return padded[batch, chan, rows, cols]
-
-
 # --------------------------------------------------------------------------------------------------- batching
 def iterate_batches(
-    split: Split, batch_size: int, shuffle: bool, generator: torch.Generator | None = None
+    split: Split | StreamedSplit, batch_size: int, shuffle: bool, generator: torch.Generator | None = None
 ) -> Iterator[tuple[Tensor, Tensor]]:
     """Yield (x [B, C, H, W], y [B]) covering every sample exactly once; the last batch may be smaller.
 
     With `shuffle`, the order is `torch.randperm(N, generator=generator)` (the global RNG when None); without it,
-    batches are views in order. No worker processes: everything is already in memory.
+    batches are in order (views of an in-memory split). A `StreamedSplit` reads its batches through its DataLoader
+    (and, when it augments and shuffles, draws its epoch's augmentation seed from `generator` after the order).
     """
+    if isinstance(split, StreamedSplit):
+        yield from split.batches(batch_size, shuffle, generator)
+        return
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     n = len(split)
@@ -344,3 +377,11 @@ def iterate_batches(
         for start in range(0, n, batch_size):
             yield split.x[start : start + batch_size], split.y[start : start + batch_size]
 
+
+def split_tensors(split: Split | StreamedSplit, batch_size: int = 256) -> tuple[Tensor, Tensor]:
+    """(x [N, C, H, W], y [N]) of a whole split in order: an in-memory split's own tensors, a streamed one's
+    batches read and concatenated (in memory: for val/test-sized splits)."""
+    if isinstance(split, Split):
+        return split.x, split.y
+    xs = [x for x, _ in split.batches(batch_size, shuffle=False)]
+    return torch.cat(xs), split.y

@@ -4,16 +4,25 @@
   [N, 3072], channel-major 3x32x32) and b'labels';
 - cifar100: `cifar-100-python/train` and `test`, with b'data' and b'fine_labels' (100 classes).
 
-The files are found in `data.root` or `data.root/<standard folder>` (without `data.root`: `$EEOPT_DATA_DIR`).
-They are unpickled by `load_batch`, which only allows the few globals such a file needs (NumPy arrays, bytes), so a
-crafted pickle cannot run code. Nothing is downloaded: extract the official tar.gz into data.root.
+Where they are found (without `data.root`: `$EEOPT_DATA_DIR`), first match wins:
+
+1. `data.root` or `data.root/<standard folder>` holding the extracted batches;
+2. the archive as downloaded: `data.root/cifar-10-python.tar.gz` (`cifar-100-python.tar.gz`), or `data.root` naming
+   a .tar.gz file itself. Members `<standard folder>/<batch>` are read with tarfile, never extracted to disk. An
+   archive with the official file name must have the official MD5 (`ARCHIVE_MD5`, torchvision's values), else one
+   line DataError; an archive under any other name (a subset you packed, a renamed mirror) is read unchecked.
+
+Batches are unpickled by `parse_batch`, which only allows the few globals such a file needs (NumPy arrays, bytes),
+so a crafted pickle cannot run code. Nothing is downloaded: fetch the official tar.gz yourself.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import pickle
+import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +34,12 @@ from eeopt.config import DataConfig
 from eeopt.data.base import RawData, register_dataset
 from eeopt.errors import DataError
 
+ARCHIVES = {"cifar10": "cifar-10-python.tar.gz", "cifar100": "cifar-100-python.tar.gz"}
+# The official archives' MD5s, as torchvision's CIFAR10/CIFAR100 `tgz_md5` (checked in torchvision 0.29.1).
+ARCHIVE_MD5 = {
+    "cifar-10-python.tar.gz": "c58f30108f718f92721af3b95e74349a",
+    "cifar-100-python.tar.gz": "eb9058c3a382ffc7106e4002c42a8d85",
+}
 _URLS = {
     "cifar10": "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
     "cifar100": "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
@@ -55,17 +70,27 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
 
 def load_batch(path: str | os.PathLike, label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
-    """One pickled batch -> (images uint8 [N, 32, 32, 3], labels int64 [N]).
+    """One pickled batch file -> (images uint8 [N, 32, 32, 3], labels int64 [N]); see `parse_batch`.
 
     Raises:
-        DataError: unreadable file, not a pickle, a disallowed global, not a dict with b'data' and `label_key`, or
-            arrays of the wrong shape; the message names the file.
+        DataError: unreadable file, or what `parse_batch` raises; the message names the file.
     """
     path = Path(path)
     try:
         blob = path.read_bytes()
     except OSError as exc:
         raise DataError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    return parse_batch(blob, str(path), label_key)
+
+
+def parse_batch(blob: bytes, where: str, label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """The bytes of one pickled batch -> (images uint8 [N, 32, 32, 3], labels int64 [N]).
+
+    Raises:
+        DataError: not a pickle, a disallowed global, not a dict with b'data' and `label_key`, or arrays of the
+            wrong shape; the message starts with `where` (the file, or archive:member).
+    """
+    path = where
     try:
         batch = _RestrictedUnpickler(io.BytesIO(blob), encoding="bytes").load()
     except Exception as exc:  # noqa: BLE001  (whatever a bad pickle raises, it is a bad file)
@@ -108,18 +133,24 @@ CIFAR100 = _Cifar("cifar100", "cifar-100-python", ("train",), "test", b"fine_lab
 
 
 def _locate(cfg: DataConfig, spec: _Cifar) -> Path | str:
-    """The folder holding every batch of `spec`, or (a string) why there is none, as one line."""
+    """The folder holding every batch of `spec` or the archive to read them from, or (a string) why there is
+    none, as one line."""
     base = cfg.root or os.environ.get("EEOPT_DATA_DIR")
     url = _URLS[spec.name]
     if base is None:
-        return f"set data.root (or $EEOPT_DATA_DIR) to the folder holding {spec.folder}/ (extract {url} there)"
+        return f"set data.root (or $EEOPT_DATA_DIR) to the folder holding {spec.folder}/ or {ARCHIVES[spec.name]}"
     base_path = Path(base).expanduser()
+    if base_path.is_file():
+        return base_path  # an archive named directly
     candidates = [base_path, base_path / spec.folder]
     folder = next((c for c in candidates if (c / spec.files[0]).is_file()), None)
     if folder is None:
+        archive = base_path / ARCHIVES[spec.name]
+        if archive.is_file():
+            return archive
         hint = "; data.download is not supported for CIFAR" if cfg.download else ""
         where = " or ".join(str(c) for c in candidates)
-        return f"{spec.files[0]} not found in {where}; extract {url} into {base_path}{hint}"
+        return f"{spec.files[0]} not found in {where}; extract {url} into {base_path} or put it there{hint}"
     missing = next((f for f in spec.files if not (folder / f).is_file()), None)
     if missing is not None:
         return f"{folder / missing}: not found; expected the {spec.name} batch {missing} next to {spec.files[0]}"
@@ -139,16 +170,56 @@ def _check(spec: _Cifar) -> Callable[[DataConfig], str | None]:
     return check
 
 
+def _md5(path: Path) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_archive(path: Path, spec: _Cifar) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{batch file name: (images, labels)} of every batch of `spec` in a .tar.gz, read in one pass in memory.
+
+    Raises:
+        DataError: an official name with another MD5, not a readable tar archive, a missing member, a bad batch;
+            the message names the archive (and the member).
+    """
+    expected = ARCHIVE_MD5.get(path.name)
+    if expected is not None:
+        got = _md5(path)
+        if got != expected:
+            raise DataError(
+                f"{path}: MD5 {got} is not the official {path.name}'s {expected}; the download is incomplete or "
+                "corrupt (fetch it again), or rename the file if it is a subset you packed yourself"
+            )
+    wanted = {f"{spec.folder}/{name}": name for name in spec.files}
+    blobs: dict[str, bytes] = {}
+    try:
+        with tarfile.open(path, "r:*") as tar:
+            for member in tar:
+                name = wanted.get(member.name.removeprefix("./"))
+                if name is not None and member.isfile():
+                    blobs[name] = tar.extractfile(member).read()
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise DataError(f"{path}: not a readable tar archive ({exc})") from None
+    missing = next((member for member, name in wanted.items() if name not in blobs), None)
+    if missing is not None:
+        raise DataError(f"{path}: no member {missing}; expected the {spec.name} archive layout {spec.folder}/<batch>")
+    return {name: parse_batch(blob, f"{path}:{spec.folder}/{name}", spec.label_key) for name, blob in blobs.items()}
+
+
 def _load(cfg: DataConfig, spec: _Cifar) -> RawData:
     found = _locate(cfg, spec)
     if not isinstance(found, Path):
         raise DataError(f"{spec.name}: {found}")
-    parts = {}
-    for filename in spec.files:
-        path = found / filename
-        parts[filename] = images, labels = load_batch(path, spec.label_key)
+    if found.is_file():
+        parts = read_archive(found, spec)
+    else:
+        parts = {name: load_batch(found / name, spec.label_key) for name in spec.files}
+    for filename, (_, labels) in parts.items():
         if len(labels) and labels.max() >= spec.num_classes:
-            raise DataError(f"{path}: labels must lie in 0..{spec.num_classes - 1}, found {labels.max()}")
+            raise DataError(f"{found / filename}: labels must lie in 0..{spec.num_classes - 1}, found {labels.max()}")
     train_images = np.concatenate([parts[f][0] for f in spec.train_files])
     train_labels = np.concatenate([parts[f][1] for f in spec.train_files])
     return RawData(
