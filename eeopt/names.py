@@ -10,6 +10,7 @@ objective validation, the study summary, exports, tables and the proxy analysis.
     calib/{name}/{key}      any of the above under another calibrator          calib/temperature/mean/ece
     score/{name}/{key}      any of the above under another exit score          score/learned/mean/auroc
     cost/{unit}/exit{k}     cumulative cost of reaching exit k, per sample     cost/flops/exit2, cost/latency_ms/exit1
+    train/{name}            a training-history column (step: the epoch)        train/train_loss, train/images_per_s
 
 MLflow and study objectives put the split in front: `val/...` (what objectives read) or `test/...` (held out,
 reported only). The same key means the same number everywhere. Cost keys belong to the model, not to a split, and
@@ -116,6 +117,16 @@ def cost_key(unit: str, k: int) -> str:
 def cost_metrics(unit: str, costs) -> dict[str, float]:
     """{`cost/{unit}/exit{k}`: cost} for a vector of K cumulative costs."""
     return {cost_key(unit, k): float(c) for k, c in enumerate(costs, start=1)}
+
+
+#: Training throughput of an epoch: images trained on per second of its steps (data, forward, backward, update).
+IMAGES_PER_S = "images_per_s"
+
+
+def train_key(name: str) -> str:
+    """`train/{name}`: a column of a training history row (`train_loss`, `lr`, `seconds`, `IMAGES_PER_S`,
+    `val_acc_exit{k}`) as the MLflow metric a trial logs every epoch."""
+    return f"train/{name}"
 
 
 def split_key(split: str, key: str) -> str:

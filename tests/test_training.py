@@ -313,7 +313,7 @@ def test_outputs_history_and_files(digits, tmp_path, capsys):
     np.testing.assert_array_equal(result.val.costs, result.model.costs)
     assert result.val.num_samples == len(digits.val.y) and result.test.num_samples == len(digits.test.y)
     assert result.val.scores is None
-    assert set(result.history[0]) == {"epoch", "stage", "train_loss", "lr", "seconds"} | {
+    assert set(result.history[0]) == {"epoch", "stage", "train_loss", "lr", "seconds", "images_per_s"} | {
         f"val_acc_exit{i}" for i in range(1, k + 1)
     }
     assert rows == [(1, result.history[0])]

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from eeopt.config import TrainConfig
+from eeopt.names import train_key
 from eeopt.study import tracking
 from eeopt.study.cluster import node_tags, trial_folder
 from eeopt.study.records import PROGRESS_EVERY, HEADLINE_METRICS, EpochReport, ProgressReport, TrialReport, TrialSpec
@@ -49,14 +51,14 @@ def _run(spec: TrialSpec, tracking_uri: str, folder, objective_fn, last_acc: lis
 
     client = tracking.client(tracking_uri)
     run_id = spec.mlflow_run_id
-    cfg = TrainConfig.model_validate(spec.train_config)
+    cfg = pin_to_trial_resources(TrainConfig.model_validate(spec.train_config), _trial_resources())
     tracking.set_tags(client, run_id, {**node_tags(), tracking.TAG_COST: cfg.policy.cost_unit,
                                        **environment(resolve_device(cfg.training.device), cfg.training.deterministic)})
     tracking.log_params(client, run_id, tracking.params_from_config(spec.train_config, spec.sampled))
     progress = _ProgressSender(cfg, resumed=(folder.path / "checkpoint.pt").exists())
 
     def on_epoch(epoch: int, row: dict[str, Any]) -> None:
-        numeric = {f"train/{k}": float(v) for k, v in row.items()
+        numeric = {train_key(k): float(v) for k, v in row.items()
                    if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "epoch"}
         tracking.log_metrics(client, run_id, numeric, step=epoch)
         accs = [v for k, v in sorted(row.items(), key=lambda kv: _exit_index(kv[0])) if k.startswith("val_acc_exit")]
@@ -75,6 +77,37 @@ def _run(spec: TrialSpec, tracking_uri: str, folder, objective_fn, last_acc: lis
     k = result.test.num_exits
     headline = {name: result.metrics[name] for name in (*HEADLINE_METRICS, f"test/exit{k}/accuracy")}
     return TrialReport.complete(values, headline, last_acc[0])
+
+
+def pin_to_trial_resources(cfg: TrainConfig, resources: Mapping[str, float]) -> TrainConfig:
+    """`cfg` on the resources Ray gave the trial (`{"CPU": cpus_per_trial, "GPU": gpus_per_trial}`).
+
+    `training.device: auto` becomes cuda when the trial has a GPU or a share of one (Ray sets CUDA_VISIBLE_DEVICES
+    to that GPU, so it is cuda:0 here, shared with the other trials on it when `gpus_per_trial` is a fraction), else
+    the CPU: a trial never uses a GPU it was not given. Unset `training.threads` becomes the trial's CPUs (floor, at
+    least 1), which bounds the DataLoader workers too (`data.workers` defaults from torch's thread count). Neither
+    is part of the checkpoint fingerprint: a requeued trial resumes wherever it lands.
+    """
+    if not resources:
+        return cfg  # not in a Tune trial: as configured
+    update: dict[str, Any] = {}
+    if cfg.training.device == "auto":
+        update["device"] = "cuda" if resources.get("GPU", 0) > 0 else "cpu"
+    if cfg.training.threads is None and resources.get("CPU", 0) > 0:
+        update["threads"] = max(1, math.floor(resources["CPU"]))
+    if not update:
+        return cfg
+    return cfg.model_copy(update={"training": cfg.training.model_copy(update=update)})
+
+
+def _trial_resources() -> dict[str, float]:
+    """What Tune reserved for this trial (`study.resources`), or {} outside a Tune trial."""
+    from ray import tune
+
+    try:
+        return dict(tune.get_context().get_trial_resources().required_resources)
+    except Exception:  # noqa: BLE001 - outside Tune there is nothing to pin to
+        return {}
 
 
 class _ProgressSender:

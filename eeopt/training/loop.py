@@ -25,6 +25,7 @@ from eeopt.data import Dataset, load_dataset
 from eeopt.environment import environment
 from eeopt.errors import ConfigError
 from eeopt.models import MultiExitModel
+from eeopt.names import IMAGES_PER_S
 from eeopt.outputs import ExitOutputs
 from eeopt.training.checkpoint import (
     atomic_save_outputs,
@@ -40,7 +41,14 @@ from eeopt.training.checkpoint import (
 from eeopt.training.checks import check_output_dir
 from eeopt.training.epoch import collect_exit_outputs, exit_accuracy, steps_per_epoch, train_epoch
 from eeopt.training.model_files import build_model_for, load_backbone
-from eeopt.training.runtime import configure_process, rng_untouched
+from eeopt.training.runtime import (
+    Precision,
+    compiled_for_training,
+    configure_process,
+    prepare_for_device,
+    rng_untouched,
+    training_precision,
+)
 from eeopt.training.stages import (
     Stage,
     check_parameter_groups,
@@ -115,6 +123,8 @@ class _Run:
     groups: dict[str, list[torch.nn.Parameter]]
     device: torch.device
     generator: torch.Generator  # shuffling and augmentation
+    precision: Precision  # of the training steps (with fp16's gradient scaler, kept across stages and resumes)
+    stepper: torch.nn.Module  # what training steps call: the model, or torch.compile of it
     checkpoint: Path | None
     history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     resumed: dict[str, Any] | None = None  # the checkpoint resumed from (its stage's optimizer and scheduler)
@@ -135,12 +145,14 @@ def _start_or_resume(cfg: TrainConfig, out: Path | None, dataset: Dataset | None
     if dataset is None:
         with rng_untouched():  # the initial weights do not depend on how the data was loaded
             dataset = load_dataset(cfg.data, cfg.seed)
-    model = build_model_for(cfg, dataset).to(device)
+    precision = training_precision(tc.precision, device)
+    model = prepare_for_device(build_model_for(cfg, dataset), device)
     groups = check_parameter_groups(model)
     check_stages(stages, groups, tc.mode)
     generator = torch.Generator().manual_seed(cfg.seed)
     checkpoint = out / "checkpoint.pt" if out is not None else None
-    run = _Run(cfg, stages, dataset, model, groups, device, generator, checkpoint)
+    run = _Run(cfg, stages, dataset, model, groups, device, generator, precision,
+               compiled_for_training(model, tc.compile), checkpoint)
     if checkpoint is not None and checkpoint.exists():
         _resume(run, checkpoint)
     elif tc.backbone_checkpoint is not None and tc.mode != "joint":
@@ -158,6 +170,8 @@ def _resume(run: _Run, path: Path) -> None:
     if stage < len(run.stages) and epoch >= run.stages[stage].epochs:
         stage, epoch = stage + 1, 0  # the checkpoint ended a stage
     restore_rng_state(resumed["rng"], run.generator)
+    if run.precision.scaler is not None and resumed.get("scaler"):
+        run.precision.scaler.load_state_dict(resumed["scaler"])  # fp16: the loss scale it had reached
     run.resumed, run.start_stage, run.start_epoch = resumed, stage, epoch
     total = sum(s.epochs for s in run.stages)
     print(f"resuming from {path}: {len(run.history)} of {total} epochs done", file=sys.stderr)
@@ -186,6 +200,7 @@ def _run_stage(
                 optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
                 stage_index=index, stage_epoch=stage_epoch + 1, history=run.history,
                 rng=capture_rng_state(run.generator),
+                scaler=run.precision.scaler.state_dict() if run.precision.scaler is not None else None,
             )
         display.epoch_done(row, total_epochs=sum(s.epochs for s in run.stages))
         if callback is not None:
@@ -200,20 +215,21 @@ def _run_epoch(
     epoch, started, n_steps = len(run.history) + 1, time.perf_counter(), run.steps_per_epoch
     display.epoch_started(f"{stage.name} {stage_epoch + 1}/{stage.epochs}", n_steps)
 
-    def on_step(done: int, mean_loss: float) -> None:
+    def on_step(done: int, mean_loss: float | None) -> None:
         display.advance(mean_loss)
         if on_batch is not None:
             on_batch(done, n_steps)
 
-    train_loss, lr = train_epoch(
-        run.model, run.dataset, stage, run.cfg.training, optimizer, scheduler, run.generator, run.device,
+    stats = train_epoch(
+        run.stepper, run.dataset, stage, run.cfg.training, optimizer, scheduler, run.generator, run.device,
         epoch=epoch, first_step=stage_epoch * n_steps, total_steps=stage.epochs * n_steps, on_step=on_step,
+        precision=run.precision,
     )
     display.epoch_ended()
     accuracy = exit_accuracy(run.model, run.dataset.val, run.cfg.training.batch_size)
-    row: dict[str, Any] = {"epoch": epoch, "stage": stage.name, "train_loss": train_loss}
+    row: dict[str, Any] = {"epoch": epoch, "stage": stage.name, "train_loss": stats.loss}
     row.update({f"val_acc_exit{k + 1}": acc for k, acc in enumerate(accuracy)})
-    row.update({"lr": lr, "seconds": time.perf_counter() - started})
+    row.update({"lr": stats.lr, "seconds": time.perf_counter() - started, IMAGES_PER_S: stats.images_per_s})
     run.history.append(row)
     return row
 
@@ -270,9 +286,11 @@ class _Display:
         if self.enabled:
             self.task = self.bar.add_task(description, total=total, loss=0.0)
 
-    def advance(self, mean_loss: float) -> None:
+    def advance(self, mean_loss: float | None) -> None:
+        """One step done; `mean_loss` is None between the checks that read it from the device."""
         if self.task is not None:
-            self.bar.update(self.task, advance=1, loss=mean_loss)
+            fields = {} if mean_loss is None else {"loss": mean_loss}
+            self.bar.update(self.task, advance=1, **fields)
 
     def epoch_ended(self) -> None:
         if self.task is not None:
@@ -284,5 +302,5 @@ class _Display:
             accs = " ".join(f"{v:.3f}" for k, v in row.items() if k.startswith("val_acc_exit"))
             self.bar.console.print(
                 f"{row['stage']:<8} epoch {row['epoch']}/{total_epochs}  loss {row['train_loss']:.4f}  "
-                f"val acc {accs}  {row['seconds']:.1f} s"
+                f"val acc {accs}  {row['seconds']:.1f} s  {row[IMAGES_PER_S]:.0f} images/s"
             )
