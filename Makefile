@@ -8,8 +8,14 @@ TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 # 2 cores well (6.4 min instead of 9.3 min measured on 2 idle cores). PYTEST_WORKERS=0 runs the suite in one.
 PYTEST_WORKERS ?= 2
 PYTEST_ARGS ?=
+# The timm/torchvision tests (pytest marker `extras`) run in an environment of their own: PyPI's torchvision is
+# built against PyPI's torch, not against the CPU build in .venv (NOTES.md), so .venv-extras pairs the two.
+EXTRAS_VENV ?= .venv-extras
+EXTRAS_TORCH ?= 2.14.1
+EXTRAS_TORCHVISION ?= 0.29.1
+EXTRAS_PIP_ARGS ?=
 
-.PHONY: setup data run test bench clean
+.PHONY: setup setup-extras data run test test-extras bench clean
 
 setup: $(VENV)/.installed
 
@@ -30,6 +36,21 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(BIN)/pip install -e ".[dev]"
 	touch $@
 
+# .venv-extras: torch + torchvision from PyPI (on Linux the CUDA build, ~6 GB, which also runs on a CPU; pass
+# EXTRAS_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu" for PyTorch's CPU pair where that index is
+# reachable), then eeopt with the timm and torchvision extras. Kept when torch and torchvision already import.
+setup-extras: $(EXTRAS_VENV)/.installed
+
+$(EXTRAS_VENV)/.installed: pyproject.toml Makefile
+	test -x $(EXTRAS_VENV)/bin/python || $(PYTHON) -m venv $(EXTRAS_VENV)
+	@if $(EXTRAS_VENV)/bin/python -c "import torch, torchvision" 2>/dev/null; then \
+		echo "torch and torchvision already installed in $(EXTRAS_VENV)"; \
+	else \
+		$(EXTRAS_VENV)/bin/pip install $(EXTRAS_PIP_ARGS) "torch==$(EXTRAS_TORCH)" "torchvision==$(EXTRAS_TORCHVISION)"; \
+	fi
+	$(EXTRAS_VENV)/bin/pip install -e ".[dev,timm,torchvision]"
+	touch $@
+
 # Fashion-MNIST for the default study: found where it is, else Debian's package (where apt works), else the
 # official files with checksums.
 data: setup
@@ -42,8 +63,16 @@ data: setup
 run: data
 	$(BIN)/eeopt study run studies/resnet.yaml
 
-test: data
-	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
+# The main suite in .venv (where the extras tests skip), then the extras tests in .venv-extras (about 15 s); both
+# run even when the first fails, and make fails if either did.
+test: data setup-extras
+	@status=0; \
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS) || status=1; \
+	$(EXTRAS_VENV)/bin/python -m pytest -n 0 -m extras $(PYTEST_ARGS) || status=1; \
+	exit $$status
+
+test-extras: setup-extras
+	$(EXTRAS_VENV)/bin/python -m pytest -n 0 -m extras $(PYTEST_ARGS)
 
 # Every benchmark, each writing benchmarks/results/NAME.json, then BENCHMARKS.md rendered from them (about 7
 # minutes on 2 idle cores, the benchmark model's training included; see BENCHMARKS.md for the machine and load).
@@ -58,4 +87,4 @@ bench: data
 	$(BIN)/python benchmarks/report.py
 
 clean:
-	rm -rf $(VENV) runs studies/runs studies/*.db studies/mlartifacts .pytest_cache
+	rm -rf $(VENV) $(EXTRAS_VENV) runs studies/runs studies/*.db studies/mlartifacts .pytest_cache

@@ -19,10 +19,15 @@ channels) is optional: `MultiExitModel` probes the shapes it needs.
 
 `Backbone` below implements ``forward``, ``head_input`` and ``num_features``; subclass it (or provide the same
 attributes). A new family is one `@register_backbone` factory.
+
+A whole library of networks is one `register_backbone_library(prefix, factory)`: ``model.backbone: prefix:name``
+then calls ``factory(prefix, name, in_channels, image_size, width, **kwargs)`` (eeopt.models.external registers
+``timm`` and ``torchvision`` this way). Library names are not listed by `list_backbones`.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -32,7 +37,34 @@ from eeopt.errors import ConfigError
 from eeopt.registry import Registry
 
 BackboneFactory = Callable[..., nn.Module]
-BACKBONES: Registry[BackboneFactory] = Registry("backbone")
+LibraryFactory = Callable[..., nn.Module]
+
+
+class _BackboneRegistry(Registry[BackboneFactory]):
+    """Registered backbone names, plus library prefixes: `get("timm:vit_small_patch16_224")` is the timm
+    factory bound to that model name (after the library's own check, e.g. that it is installed)."""
+
+    def __init__(self) -> None:
+        super().__init__("backbone")
+        self.libraries: dict[str, tuple[LibraryFactory, Callable[[str, str], None] | None]] = {}
+
+    def get(self, name: str, where: str = "") -> BackboneFactory:
+        prefix, sep, model = name.partition(":") if isinstance(name, str) else ("", "", "")
+        if not sep or prefix not in self.libraries:
+            return super().get(name, where)
+        if not model:
+            raise ConfigError(f"{where + ': ' if where else ''}{name!r} names no model (write {prefix}:<model name>)")
+        factory, check = self.libraries[prefix]
+        if check is not None:
+            check(prefix, model)
+        return functools.partial(factory, prefix, model)
+
+    def unknown(self, name: object) -> str:
+        libraries = ", ".join(f"{p}:<name>" for p in sorted(self.libraries))
+        return super().unknown(name)[:-1] + (f"; or {libraries})" if libraries else ")")
+
+
+BACKBONES = _BackboneRegistry()
 
 
 class Backbone(nn.Module):
@@ -76,6 +108,21 @@ def register_backbone(name: str) -> Callable[[BackboneFactory], BackboneFactory]
         ValueError: `name` is already registered.
     """
     return BACKBONES.register(name)
+
+
+def register_backbone_library(
+    prefix: str, factory: LibraryFactory, check: Callable[[str, str], None] | None = None
+) -> None:
+    """Register a library of networks: `model.backbone: {prefix}:{name}` builds
+    `factory(prefix, name, in_channels, image_size, width, **kwargs)`. `check(prefix, name)`, if given, runs when
+    the name is looked up (before anything is built) and raises `ConfigError` when the library cannot serve it.
+
+    Raises:
+        ValueError: `prefix` is already registered, empty, or contains ':'.
+    """
+    if not prefix or ":" in prefix or prefix in BACKBONES.libraries:
+        raise ValueError(f"backbone library prefix {prefix!r} is empty, has ':' or is already registered")
+    BACKBONES.libraries[prefix] = (factory, check)
 
 
 def list_backbones() -> list[str]:

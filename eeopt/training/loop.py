@@ -24,7 +24,8 @@ from eeopt.config import TrainConfig
 from eeopt.data import Dataset, load_dataset
 from eeopt.environment import environment
 from eeopt.errors import ConfigError
-from eeopt.models import MultiExitModel
+from eeopt.models import MultiExitModel, load_pretrained
+from eeopt.models.external import pretrained_statistics
 from eeopt.names import IMAGES_PER_S
 from eeopt.outputs import ExitOutputs
 from eeopt.training.checkpoint import (
@@ -138,13 +139,15 @@ class _Run:
 
 def _start_or_resume(cfg: TrainConfig, out: Path | None, dataset: Dataset | None) -> _Run:
     """Set up the process, load the data, build the model; resume from `out`'s checkpoint when there is one,
-    else load a trained backbone if the config asks for one."""
+    else load a trained backbone (or pretrained weights) if the config asks for one."""
     tc = cfg.training
-    stages = plan_stages(tc)
+    stages = plan_stages(tc, pretrained=bool(cfg.model.pretrained))
     device = configure_process(tc, cfg.seed)
     if dataset is None:
         with rng_untouched():  # the initial weights do not depend on how the data was loaded
-            dataset = load_dataset(cfg.data, cfg.seed)
+            wants_stats = cfg.model.pretrained or cfg.data.normalization == "pretrained"
+            stats = pretrained_statistics(cfg.model.backbone) if wants_stats else None  # timm / torchvision
+            dataset = load_dataset(cfg.data, cfg.seed, pretrained_stats=stats)
     precision = training_precision(tc.precision, device)
     model = prepare_for_device(build_model_for(cfg, dataset), device)
     groups = check_parameter_groups(model)
@@ -157,6 +160,8 @@ def _start_or_resume(cfg: TrainConfig, out: Path | None, dataset: Dataset | None
         _resume(run, checkpoint)
     elif tc.backbone_checkpoint is not None and tc.mode != "joint":
         load_backbone(model, tc.backbone_checkpoint)
+    elif cfg.model.pretrained:
+        load_pretrained(model.backbone, cfg.model.pretrained)  # the library's weights (timm / torchvision)
     return run
 
 

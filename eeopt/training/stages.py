@@ -10,6 +10,10 @@ A training run is a list of stages, each with its own optimizer and learning-rat
 |               | heads for `epochs` epochs; backbone and final head stay bit-identical                    |
 | two_stage     | backbone as above, then joint for `epochs` epochs                                        |
 
+A pretrained backbone (`model.pretrained`, timm/torchvision) is a trained backbone without a classifier for these
+classes: with no backbone epochs, frozen mode has no backbone stage and its heads stage trains the final head too
+(the backbone stays bit-identical).
+
 `joint` ignores `backbone_epochs` and `backbone_checkpoint` (so a study can search over the mode with them fixed).
 Parameters a stage does not train get `requires_grad=False`, and the modules holding only such parameters stay in
 eval mode, so their BatchNorm statistics do not move either.
@@ -42,10 +46,12 @@ class Stage:
     objective: str  # 'final': the last exit's CE only; 'exits': weighted exit CEs + failure + distillation losses
 
 
-def plan_stages(tc: TrainingConfig) -> list[Stage]:
-    """The stages of `training.mode`, without the ones that have no epochs.
+def plan_stages(tc: TrainingConfig, pretrained: bool = False) -> list[Stage]:
+    """The stages of `training.mode`, without the ones that have no epochs; `pretrained`: the model's backbone
+    comes with pretrained weights (`model.pretrained`).
 
-    `TrainingConfig` guarantees frozen/two_stage have exactly one way to get a trained backbone.
+    `TrainingConfig` guarantees frozen/two_stage have a way to get a trained backbone (epochs, a checkpoint, or
+    pretrained weights).
     """
     if tc.mode == "joint":
         stages = [Stage("joint", tc.epochs, GROUPS, "exits")]
@@ -54,7 +60,10 @@ def plan_stages(tc: TrainingConfig) -> list[Stage]:
         if tc.backbone_checkpoint is None:
             stages.append(Stage("backbone", tc.backbone_epochs, ("backbone", "final_head"), "final"))
         if tc.mode == "frozen":
-            stages.append(Stage("heads", tc.epochs, ("early_heads", "failure_heads"), "exits"))
+            # pretrained weights alone bring no final head for these classes: the heads stage trains it
+            new_final = pretrained and tc.backbone_checkpoint is None and tc.backbone_epochs == 0
+            stages.append(Stage("heads", tc.epochs, ("final_head",) * new_final + ("early_heads", "failure_heads"),
+                                "exits"))
         else:
             stages.append(Stage("joint", tc.epochs, GROUPS, "exits"))
     return [stage for stage in stages if stage.epochs > 0]
