@@ -40,7 +40,7 @@ def test_study_analyze_is_scipy_on_the_mlflow_metrics(finished, capsys):
 
     folder, path = finished
     capsys.readouterr()
-    assert main(["study", "analyze", str(path), "--json", "--output-dir", str(folder / "report")]) == 0
+    assert main(["study", "analyze", str(path), "--json", "--log", "--output-dir", str(folder / "report")]) == 0
     captured = capsys.readouterr()
     out = json.loads(captured.out)
     assert "Downloading artifacts" not in captured.err  # no MLflow progress bar per exit-outputs file

@@ -109,7 +109,8 @@ def study_export(
     if fmt == "table":
         from eeopt import display
 
-        text = display.trials_text(rows, study.objectives, run_ids=True)
+        best = {row["number"] for row in study.summary().best}
+        text = display.trials_text(rows, study.objectives, run_ids=True, best=best)
     else:
         text = _export_text(rows, fmt)
     if output is None:
@@ -171,13 +172,17 @@ def study_analyze(
     split: Annotated[str, typer.Option("--split", help="test (held out, default) or val.")] = "test",
     per_exit: Annotated[bool, typer.Option("--per-exit", help="Also list the per-exit proxies.")] = False,
     output_dir: Annotated[Optional[Path], typer.Option("--output-dir", help="Write report.md and plots here.")] = None,
+    log: Annotated[bool, typer.Option(
+        "--log", help="Also log the report to the study's latest MLflow parent run (artifacts analysis/ and its "
+        "description). Without it, analyze writes nothing to the stores.")] = False,
     as_json: JsonFlag = False,
     overrides: SetOpt = None,
 ) -> None:
     """Which proxy (calibration or failure prediction) predicts efficiency across the study's trials?
 
-    Reads every finished trial (Optuna joined to MLflow); a point is a (trial, calibrator) pair. The report is also
-    logged to the study's latest MLflow parent run.
+    Reads every finished trial (Optuna joined to MLflow); a point is a (trial, calibrator) pair. A reporting
+    command: it reads the stores and writes to them only with --log (the report then goes to the study's latest
+    MLflow parent run).
     """
     from eeopt.errors import ConfigError
 
@@ -194,11 +199,14 @@ def study_analyze(
 
     study = Study.from_yaml(study_file, overrides or [])
     result = analyze_study(study, split=split, targets=[target] if target else None)
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = output_dir if output_dir is not None else Path(tmp)
-        paths = write_report(result.analysis, folder, curves=result.curves or None, split=split,
-                             curves_model=result.curves_model)
-        run_id = log_report(study, result, paths)
+    run_id = None
+    if output_dir is not None or log:
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = output_dir if output_dir is not None else Path(tmp)
+            paths = write_report(result.analysis, folder, curves=result.curves or None, split=split,
+                                 curves_model=result.curves_model)
+            run_id = log_report(study, result, paths) if log else None
     show_analysis(result.analysis, as_json, target, per_exit, output_dir)
-    if run_id and not as_json:
-        typer.echo(f"report logged to the study's MLflow run {run_id} (artifacts/analysis/)", err=True)
+    if log and not as_json:
+        typer.echo(f"report logged to the study's MLflow run {run_id} (artifacts/analysis/)" if run_id else
+                   "--log: the study has no MLflow parent run to log to (run the study first)", err=True)

@@ -355,7 +355,7 @@ def summarize(store, objectives: Mapping[str, str], experiment_id: str):
     rows = "\n".join(f"| {k} | {v:.4f} |" for k, v in {**values, **headline}.items() if not math.isnan(v))
     lines += [f"Best: {link}" + (f" (of a Pareto front of {len(front)})" if len(front) > 1 else ""),
               f"| metric | best trial |\n| --- | ---: |\n{rows}",
-              "Which proxy predicts efficiency: `eeopt study analyze STUDY.yaml` (its report goes to this run's "
-              "artifacts, `analysis/`)."]
+              "Which proxy predicts efficiency: `eeopt study analyze STUDY.yaml` (with `--log`, its report goes to "
+              "this run's artifacts, `analysis/`)."]
     tags = {"eeopt.best_trial": str(best.number), **({"eeopt.best_run_id": run_id} if run_id else {})}
     return metrics, tags, "\n\n".join(lines), run_id
