@@ -83,6 +83,7 @@ bench: data
 	$(BIN)/python benchmarks/bench_policies.py
 	$(BIN)/python benchmarks/bench_evaluate.py --repeats 2
 	$(BIN)/python benchmarks/bench_training.py
+	$(BIN)/python benchmarks/bench_data.py
 	$(BIN)/python benchmarks/bench_study.py
 	$(BIN)/python benchmarks/report.py
 

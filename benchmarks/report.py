@@ -415,6 +415,59 @@ def training_section(data: dict | None) -> str:
     exits = max(r["rows"], key=lambda row: row["exits"])  # the model with every exit against the final exit only
     ratio, cpu_ratio = exits["epoch_ratio"], exits["cpu_ratio"]
     out.append(f"\nTarget: at most 1.3x. {verdict(-ratio, -1.3)} ({ratio:.2f}x wall, {cpu_ratio:.2f}x CPU).\n")
+    precision = r.get("precision")
+    if precision is None:
+        out.append("fp32 vs bf16 on the CPU: not measured in this run (`.venv/bin/python benchmarks/bench_training.py` "
+                   "measures it).\n")
+        return "\n".join(out)
+    flags = ", ".join(precision.get("bf16_cpu") or []) or "none (torch emulates bf16)"
+    out.append(
+        f"**fp32 vs bf16 (`training.precision`) on the CPU**: the model with every exit, one epoch each, interleaved "
+        f"after a bf16 warm-up, best of {len(precision['images_per_s']['fp32'])}; *images / s* is history's "
+        f"`images_per_s` (the training steps only). Load average before these runs: "
+        f"{' / '.join(f'{v:.2f}' for v in precision['load_average'])} (the cores were shared). The CPU's bfloat16 "
+        f"instructions: {flags}.\n")
+    out.append("| precision | images / s (best) | all runs | vs fp32 |\n| --- | ---: | --- | ---: |")
+    fp32 = precision["best_images_per_s"]["fp32"]
+    for name, best in precision["best_images_per_s"].items():
+        runs = ", ".join(f"{v:,.0f}" for v in precision["images_per_s"][name])
+        out.append(f"| {name} | {best:,.0f} | {runs} | {best / fp32:.2f}x |")
+    out.append("")
+    return "\n".join(out)
+
+
+def data_section(data: dict | None) -> str:
+    title = "Data throughput: streamed (DataLoader workers) vs in memory"
+    if data is None:
+        return missing(title, ".venv/bin/python benchmarks/bench_data.py")
+    r = data["results"]
+    out = [f"## {title}\n", ran(data)]
+    out.append(
+        f"An image folder of {r['train']:,} Fashion-MNIST training PNGs (28x28 grey; 10 % held out as val) read by "
+        "`imagefolder`, held in memory (`data.stream: false`: every image decoded by `load_dataset`) or streamed "
+        "(`data.stream: true`: images decoded per batch, in the training process with 0 workers, else in "
+        f"DataLoader worker processes). `tinyresnet` width {r['width']}, batch {r['batch_size']}, {r['threads']} "
+        "torch thread(s) in the training process. *Load* is `load_dataset` (streamed: listing and train "
+        "statistics); *data pass* one shuffled pass over the train split without a model (a streamed split starts "
+        "its workers here); *epoch* one training epoch plus the per-exit accuracy on val. Images per second = "
+        "train images / seconds; after a warm-up run, "
+        f"{r.get('repeats', 1)} interleaved round(s), the best of each.\n")
+    out.append("| path | load s | data pass, images / s | epoch s | epoch, images / s |")
+    out.append("| --- | ---: | ---: | ---: | ---: |")
+    for row in r["rows"]:
+        out.append(f"| {row['path']} | {row['load_s']:.1f} | {row['data_images_per_s']:,.0f} | "
+                   f"{row['epoch_s']:.1f} | {row['epoch_images_per_s']:,.0f} |")
+    memory = next((row for row in r["rows"] if not row["stream"]), None)
+    if memory is not None:
+        best = max((row for row in r["rows"] if row["stream"]), key=lambda row: row["epoch_images_per_s"],
+                   default=None)
+        if best is not None:
+            out.append(f"\nThe fastest streamed run ({best['path']}) trains at "
+                       f"{best['epoch_images_per_s'] / memory['epoch_images_per_s']:.2f}x the in-memory speed. "
+                       "In memory nothing is decoded after loading; streamed, every epoch decodes every PNG again, "
+                       "which is why `data.stream` left unset streams only a train split above 2 GiB of float32. "
+                       "Workers pay off when decoding costs more than the model's step and there are cores to "
+                       "spare; here they share the machine's cores with the training thread.\n")
     return "\n".join(out)
 
 
@@ -455,13 +508,54 @@ def study_section(data: dict | None) -> str:
     return "\n".join(out)
 
 
-def gpu_section(data: dict | None) -> str:
-    if data is not None:
-        return inference_section(data, "GPU: early-exit inference (CUDA)")
-    return ("## GPU\n\n**Not measured**: no CUDA machine was lent to the runs behind this file. On a machine with "
-            "one, `benchmarks/gpu_check.sh` (about 3 minutes: trains the benchmark model if it is not cached, then "
-            "`bench_inference.py --device cuda`) writes `benchmarks/results/inference_cuda.json`, and "
-            "`benchmarks/report.py` then fills this section with the same tables as the CPU one.\n")
+GPU_COMMAND = "benchmarks/gpu_check.sh"
+
+
+def gpu_section(inference: dict | None, training: dict | None = None) -> str:
+    """The GPU section: trials sharing a GPU (bf16 vs fp32) and early-exit inference on CUDA, each from its file."""
+    parts = [gpu_training_section(training)]
+    if inference is not None:
+        parts.append(inference_section(inference, "GPU: early-exit inference (CUDA)"))
+    else:
+        parts.append("## GPU: early-exit inference (CUDA)\n\n**Not measured**: no CUDA machine was lent to the runs "
+                     f"behind this file. On a machine with one, `{GPU_COMMAND}` runs `bench_inference.py --device "
+                     "cuda` (it trains the benchmark model first if it is not cached), writes "
+                     "`benchmarks/results/inference_cuda.json`, and `benchmarks/report.py` fills this section with "
+                     "the same tables as the CPU one (the predictor's measured / predicted speed-up).\n")
+    return "\n".join(parts)
+
+
+def gpu_training_section(data: dict | None) -> str:
+    """Images per second of study trials that share one GPU, in bf16 and in fp32 (`bench_gpu_training.py`)."""
+    title = "GPU: trials sharing a GPU, bf16 vs fp32"
+    if data is None or data["results"].get("device") != "cuda":
+        return (f"## {title}\n\n**Not measured**: no CUDA machine was lent to the runs behind this file. On a machine "
+                f"with one, after `make setup` and `make data`, `{GPU_COMMAND}` (under 8 minutes) runs "
+                "`benchmarks/gpu_study.yaml` (2 trials at `gpus_per_trial: 0.5`, both at once) in bf16 and in fp32 "
+                "through `bench_gpu_training.py`, writes `benchmarks/results/gpu_training.json`, and "
+                "`benchmarks/report.py` fills this section: images per second of every trial and epoch, the "
+                "device each trial trained on, and the bf16 / fp32 ratio.\n")
+    r = data["results"]
+    res = r["resources"]
+    out = [f"## {title}\n", ran(data)]
+    out.append(
+        f"`{r['study']}` on {r['gpu']}: Fashion-MNIST"
+        + (f" ({r['train_subset']:,} training images)" if r.get("train_subset") else "")
+        + f", `tinyresnet` width {r['width']} with an exit after every block, batch {r['batch_size']}, "
+        f"{r['epochs']} epochs, `deterministic: false` (cudnn.benchmark); {res['max_concurrent']} trials at once, "
+        f"each with {res['gpus_per_trial']} GPU and {res['cpus_per_trial']} CPUs. One study per precision; *images / "
+        "s* is `train/images_per_s` as each trial's MLflow run holds it (the training steps of the epoch, while the "
+        "other trial shares the GPU). *Device* and *GPU* are the trial's `env.device` and `eeopt.gpus` tags.\n")
+    out.append("| precision | trial | device | GPU | images / s per epoch | study seconds |")
+    out.append("| --- | ---: | --- | --- | --- | ---: |")
+    for precision, study in r["studies"].items():
+        for t in study["trials"]:
+            out.append(f"| {precision} | {t['trial']} | {t['device']} | {t['gpus']} | "
+                       f"{', '.join(f'{v:,.0f}' for v in t['images_per_s'])} | {study['seconds']:.0f} |")
+    bf16, fp32 = (r["studies"][p]["last_epoch_images_per_s"] for p in ("bf16", "fp32"))
+    out.append(f"\nLast epoch, mean over the trials: bf16 {bf16:,.0f} images / s, fp32 {fp32:,.0f}: "
+               f"**bf16 / fp32 = {r['bf16_over_fp32']:.2f}**.\n")
+    return "\n".join(out)
 
 
 # --------------------------------------------------------------------------------------------------- main
@@ -474,8 +568,9 @@ def render(results: Path = RESULTS) -> str:
         policies_section(load("policies", results)),
         evaluate_section(load("evaluate", results)),
         training_section(load("training", results)),
+        data_section(load("data", results)),
         study_section(load("study", results)),
-        gpu_section(load("inference_cuda", results)),
+        gpu_section(load("inference_cuda", results), load("gpu_training", results)),
     ]
     return "\n".join(p.rstrip() + "\n" for p in parts)
 

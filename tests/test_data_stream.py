@@ -88,12 +88,18 @@ def test_streamed_and_in_memory_give_the_same_batches(folder, workers, extra):
     # a shuffled epoch: the same order from the same generator, and the generators stay in step (without
     # augmentation; with it, the streamed train split augments in its workers, the in-memory one in the loop)
     ga, gb = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    global_state = torch.get_rng_state()
     a, b = _batches(memory.train, 5, True, ga), _batches(streamed.train, 5, True, gb)
+    assert torch.equal(torch.get_rng_state(), global_state)  # the loader leaves torch's global RNG (dropout) alone
     assert all(torch.equal(ya, yb) and xa.shape == xb.shape for (xa, ya), (xb, yb) in zip(a, b))
     assert _same_batches(a, b) == ("augment" not in extra)
     if "augment" not in extra:
         assert _same_batches(_batches(memory.train, 5, True, ga), _batches(streamed.train, 5, True, gb))
         assert torch.equal(ga.get_state(), gb.get_state())
+    unfinished = iterate_batches(streamed.val, 1, shuffle=False)  # val keeps its workers across passes
+    next(unfinished)
+    unfinished.close()  # a pass left unfinished: the next one starts over
+    assert _same_batches(_batches(memory.val, 2), _batches(streamed.val, 2))
     x, y = split_tensors(streamed.test)
     assert torch.equal(x, memory.test.x) and torch.equal(y, memory.test.y)
     side = extra.get("image_size", 12)

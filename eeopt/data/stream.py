@@ -138,9 +138,11 @@ class StreamedSplit:
     def _get_loader(self) -> torch.utils.data.DataLoader:
         if self._loader is None:
             extra = {"persistent_workers": self.persistent, "prefetch_factor": 2} if self.workers > 0 else {}
+            # a private generator: the loader draws its workers' base seed from it at each pass, which would
+            # otherwise advance torch's global RNG (and so dropout) unlike the in-memory path
             self._loader = torch.utils.data.DataLoader(
                 _Batches(self.reader), batch_size=None, sampler=self._plan, num_workers=self.workers,
-                pin_memory=self.pin_memory, **extra,
+                pin_memory=self.pin_memory, generator=torch.Generator().manual_seed(0), **extra,
             )
         return self._loader
 
