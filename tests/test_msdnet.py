@@ -78,9 +78,25 @@ def test_parameter_counts_and_cost_shares_equal_the_authors(setting):
     assert np.all(np.diff(costs) > 0)
 
 
+@pytest.mark.parametrize("change, params", [
+    # the authors' code (as above) with the anytime model changed so: `prune` min, no bottleneck, no transitions,
+    # lin_grow over 6 blocks, 4 scales (at 64x64: their classifier needs an 8x8 coarsest map)
+    ({"prune": "min"}, 2_819_862),
+    ({"bottleneck": False}, 3_214_264),
+    ({"reduction": 0.0}, 4_092_868),
+    ({"step_mode": "lin_grow", "step": 1, "base": 1, "blocks": 6}, 2_852_392),
+    ({"growth_factor": [1, 2, 4, 4], "bn_factor": [1, 2, 4, 4], "growth_rate": 8, "stem": "small"}, 3_915_612),
+])
+def test_other_settings_have_the_authors_parameter_counts(change, params):
+    size = 64 if len(change.get("growth_factor", [])) == 4 else 32
+    backbone = create_backbone("msdnet", 3, size, 16, **{**CIFAR_ANYTIME, **change})
+    model = MultiExitModel(backbone, range(len(backbone.blocks)), "msdnet", False, False, 100)
+    assert sum(p.numel() for p in model.parameters()) == params
+
+
 def test_layer_plan_of_the_anytime_model():
-    """The authors' `max` schedule on 4 + 6 * 2 = 16 layers: scales 3-3-...; one dropped at layers 7 and 13, each
-    followed by a transition (their printout of inScales/outScales for this model)."""
+    """The authors' `max` schedule on 4 + 6 * 2 = 16 layers: all 3 scales, then one dropped at layers 7 and 13,
+    each followed by a transition (the scales their code gives this model's layers)."""
     plan = [p for block in plan_layers([4, 2, 2, 2, 2, 2, 2], 3, "max", 0.5) for p in block]
     assert len(plan) == 16
     dropped = [i + 1 for i, p in enumerate(plan) if p.in_scales > p.out_scales]
