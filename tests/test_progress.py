@@ -111,18 +111,79 @@ def test_eta_schedules_the_trials_left_on_the_free_slots():
     reporter, _ = _reporter(clock)
     assert reporter.eta() is None  # nothing known yet
     reporter.trial_started(0, {})
+    clock.now += 12  # start-up: worker, data, model
+    reporter.trial_progress(0, ProgressReport(1, 2, 1, 100))  # the first batch: 0.5 % of training
+    assert reporter.eta() is None  # one point says nothing about the pace
     clock.now += 10
-    reporter.trial_progress(0, ProgressReport(1, 2, 50, 100))  # a quarter of training in 10 s
-    # 30 s left here, the other slot free; 3 more trials of 40 s: slots end at 30+40 and 40+40
-    assert reporter.eta() == pytest.approx(80)
-    clock.now += 90
-    reporter.trial_ended(0, "done", best=0.5)  # took 100 s
+    reporter.trial_progress(0, ProgressReport(1, 2, 51, 100))  # 25 % more of training in 10 s: 40 s in all
+    # start-up 12 s less the 0.2 s of training before the first point, then 40 s of training: 51.8 s a trial;
+    # 29.8 s left here, the other slot free; 3 more trials: slots end at 29.8+51.8 and 51.8+51.8
+    assert reporter.eta() == pytest.approx(2 * (11.8 + 40))
+    clock.now += 78
+    reporter.trial_ended(0, "done", best=0.5)  # took 100 s: measured durations from now on
     reporter.trial_started(1, {})
     reporter.trial_started(2, {})
     clock.now += 50
     # 2 running (50 s left each), 1 waiting (100 s): slots end at 50 and 150
     assert reporter.eta() == pytest.approx(150)
     assert "1/4 done, 2 running, 0 failed; best val/acc_cost_auc 0.5000 (trial 0)" in reporter.status()
+
+
+def test_start_up_is_not_counted_as_training():
+    """A trial whose worker takes 60 s to start and whose training then runs 10 % every 5 s (50 s in all): the
+    projection is 110 s whenever it is made, not 60 s of start-up stretched over the share trained so far."""
+    from eeopt.study.progress import projected_duration
+
+    started, first = 0.0, (60.0 + 0.5, 0.01)  # the first batch reported half a second into training
+    for t in (65.5, 80.5, 100.5):
+        last = (t, 0.01 + (t - first[0]) / 50)
+        assert projected_duration(started, first, last) == pytest.approx(110.0)
+    assert projected_duration(started, first, first) is None  # one point: no pace
+    assert projected_duration(started, first, (61.0, 0.015)) is None  # less than MIN_PROGRESS moved
+    assert projected_duration(started, None, None) is None
+    # epochs are progress points too: 2 epochs of 20 s after 5 s of start-up
+    clock = FakeClock(0.0)
+    reporter, _ = _reporter(clock)
+    reporter.trial_started(0, {})
+    clock.now = 5.0
+    reporter.trial_progress(0, ProgressReport(1, 2, 1, 1000))
+    clock.now = 25.0
+    reporter.trial_epoch(0, 1, 0.5)
+    # 45 s, less a fiftieth of a second: the first point already had one batch (0.05 %) behind it
+    assert projected_duration(0.0, reporter.rows[0].first_point, reporter.rows[0].last_point) == pytest.approx(
+        5.0 - 0.0005 * 20 / 0.4995 + 20 / 0.4995)
+
+
+def test_schedule_fills_the_slot_that_frees_first():
+    from eeopt.study.progress import schedule
+
+    assert schedule([], 10.0, 0, 2) == 0.0
+    assert schedule([5.0], 10.0, 3, 2) == 20.0  # slots: 0 -> 10 -> 20 and 5 -> 15
+    assert schedule([5.0, 30.0], 10.0, 2, 2) == 30.0  # both waiting trials go to the first slot: 5+10+10
+    assert schedule([], 10.0, 5, 1) == 50.0
+
+
+def test_short_epochs_still_move_the_batch_counter():
+    """21 batches of 0.1 s (the quickstart): reports after the first batch and at quarters, at most one per
+    PROGRESS_MIN_GAP; long epochs: the first batch, then one per PROGRESS_EVERY."""
+    from eeopt.study.progress import PROGRESS_MIN_GAP, batch_report_due
+    from eeopt.study.records import PROGRESS_EVERY
+
+    def sent(total: int, seconds_per_batch: float) -> list[int]:
+        last, out = -math.inf, []
+        for done in range(1, total + 1):
+            now = done * seconds_per_batch
+            if batch_report_due(done, total, now - last):
+                last = now
+                out.append(done)
+        return out
+
+    assert sent(21, 0.1) == [1, 10, 15, 20]  # 0.1 s a batch: quarter 5 comes 0.4 s after batch 1, too soon
+    assert sent(21, 0.3) == [1, 5, 10, 15, 20]
+    long = sent(1000, 0.1)  # 100 s: every 5 s, and at the quarters
+    assert long[0] == 1 and max(b - a for a, b in zip(long, long[1:])) == PROGRESS_EVERY / 0.1
+    assert {250, 500, 750} <= set(long) and len(long) <= 1 + 100 / PROGRESS_EVERY + 3
+    assert PROGRESS_MIN_GAP < PROGRESS_EVERY
 
 
 def test_live_view_shows_a_row_per_running_trial():

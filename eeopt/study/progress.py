@@ -25,12 +25,16 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from eeopt.study.records import ProgressReport
+from eeopt.study.records import PROGRESS_EVERY, ProgressReport
 
 #: Seconds between two status reports in line mode while trials run.
 HEARTBEAT = 25.0
 #: Narrower terminals get lines instead of the live table.
 LIVE_MIN_WIDTH = 100
+#: Within an epoch shorter than `PROGRESS_EVERY`, a worker still reports at each quarter of it, at most this often.
+PROGRESS_MIN_GAP = 0.5
+#: A running trial's duration is projected once its training moved this share between two progress points.
+MIN_PROGRESS = 0.01
 
 
 @dataclasses.dataclass
@@ -43,6 +47,17 @@ class _Row:
     resumed: bool = False
     progress: ProgressReport | None = None
     val_acc: float = math.nan
+    #: (clock, share of training done) at the first and the latest progress point: training's own pace, apart
+    #: from the start-up before it (worker, data, model).
+    first_point: tuple[float, float] | None = None
+    last_point: tuple[float, float] | None = None
+
+    def seen(self, now: float, fraction: float) -> None:
+        if fraction <= 0.0:
+            return
+        if self.first_point is None:
+            self.first_point = (now, fraction)
+        self.last_point = (now, fraction)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,10 +122,16 @@ class Reporter:
     def trial_progress(self, number: int, report: ProgressReport) -> None:
         with self._lock:
             row = self.rows.get(number)
-            if row is not None:
-                row.progress = report
-                if not math.isnan(report.val_acc_last):
-                    row.val_acc = report.val_acc_last
+            if row is None:
+                return
+            first = row.first_point is None
+            row.progress = report
+            row.seen(self.clock(), report.fraction)
+            if not math.isnan(report.val_acc_last):
+                row.val_acc = report.val_acc_last
+            startup = self.clock() - row.started if first and row.first_point is not None else None
+        if startup is not None:
+            self.line(f"trial {number} training (start-up took {fmt_duration(startup)})")
 
     def trial_epoch(self, number: int, epoch: int, val_acc: float) -> None:
         with self._lock:
@@ -118,6 +139,8 @@ class Reporter:
             if row is None:
                 return
             row.val_acc = val_acc
+            if row.progress is not None and row.progress.epochs and epoch >= 1:
+                row.seen(self.clock(), min(1.0, epoch / row.progress.epochs))  # an epoch's end: a progress point
             elapsed = self.clock() - row.started
         self.line(f"trial {number} epoch {epoch}: val acc (last exit) {val_acc:.4f}  ({fmt_duration(elapsed)})")
 
@@ -194,27 +217,27 @@ class Reporter:
                 f"best {h.objective} {best}; elapsed {fmt_duration(self.clock() - self.t0)}; ETA {eta_text}")
 
     def eta(self) -> float | None:
-        """Seconds until the study's target is reached, from the mean duration of the trials completed in this run
-        (or, before the first, from the running trials' training progress), scheduling the trials left on
-        `concurrency` slots. None when nothing is known yet."""
+        """Seconds until the study's target is reached, scheduling the trials left on `concurrency` slots.
+
+        A trial's duration is the mean measured duration of the trials completed in this run; before the first
+        completes, the mean of the running trials' projections (`projected_duration`: start-up and training
+        measured apart, training at the pace of its batches and epochs). None when nothing is known yet.
+        """
         now = self.clock()
         running = list(self.rows.values())
         if self.durations:
             mean = sum(self.durations) / len(self.durations)
+            own = {}
         else:
-            guesses = [(now - r.started) / r.progress.fraction for r in running
-                       if r.progress is not None and r.progress.fraction >= 0.05]
-            if not guesses:
+            own = {r.number: d for r in running
+                   if (d := projected_duration(r.started, r.first_point, r.last_point)) is not None}
+            if not own:
                 return None
-            mean = sum(guesses) / len(guesses)
+            mean = sum(own.values()) / len(own)
         h = self.header
-        slots = sorted(max(0.0, mean - (now - r.started)) for r in running)
-        slots += [0.0] * max(0, h.concurrency - len(slots))
         waiting = max(0, h.target - h.done_before - self.done - len(running))
-        for _ in range(waiting):
-            slots.sort()
-            slots[0] += mean
-        return max(slots) if slots else 0.0
+        return schedule([max(0.0, own.get(r.number, mean) - (now - r.started)) for r in running], mean, waiting,
+                        h.concurrency)
 
     def _where(self, row: _Row) -> str:
         """'epoch 2/3, batch 312/625 (50 %), 2m41s, val acc 0.8412' for one running trial."""
@@ -268,6 +291,45 @@ class Reporter:
                               format_params(row.params, short=True))
         title = Text(f"study {self.header.name}: {status}", style="bold")
         return Group(title, table) if rows else title
+
+
+def projected_duration(started: float, first: tuple[float, float] | None,
+                       last: tuple[float, float] | None) -> float | None:
+    """A running trial's whole duration, projected: start-up plus training, measured apart.
+
+    `first` and `last` are (clock, share of training done) points; training runs at the pace between them, and
+    start-up is the time before `first` less the training done by then. None until training moved `MIN_PROGRESS`
+    between the two points (one point alone says nothing about the pace). Evaluation after training is not
+    included: it is known once a trial completes (`Reporter.eta` then uses measured durations).
+    """
+    if first is None or last is None:
+        return None
+    (t0, f0), (t1, f1) = first, last
+    if t1 <= t0 or f1 - f0 < MIN_PROGRESS:
+        return None
+    pace = (f1 - f0) / (t1 - t0)  # share of training per second
+    startup = max(0.0, t0 - started - f0 / pace)
+    return startup + 1.0 / pace
+
+
+def schedule(remaining: list[float], duration: float, waiting: int, slots: int) -> float:
+    """Seconds until every trial is done: the running trials' `remaining` seconds, then `waiting` trials of
+    `duration` each, every one started on the slot (of `slots`) that frees first."""
+    ends = sorted(remaining) + [0.0] * max(0, slots - len(remaining))
+    for _ in range(waiting):
+        ends.sort()
+        ends[0] += duration
+    return max(ends) if ends else 0.0
+
+
+def batch_report_due(done: int, total: int, since_last: float) -> bool:
+    """Whether a worker sends where it stands after batch `done` of an epoch's `total`: after the first batch (its
+    start-up is over), then every `PROGRESS_EVERY` seconds; an epoch shorter than that still shows its batches
+    move: a report at each quarter of it, at most one per `PROGRESS_MIN_GAP` seconds."""
+    if done == 1 or since_last >= PROGRESS_EVERY:
+        return True
+    quarter = max(1, total // 4)
+    return since_last >= PROGRESS_MIN_GAP and done % quarter == 0
 
 
 def fmt_duration(seconds: float) -> str:

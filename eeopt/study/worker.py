@@ -19,7 +19,8 @@ from eeopt.config import TrainConfig
 from eeopt.names import train_key
 from eeopt.study import tracking
 from eeopt.study.cluster import node_tags, trial_folder
-from eeopt.study.records import PROGRESS_EVERY, HEADLINE_METRICS, EpochReport, ProgressReport, TrialReport, TrialSpec
+from eeopt.study.progress import batch_report_due
+from eeopt.study.records import HEADLINE_METRICS, EpochReport, ProgressReport, TrialReport, TrialSpec
 from eeopt.study.storage import mask_secrets
 from eeopt.study.trial import LATENCY_FILE, POLICY_DIR, run_trial
 from eeopt.environment import environment
@@ -111,8 +112,9 @@ def _trial_resources() -> dict[str, float]:
 
 
 class _ProgressSender:
-    """Sends `ProgressReport`s: at most one per `PROGRESS_EVERY` seconds within an epoch (each `tune.report` waits
-    for the driver), and one as soon as training is over (the evaluation that follows takes a while)."""
+    """Sends `ProgressReport`s: after the first batch, then every `PROGRESS_EVERY` seconds within an epoch or at each
+    quarter of a shorter epoch (`batch_report_due`; each `tune.report` waits for the driver), and one as soon as
+    training is over (the evaluation that follows takes a while)."""
 
     def __init__(self, cfg: TrainConfig, resumed: bool):
         from eeopt.training.stages import plan_stages
@@ -124,7 +126,7 @@ class _ProgressSender:
 
     def batch_done(self, done: int, total: int) -> None:
         now = time.monotonic()
-        if now - self.last_sent >= PROGRESS_EVERY or done == 1:
+        if batch_report_due(done, total, now - self.last_sent):
             self._send(ProgressReport(self.epoch, self.epochs, done, total, "train", self.val_acc))
 
     def epoch_done(self, epoch: int, val_acc: float) -> None:
