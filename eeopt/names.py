@@ -7,6 +7,8 @@ objective validation, the study summary, exports, tables and the proxy analysis.
     mean/{metric}           its mean over the exits that define it             mean/auroc
     {efficiency}            per-exit threshold search, policies chosen on val  acc_cost_auc, acc_at_50, mean_cost
     sweep/{efficiency}      one shared threshold (exact global sweep)          sweep/acc_cost_auc
+    certified/{metric}      the risk-controlled (certified) policy             certified/risk, certified/mean_cost
+    uncontrolled/{metric}   the val-optimal policy at the certified val cost   uncontrolled/risk
     calib/{name}/{key}      any of the above under another calibrator          calib/temperature/mean/ece
     score/{name}/{key}      any of the above under another exit score          score/learned/mean/auroc
     cost/{unit}/exit{k}     cumulative cost of reaching exit k, per sample     cost/flops/exit2, cost/latency_ms/exit1
@@ -29,6 +31,9 @@ BUDGETS = (25, 50, 75, 100)
 SPLITS = ("val", "test")
 #: Threshold methods: the per-exit search (no prefix) and the exact global sweep.
 METHODS = ("search", "sweep")
+#: Risk-controlled policies (`eeopt.risk_control`): the certified policy, and the uncontrolled val-optimal policy at
+#: the certified policy's val cost beside it. Their keys are `{method}/{metric}` with a metric of `CERTIFIED_METRICS`.
+RISK_CONTROL_METHODS = ("certified", "uncontrolled")
 #: Variant kinds: the same keys under another calibrator or another exit score.
 VARIANTS = ("calib", "score")
 #: Units of a per-exit cost: counted FLOPs, or measured latency in milliseconds per sample (`policy.cost`).
@@ -75,6 +80,15 @@ COST_METRICS = (
     Metric("flops", "cost", False, "counted FLOPs of reaching the exit, per sample"),
     Metric("latency_ms", "cost", False, "measured milliseconds of reaching the exit, per sample (median)"),
 )
+CERTIFIED_METRICS = (
+    Metric("risk", "accuracy", False, "mean loss of the risk (policy.risk_control.risk) the policy is certified for"),
+    Metric("accuracy", "accuracy", True, "accuracy of the policy"),
+    Metric("mean_cost", "cost", False, "mean cost of the policy per sample"),
+    Metric("speedup", "efficiency", True, "the last exit's cost over the policy's mean cost"),
+    Metric("certified", "efficiency", True, "1 if a policy was certified, 0 if none was (the last exit alone)"),
+)
+_CERTIFIED_BY_NAME = {m.name: m for m in CERTIFIED_METRICS}
+CERTIFIED_METRIC_NAMES = tuple(_CERTIFIED_BY_NAME)
 _BY_NAME = {m.name: m for m in (*EXIT_METRICS, *EFFICIENCY_METRICS)}
 _COST_BY_UNIT = {m.name: m for m in COST_METRICS}
 EXIT_METRIC_NAMES = tuple(m.name for m in EXIT_METRICS)
@@ -94,9 +108,12 @@ def mean_key(metric: str) -> str:
 
 
 def efficiency_key(metric: str, method: str = "search") -> str:
-    """`{metric}` for the per-exit search, `sweep/{metric}` for the global sweep."""
+    """`{metric}` for the per-exit search, `sweep/{metric}` for the global sweep, `certified/{metric}` and
+    `uncontrolled/{metric}` for risk-controlled policies."""
+    if method in RISK_CONTROL_METHODS:
+        return f"{method}/{metric}"
     if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        raise ValueError(f"method must be one of {METHODS + RISK_CONTROL_METHODS}, got {method!r}")
     return metric if method == "search" else f"sweep/{metric}"
 
 
@@ -145,8 +162,8 @@ def with_variant(kind: str, name: str, metrics: dict[str, float]) -> dict[str, f
 
 class Key(NamedTuple):
     """A parsed key. `scope` is 'exit', 'mean', 'efficiency' or 'cost'; `exit` counts from 1 (None unless scope is
-    exit or cost); `method` is 'search' or 'sweep' for efficiency keys (None otherwise). A cost key's metric is its
-    unit (`flops`, `latency_ms`)."""
+    exit or cost); `method` is 'search', 'sweep', 'certified' or 'uncontrolled' for efficiency keys (None
+    otherwise). A cost key's metric is its unit (`flops`, `latency_ms`)."""
 
     split: str | None
     variant: tuple[str, str] | None
@@ -172,7 +189,8 @@ _COST_KEY = re.compile(rf"cost/(?P<unit>{'|'.join(COST_UNITS)})/exit(?P<exit>[1-
 _KEY = re.compile(
     rf"(?:(?P<split>{'|'.join(SPLITS)})/)?"
     rf"(?:(?P<kind>{'|'.join(VARIANTS)})/(?P<vname>{_NAME})/)?"
-    rf"(?:exit(?P<exit>[1-9]\d*)/(?P<emetric>\w+)|mean/(?P<mmetric>\w+)|(?P<sweep>sweep/)?(?P<effmetric>\w+))"
+    rf"(?:exit(?P<exit>[1-9]\d*)/(?P<emetric>\w+)|mean/(?P<mmetric>\w+)|(?P<rc>certified|uncontrolled)/(?P<rcmetric>\w+)"
+    rf"|(?P<sweep>sweep/)?(?P<effmetric>\w+))"
 )
 
 
@@ -199,6 +217,12 @@ def parse_key(key: str) -> Key:
         scope = "exit" if match["emetric"] is not None else "mean"
         exit_ = int(match["exit"]) if scope == "exit" else None
         return Key(match["split"], variant, scope, exit_, None, _BY_NAME[name])
+    if match["rc"] is not None:
+        name = match["rcmetric"]
+        if name not in CERTIFIED_METRIC_NAMES:
+            raise ValueError(f"{key!r}: unknown metric {name!r} of a risk-controlled policy (known: "
+                             f"{', '.join(CERTIFIED_METRIC_NAMES)})")
+        return Key(match["split"], variant, "efficiency", None, match["rc"], _CERTIFIED_BY_NAME[name])
     name = match["effmetric"]
     if name not in EFFICIENCY_METRIC_NAMES:
         raise ValueError(

@@ -40,7 +40,9 @@ if TYPE_CHECKING:
 FORMAT = "eeopt.policy/1"
 COST_UNITS = ("flops", "latency_ms")
 _FIELDS = ("format", "score", "thresholds", "costs", "cost_unit", "budget", "calibrator", "calibrator_state",
-           "chosen_on", "report", "source")
+           "chosen_on", "report", "source", "certification")
+#: Keys every `certification` record has (written by `eeopt.risk_control`; more keys are kept as they are).
+CERTIFICATION_KEYS = ("risk", "epsilon", "delta", "method", "n", "p_value_or_bound", "calibration_source")
 
 
 class PolicyFileError(ConfigError):
@@ -62,6 +64,8 @@ class PolicyFile:
         calibrator_state: `Calibrator.state_dict()` of the calibrator fitted on val (None without a calibrator).
         chosen_on: {"split": "val", "accuracy", "mean_cost"}; report: the same on test with "exit_shares" [K];
         source: provenance (files, trial number, run id, ...).
+        certification: for a certified policy (`eeopt exits certify`), what it promises: {risk, epsilon, delta,
+            method, n, p_value_or_bound, calibration_source, ...}; None for a policy chosen without a guarantee.
 
     Raises:
         PolicyFileError: any field is invalid (the message names it and its value).
@@ -77,6 +81,7 @@ class PolicyFile:
     chosen_on: dict | None = None
     report: dict | None = None
     source: dict | None = None
+    certification: dict | None = None
 
     def __post_init__(self) -> None:
         fields = _check_fields({f.name: getattr(self, f.name) for f in dataclasses.fields(self)}, "policy")
@@ -103,6 +108,7 @@ class PolicyFile:
             "chosen_on": _jsonable(self.chosen_on),
             "report": _jsonable(self.report),
             "source": _jsonable(self.source),
+            "certification": _jsonable(self.certification),
         }
 
     def save(self, path: str | os.PathLike) -> None:
@@ -306,10 +312,36 @@ def _check_fields(fields: dict[str, Any], where: str) -> dict[str, Any]:
         value = fields.get(key)
         if value is not None and not isinstance(value, dict):
             raise PolicyFileError(f"{where}: {key}: expected an object or null, got {value!r}")
+    out["certification"] = _check_certification(fields.get("certification"), where)
     shares = (fields.get("report") or {}).get("exit_shares")
     if shares is not None and (not isinstance(shares, (list, tuple)) or len(shares) != k):
         raise PolicyFileError(f"{where}: report.exit_shares: expected {k} shares (one per exit), got {shares!r}")
     return out
+
+
+def _check_certification(record: Any, where: str) -> dict | None:
+    """A certification record with its required keys, levels in range; None stays None."""
+    if record is None:
+        return None
+    if not isinstance(record, dict):
+        raise PolicyFileError(f"{where}: certification: expected an object or null, got {record!r}")
+    for key in CERTIFICATION_KEYS:
+        if key not in record:
+            raise PolicyFileError(f"{where}: certification.{key}: missing")
+    for key in ("risk", "method", "calibration_source"):
+        if not isinstance(record[key], str):
+            raise PolicyFileError(f"{where}: certification.{key}: expected a string, got {record[key]!r}")
+    checks = (("epsilon", lambda v: 0 <= v < 1, "a risk level in [0, 1)"),
+              ("delta", lambda v: 0 < v < 1, "a probability in (0, 1)"),
+              ("p_value_or_bound", lambda v: v >= 0, "a number >= 0"))
+    for key, ok, what in checks:
+        value = record[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) or not ok(value):
+            raise PolicyFileError(f"{where}: certification.{key}: expected {what}, got {value!r}")
+    n = record["n"]
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise PolicyFileError(f"{where}: certification.n: expected a number of samples >= 1, got {n!r}")
+    return json.loads(json.dumps(_jsonable(record)))  # a plain, private copy
 
 
 def _check_calibrator(name: Any, state: Any, k: int, where: str) -> dict | None:

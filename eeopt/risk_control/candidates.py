@@ -1,0 +1,183 @@
+"""Candidate policies for certification, ordered from the safest to the cheapest, with their calibration sums.
+
+- `shared_candidates`: one threshold shared by all non-final exits, at every value where some calibration sample
+  changes its exit (its *record* scores: above every earlier score of that sample; the same events as
+  `eeopt.metrics.efficiency.global_sweep`), preceded by +inf (every sample at the last exit). Between two such values
+  the calibration risk is constant, so testing these values tests every real threshold: fixed-sequence testing over
+  them is fixed-sequence testing over the whole continuum of thresholds, which is why a data-dependent grid keeps
+  the guarantee. Summed losses, monotonised losses, correct samples and costs come from one sort of the events and
+  cumulative sums; nothing loops over samples.
+- `sequence_candidates`: any fixed list of per-exit threshold vectors (Pareto Testing's front), evaluated sample by
+  sample ([M, N] at once; fronts are a few hundred policies).
+- `pareto_front`: the per-exit search (`eeopt.search.search_thresholds`, Optuna) minimising (mean cost, risk) on
+  one part of the calibration data; its front ordered by that part's risk, safest first.
+
+Pure NumPy (Optuna for the search).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from eeopt.policies import threshold_exits
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Candidates:
+    """M candidate threshold policies on n calibration samples, ordered from the safest to the cheapest.
+
+    Attributes:
+        thresholds: [M, K-1] per-exit thresholds (+inf: nobody leaves there).
+        loss_sum: [M] summed loss of each candidate.
+        monotone_sum: [M] summed loss after each sample's loss is replaced by its largest loss over this and every
+            safer candidate (conformal risk control needs losses that never fall along the sequence; this bound
+            keeps its guarantee for any loss).
+        correct_sum: [M] correctly predicted samples; cost_sum: [M] summed cost.
+        scores, losses: [K, n] the calibration scores and per-exit losses (`loss_rows` reads them).
+    """
+
+    thresholds: np.ndarray
+    loss_sum: np.ndarray
+    monotone_sum: np.ndarray
+    correct_sum: np.ndarray
+    cost_sum: np.ndarray
+    scores: np.ndarray
+    losses: np.ndarray
+
+    @property
+    def n(self) -> int:
+        return self.scores.shape[1]
+
+    def __len__(self) -> int:
+        return self.thresholds.shape[0]
+
+    @property
+    def risk(self) -> np.ndarray:
+        return self.loss_sum / self.n
+
+    @property
+    def accuracy(self) -> np.ndarray:
+        return self.correct_sum / self.n
+
+    @property
+    def mean_cost(self) -> np.ndarray:
+        return self.cost_sum / self.n
+
+    def loss_rows(self, start: int, stop: int) -> np.ndarray:
+        """Losses [stop - start, n] of candidates start..stop-1, sample by sample in the calibration order."""
+        exits = threshold_exits(self.scores, self.thresholds[start:stop]).astype(np.intp)
+        return self.losses[exits, np.arange(self.n)[None, :]]
+
+
+def shared_candidates(scores: np.ndarray, losses: np.ndarray, correct: np.ndarray, costs: np.ndarray) -> Candidates:
+    """Every distinct shared threshold at which a calibration sample changes its exit, +inf first, descending.
+
+    Args:
+        scores: [K, n] exit scores (higher = exit now); NaN never exits early.
+        losses: [K, n] loss of each sample at each exit, in [0, 1].
+        correct: [K, n] bool.
+        costs: [K] cumulative cost of each exit.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    losses = np.asarray(losses, dtype=np.float64)
+    correct = np.asarray(correct, dtype=bool)
+    costs = np.asarray(costs, dtype=np.float64)
+    k, n = scores.shape
+    base = np.array([losses[-1].sum(), losses[-1].sum(), correct[-1].sum(), costs[-1] * n])
+    values, deltas = _events(scores, losses, correct, costs)
+    if values.size == 0:
+        sums = base[:, None]
+        values = np.array([np.inf])
+    else:
+        order = np.argsort(-values, kind="stable")  # descending; ties kept together
+        values, deltas = values[order], deltas[:, order]
+        ends = np.append(np.flatnonzero(values[1:] != values[:-1]), values.size - 1)
+        sums = base[:, None] + np.cumsum(deltas, axis=1)[:, ends]
+        values = values[ends]
+        if values[0] != np.inf:
+            values = np.concatenate([[np.inf], values])
+            sums = np.concatenate([base[:, None], sums], axis=1)
+    sums[3] = np.clip(sums[3], costs[0] * n, costs[-1] * n)  # a running float sum drifts by ulps
+    thresholds = np.repeat(values[:, None], k - 1, axis=1)
+    return Candidates(thresholds, sums[0], sums[1], np.rint(sums[2]), sums[3], scores, losses)
+
+
+def _events(scores, losses, correct, costs) -> tuple[np.ndarray, np.ndarray]:
+    """Each record score of each sample at a non-final exit, and the changes [4, E] (loss, monotone loss, correct,
+    cost) when the threshold falls to it. Built from the last exit towards the first, the order in which a
+    sample visits its exits as the threshold falls."""
+    k, n = scores.shape
+    running_max = np.fmax.accumulate(scores[:-1], axis=0)  # ignores NaN
+    now = np.full(n, k - 1)
+    worst = losses[-1].copy()
+    values, deltas = [], []
+    for e in range(k - 2, -1, -1):
+        s = scores[e]
+        record = ~np.isnan(s)
+        if e > 0:
+            record &= ~(s <= running_max[e - 1])  # also True when every earlier score is NaN
+        where = np.flatnonzero(record)
+        prev = now[where]
+        new_worst = np.maximum(worst[where], losses[e, where])
+        deltas.append(np.stack([
+            losses[e, where] - losses[prev, where],
+            new_worst - worst[where],
+            correct[e, where].astype(np.float64) - correct[prev, where],
+            costs[e] - costs[prev],
+        ]))
+        values.append(s[where])
+        now[where] = e
+        worst[where] = new_worst
+    return np.concatenate(values), np.concatenate(deltas, axis=1)
+
+
+def sequence_candidates(thresholds: np.ndarray, scores: np.ndarray, losses: np.ndarray, correct: np.ndarray,
+                        costs: np.ndarray) -> Candidates:
+    """A fixed sequence of per-exit policies [M, K-1] (safest first) evaluated on calibration data [K, n]."""
+    thresholds = np.asarray(thresholds, dtype=np.float64)
+    scores = np.asarray(scores, dtype=np.float64)
+    losses = np.asarray(losses, dtype=np.float64)
+    n = scores.shape[1]
+    exits = threshold_exits(scores, thresholds).astype(np.intp)  # [M, n]
+    samples = np.arange(n)[None, :]
+    rows = losses[exits, samples]
+    return Candidates(
+        thresholds=thresholds,
+        loss_sum=rows.sum(axis=1),
+        monotone_sum=np.maximum.accumulate(rows, axis=0).sum(axis=1),
+        correct_sum=np.asarray(correct, dtype=bool)[exits, samples].sum(axis=1).astype(np.float64),
+        cost_sum=np.asarray(costs, dtype=np.float64)[exits].sum(axis=1),
+        scores=scores,
+        losses=losses,
+    )
+
+
+def pareto_front(scores: np.ndarray, losses: np.ndarray, costs: np.ndarray, *, trials: int = 300,
+                 sampler: str = "nsga2", seed: int = 0) -> np.ndarray:
+    """Per-exit thresholds [P, K-1] of the (mean cost, risk) Pareto front found on search data, safest first.
+
+    The search is `eeopt.search.search_thresholds` with "correct" meaning "no loss": it maximises 1 - risk and
+    minimises cost (its candidates include the exact shared-threshold front and the last exit alone). Its front is
+    strictly ordered by risk, so ordering it by estimated risk reverses its cost order.
+
+    Args:
+        scores: [K, n1] exit scores of the search part.
+        losses: [K, n1] 0-1 losses (`BINARY_RISKS`).
+        costs: [K].
+    """
+    from eeopt.search import search_thresholds
+
+    result = search_thresholds(scores, np.asarray(losses) == 0, costs, trials=trials, sampler=sampler, seed=seed)
+    return result.thresholds[::-1]
+
+
+def split_calibration(n: int, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sample indices of the two parts of n calibration samples: a seeded random `share` of them (at least one) and
+    the rest (at least one), each in increasing order."""
+    if n < 2:
+        raise ValueError(f"splitting calibration data needs at least 2 samples, got {n}")
+    first = int(np.clip(round(share * n), 1, n - 1))
+    perm = np.random.default_rng(seed).permutation(n)
+    return np.sort(perm[:first]), np.sort(perm[first:])
