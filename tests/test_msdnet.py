@@ -108,6 +108,22 @@ def test_layer_plan_of_the_anytime_model():
     assert not any(p.transition for block in plan_layers([4, 2], 3, "max", 0) for p in block)  # reduction 0
 
 
+def test_a_layer_keeps_its_input_maps_and_adds_growth_channels_at_each_scale():
+    """Dense connectivity: each output scale is its input map followed by growth_rate * growth_factor[s] new
+    channels at the same resolution; a layer that drops the finest scale returns the coarser ones only."""
+    backbone = create_backbone("msdnet", 3, 16, 4, **TINY).eval()
+    with torch.no_grad():
+        maps = backbone.stem(torch.randn(2, 3, 16, 16))
+        assert [tuple(m.shape[1:]) for m in maps] == [(4, 16, 16), (8, 8, 8), (16, 4, 4)]
+        first = backbone.blocks[0][0](maps)  # 3 scales in, 3 out
+        second = backbone.blocks[1][0](first)  # 3 in, 2 out (then a transition)
+    for inp, out, growth in zip(maps, first, (4, 8, 16)):
+        assert out.shape == (2, inp.shape[1] + growth, *inp.shape[2:]) and torch.equal(out[:, :inp.shape[1]], inp)
+    assert len(second) == 2
+    for inp, out, growth in zip(first[1:], second, (8, 16)):
+        assert out.shape == (2, inp.shape[1] + growth, *inp.shape[2:]) and torch.equal(out[:, :inp.shape[1]], inp)
+
+
 # ------------------------------------------------------------------------------------------------ building, training
 @pytest.mark.parametrize("variant, size", [("cifar", 16), ("imagenet", 64)])
 def test_variants_build_train_one_step_and_cost_more_at_every_exit(variant, size):
