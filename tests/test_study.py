@@ -261,3 +261,37 @@ def test_asha_prunes_a_trial_that_learns_nothing(tmp_path, ray_local):
     assert all(t.params["training.lr"] == 1e-7 for t in pruned)
     runs = {r.info.run_id: r for r in _mlflow_runs(study)}
     assert all(runs[t.user_attrs["mlflow_run_id"]].data.tags["eeopt.state"] == "PRUNED" for t in pruned)
+
+
+def test_a_seeded_study_gives_bit_identical_exit_outputs_whatever_the_concurrency(tmp_path, ray_local):
+    """The same seeded two-trial study, once one trial at a time and once two at once (fresh stores each), gives
+    the same sampled values and bit-identical val.npz / test.npz for each trial: nothing a trial computes depends
+    on what runs beside it (each trial has its own thread count, seeds and data order)."""
+    outputs = {}
+    for concurrent in (1, 2):
+        folder = tmp_path / f"c{concurrent}"
+        folder.mkdir()
+        data = {**BASE, "data": {"name": "digits", "train_subset": 300}, "policy": {"trials": 10},
+                "study": {**BASE["study"], "name": "repro",
+                          "resources": {"cpus_per_trial": 1, "max_concurrent": concurrent}}}
+        study = Study.from_yaml(_write(folder, data))
+        summary = study.run(progress=False)
+        assert summary.completed == 2 and summary.failed == 0
+        trials = optuna.load_study(study_name="repro", storage=study.storage_url).get_trials()
+        outputs[concurrent] = {
+            t.number: (t.params, *(np.load(study.runs_dir / f"trial-{t.number}" / f"{s}.npz") for s in ("val", "test")))
+            for t in trials}
+    assert outputs[1].keys() == outputs[2].keys() == {0, 1}
+    for number, (params, *files) in outputs[1].items():
+        params2, *files2 = outputs[2][number]
+        assert params == params2, number  # the seeded sampler suggests the same values
+        for one, two in zip(files, files2):
+            assert one.files == two.files
+            for key in one.files:
+                a, b = one[key], two[key]
+                assert a.dtype == b.dtype and a.shape == b.shape, (number, key)
+                if a.dtype.kind == "f":
+                    assert a.tobytes() == b.tobytes(), (f"trial {number} {key}: max difference "
+                                                        f"{np.nanmax(np.abs(a - b)) if a.size else 0}")
+                else:
+                    assert np.array_equal(a, b), (number, key)
