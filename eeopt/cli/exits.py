@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from eeopt.cli.certify import exits_certify
 from eeopt.cli.common import CalibrateOpt, JsonFlag, ScoreOpt, check_output_dir, check_output_file
 
 exits_app = typer.Typer(help="Bring your own exit outputs (.npz): metrics, calibration, threshold search, analysis.",
@@ -129,6 +130,9 @@ def exits_search(
     if policy_out is not None:
         typer.echo(f"policy file written to {policy_out} (next: eeopt predict MODEL_DIR --policy {policy_out} "
                    "--split test)")
+
+
+exits_app.command("certify")(exits_certify)
 
 
 @exits_app.command("analyze")
