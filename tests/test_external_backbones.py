@@ -100,7 +100,7 @@ SPLITS = [  # (name, image size, backbone_kwargs): small variants of each family
 
 @pytest.mark.extras
 @needs_libraries
-@pytest.mark.parametrize("name,size,kwargs", SPLITS, ids=[f"{n}-{len(k)}" for n, _, k in SPLITS])
+@pytest.mark.parametrize("name,size,kwargs", SPLITS, ids=[":".join([n, *(f"{k}={v}" for k, v in kw.items())]) for n, _, kw in SPLITS])
 def test_last_exit_reads_the_library_features_from_a_saved_state_dict(tmp_path, name, size, kwargs):
     net = _library_net(name, size, **kwargs)
     path = tmp_path / "weights.pt"
@@ -203,6 +203,11 @@ def test_cached_weights_load_offline_and_a_missing_file_is_one_line(tmp_path, mo
     x = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
         assert torch.equal(backbone.eval()(x), net.forward_head(net.forward_features(x), pre_logits=True))
+    # at another image size, timm's checkpoint filter resamples the position embedding (14x14 -> 2x2 patches)
+    small = create_backbone("timm:vit_tiny_patch16_224", 3, (32, 32), 16, **kwargs)
+    load_pretrained(small, True)
+    assert torch.equal(small.blocks[0].attn.qkv.weight, backbone.blocks[0].attn.qkv.weight)
+    assert small.stem.pos_embed.shape == (1, 5, 192) and backbone.stem.pos_embed.shape == (1, 197, 192)
 
     tv = create_backbone("torchvision:resnet18", 3, (64, 64), 16)
     with pytest.raises(ConfigError, match=r"^model.pretrained: no cached weights for torchvision:resnet18: put the "

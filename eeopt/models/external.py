@@ -110,25 +110,13 @@ class TokenBackbone(Backbone):
 
 
 class MapBackbone(Backbone):
-    """A convolutional network: the state is a map [B, C, H, W], which heads read (and pool) as it is."""
+    """A convolutional network: the state is a map [B, C, H, W], which heads read (and pool) as it is. It sets no
+    `block_channels` (the library's blocks do not all say theirs): `MultiExitModel` probes the shapes."""
 
     def __init__(self, stem: nn.Module, blocks: list[nn.Module], in_channels: int, image_size: tuple[int, int]):
         super().__init__()
         self.stem, self.blocks = stem, nn.ModuleList(blocks)
         self.in_channels, self.image_size = int(in_channels), tuple(image_size)
-        self.block_channels = [_out_channels(b) for b in self.blocks]
-
-
-def _out_channels(block: nn.Module) -> int:
-    """Output channels of a conv block: those of its last convolution or norm with a channel count."""
-    for m in reversed(list(block.modules())):
-        for attr in ("num_features", "out_channels", "normalized_shape"):
-            value = getattr(m, attr, None)
-            if isinstance(value, int):
-                return value
-            if isinstance(value, (tuple, list)) and len(value) == 1:
-                return int(value[0])
-    raise TypeError(f"cannot tell the output channels of {type(block).__name__}")
 
 
 class _ViTStem(nn.Module):
@@ -384,7 +372,7 @@ def load_pretrained(backbone: nn.Module, pretrained: bool | str | os.PathLike, w
     if source is None:
         raise ConfigError(f"{where}: only timm:<name> and torchvision:<name> backbones have pretrained weights")
     prefix, name, in_channels, image_size, kwargs = source
-    net, _ = _build(prefix, name, in_channels, image_size, kwargs)
+    net, fresh = _build(prefix, name, in_channels, image_size, kwargs)  # `fresh` shares `net`'s parameters
     if pretrained is True:
         path = _cached_file(prefix, name, net, where)
     else:
@@ -396,32 +384,31 @@ def load_pretrained(backbone: nn.Module, pretrained: bool | str | os.PathLike, w
         filter_fn = getattr(sys.modules[type(net).__module__], "checkpoint_filter_fn", None)
         if filter_fn is not None:  # e.g. resamples a ViT's position embedding to this image size
             state = filter_fn(state, net)
-    classifier = _classifier_keys(prefix, net)
-    state = {k: v for k, v in state.items() if k not in classifier}
+    classifier = _classifier_names(prefix, net)  # dropped from the file and allowed to stay missing
+    state = {k: v for k, v in state.items() if not k.startswith(classifier)}
     try:
         result = net.load_state_dict(state, strict=False)
     except RuntimeError as exc:
         detail = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line), str(exc))
         raise ConfigError(f"{where}: {path} does not fit {prefix}:{name}: {detail}") from None
-    missing = [k for k in result.missing_keys if k not in classifier]
+    missing = [k for k in result.missing_keys if not k.startswith(classifier)]
     if missing or result.unexpected_keys:
         what = f"missing {missing[0]}" if missing else f"unexpected {result.unexpected_keys[0]}"
         count = len(missing) + len(result.unexpected_keys)
         raise ConfigError(f"{where}: {path} does not fit {prefix}:{name}: {what} ({count} keys differ)")
-    loaded = _split_timm(net, name, in_channels, image_size) if prefix == "timm" else _split_torchvision(
-        net, name, in_channels, image_size)
-    backbone.load_state_dict(loaded.state_dict())
+    backbone.load_state_dict(fresh.state_dict())
     return path
 
 
-def _classifier_keys(prefix: str, net: nn.Module) -> set[str]:
-    """State-dict keys of the library model's classifier (which eeopt's heads replace)."""
+def _classifier_names(prefix: str, net: nn.Module) -> tuple[str, ...]:
+    """State-dict key prefixes ("head.") of the library model's classifier, which eeopt's heads replace: timm's
+    pretrained_cfg names it, torchvision's is the last Linear layer."""
     if prefix == "timm":
         names = (getattr(net, "pretrained_cfg", None) or {}).get("classifier") or ()
         names = (names,) if isinstance(names, str) else tuple(names)
     else:
         names = (next(n for n, m in reversed(list(net.named_modules())) if isinstance(m, nn.Linear)),)
-    return {k for k in net.state_dict() if any(k.startswith(n + ".") for n in names)}
+    return tuple(f"{n}." for n in names)
 
 
 def _read_state_dict(path: Path, where: str) -> dict[str, Tensor]:
