@@ -290,7 +290,8 @@ def predict_split(
 
     Returns:
         ({"split", "accuracy", "mean_cost" (the policy's costs, in its cost_unit), "cost_unit", "exit_shares" [K],
-        "samples", "batch_size", "device", "seconds"}, the per-sample `Prediction`).
+        "samples", "batch_size", "device", "seconds"; for a certified policy "certification": its promise and the
+        realised risk, see `eeopt.risk_control.realised_risk`}, the per-sample `Prediction`).
     """
     model, cfg = load_model_dir(model_dir)
     x, y = split_data(cfg, split)
@@ -300,6 +301,12 @@ def predict_split(
     seconds = time.perf_counter() - started
     summary = {"split": split, **decision_summary(policy, prediction.labels, prediction.exits, y),
                "batch_size": batch_size, "device": str(predictor.device), "seconds": seconds}
+    if policy.certification is not None:  # what a certified policy promised, and the risk it realised here
+        from eeopt.risk_control import realised_risk
+
+        stored = Path(model_dir) / f"{split}.npz"
+        outputs = ExitOutputs.load(stored) if stored.is_file() else None
+        summary["certification"] = realised_risk(policy, prediction.labels, prediction.exits, y, outputs)
     return summary, prediction
 
 

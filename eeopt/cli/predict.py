@@ -152,6 +152,14 @@ def _print_summary(summary: dict, policy, policy_path: Path) -> None:
     if recorded and recorded.get("accuracy") is not None:
         console.print(f"the policy file recorded: accuracy {recorded['accuracy']:.4f}, "
                       f"mean cost {recorded['mean_cost']:.4g} {unit}")
+    cert = summary.get("certification")
+    if cert:
+        promise = (f"expected {cert['risk']} <= {cert['epsilon']:g}" if cert["method"] == "crc" else
+                   f"{cert['risk']} <= {cert['epsilon']:g} with probability >= {1 - cert['delta']:g}")
+        realised = cert["note"] if cert["realised_risk"] is None else f"{cert['realised_risk']:.4f}"
+        head = "certified" if cert.get("certified", True) else "no policy was certified (the last exit alone) for"
+        console.print(f"{head}: {promise} ({cert['method']}); realised {cert['risk']} on the {summary['split']} "
+                      f"split: {realised}")
 
 
 def _print_profile(profile, flops) -> None:

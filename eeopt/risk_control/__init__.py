@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from eeopt.policy_file import PolicyFile
 
 __all__ = ["RISKS", "PROCEDURES", "Certificate", "RiskControlReport", "certify_policy", "certify_shared",
-           "certify_per_exit", "policy_numbers", "exit_losses", "fixed_sequence", "naive_index", "Candidates",
+           "certify_per_exit", "policy_numbers", "realised_risk", "exit_losses", "fixed_sequence", "naive_index", "Candidates",
            "shared_candidates", "sequence_candidates", "pareto_front", "split_calibration"]
 
 
@@ -286,3 +286,38 @@ def _uncontrolled(val, cost: float, trials: int, sampler: str, seed: int) -> np.
                             fit_sweep=val.sweep)
     i = select_by_budget(res.fit.mean_cost, res.fit.accuracy, cost, BUDGET_RTOL * val.costs[-1])
     return res.thresholds[i] if i >= 0 else np.full(val.num_exits - 1, np.inf)
+
+
+def realised_risk(policy: PolicyFile, predictions, exits, labels, outputs: ExitOutputs | None) -> dict[str, Any]:
+    """What a certified policy promised and the risk it realised on labelled samples the predictor decided.
+
+    Args:
+        policy: a policy file with a `certification` record.
+        predictions, exits: [N] the predictor's predictions and exits (0-based); labels: [N].
+        outputs: the same samples' exit outputs (a model folder's val.npz / test.npz), for what the risk compares
+            with (the last exit's prediction, the exits' probabilities); None: only ``error`` can be computed.
+
+    Returns:
+        {"risk", "epsilon", "delta", "method", "certified", "realised_risk" (None when it cannot be computed),
+        "note" (why not, when so)}.
+    """
+    record = policy.certification or {}
+    risk = record.get("risk")
+    out = {key: record.get(key) for key in ("risk", "epsilon", "delta", "method", "certified")}
+    predictions, exits, labels = (np.asarray(a).astype(np.int64) for a in (predictions, exits, labels))
+    if risk == "error":
+        return {**out, "realised_risk": float(np.mean(predictions != labels)), "note": None}
+    if outputs is None or outputs.num_samples != labels.size or not np.array_equal(outputs.labels, labels) \
+            or outputs.num_exits != policy.num_exits:
+        return {**out, "realised_risk": None,
+                "note": f"{risk} compares with the exits' outputs: none match these samples"}
+    calibrator = policy.build_calibrator()
+    calibrated = calibrator.apply(outputs) if calibrator is not None else outputs
+    samples = np.arange(labels.size)
+    if risk == "consistency":
+        value = np.mean(predictions != calibrated.predictions[-1])
+    elif risk == "performance-gap":
+        value = np.mean((predictions != labels) & calibrated.correct[-1])
+    else:
+        value = exit_losses(risk, calibrated)[exits, samples].mean()
+    return {**out, "realised_risk": float(value), "note": None}
