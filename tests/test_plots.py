@@ -77,3 +77,39 @@ def test_exits_evaluate_plots_into_a_file_is_refused_first(tmp_path, capsys):
     assert main(["exits", "evaluate", str(tmp_path / "test.npz"), "--plots", str(tmp_path / "taken")]) == 2
     err = capsys.readouterr().err
     assert "--plots" in err and "not a directory" in err and err.count("\n") == 1
+
+
+def test_accuracy_vs_cost_fits_its_y_range_to_the_budgets():
+    """A curve that climbs from 60 % to 99 % by 45 % of the cost, then stays: the y axis spans what lies from 40 %
+    of the cost on (not the climb), with a margin; the whole range, the climb included, is what the inset shows."""
+    import numpy as np
+
+    from eeopt.plots.efficiency import ZOOM_FROM, _y_ranges
+
+    x = np.linspace(20, 100, 81)
+    y = np.where(x < 45, 60 + (x - 20) / 25 * 39, 99 + (x - 45) / 55 * 0.5)
+    points = {"sweep": (np.array([25.0, 50.0]), np.array([66.0, 99.1]), np.array([25.0, 50.0])),
+              "search": (np.array([]),) * 3,
+              "exits": (np.array([20.0, 60.0, 100.0]), np.array([60.0, 98.0, 99.5]), np.array([1.0, 2.0, 3.0]))}
+    whole, fitted = _y_ranges([(x, y, {})], points)
+    shown = np.concatenate([y[x >= ZOOM_FROM], [99.1, 98.0, 99.5]])
+    assert whole[0] < 60 and whole[1] > 99.5
+    assert fitted[0] < shown.min() and fitted[1] > shown.max()  # everything from 40 % on is inside
+    assert fitted[0] > 90  # ... and the axis spends its height there, not on the climb
+    assert fitted[1] - fitted[0] < 0.25 * (whole[1] - whole[0])
+
+
+def test_accuracy_vs_cost_draws_the_sweep_over_the_search(tmp_path):
+    """Where both policies' test curves coincide, the global sweep's thin line is drawn on top of the per-exit
+    search's wide band: each stays visible (their val lines dashed, under both)."""
+    from eeopt.assess import assess_model
+    from eeopt.plots.efficiency import _lines
+
+    val = synthetic_exit_outputs(4, 900, 10, seed=1, with_scores=True)
+    test = synthetic_exit_outputs(4, 800, 10, seed=2, with_scores=True)
+    variant = assess_model(val, test, trials=40).primary
+    styles = {s["label"]: s for _, _, s in _lines(variant.test_report, variant.val_report, variant.search,
+                                                  float(test.costs[-1]), "test", "val")}
+    sweep, search = styles["global threshold, test"], styles["the same policies on test"]
+    assert sweep["zorder"] > search["zorder"] and search["lw"] > 2 * sweep["lw"]
+    assert all(s.get("ls") == "--" and s["zorder"] < search["zorder"] for name, s in styles.items() if "val" in name)
