@@ -119,19 +119,23 @@ def inference_section(data: dict | None, title: str = "Early-exit inference (CPU
         "cumulative latency per exit that `profile_latency` measured at that batch size (what the speed-up would be "
         "if a batch cost what it costs to run all of it through the network; it ignores the decisions and the "
         "smaller batches after compaction). *All exits then choose*: one forward pass with every head, then the "
-        "first exit whose msp passes (in torch), the full network's time / its time.\n")
+        "first exit whose msp passes (in torch), the full network's time / its time. Targets: *m / p* (measured / "
+        "predicted) >= 0.8 at batch 256; *m / lp* (measured / latency-predicted: what the predictor costs beyond "
+        "the network's exits) >= 0.85 at batch 1, 1 thread.\n")
     out.append(f"Cumulative FLOPs share per exit: {', '.join(f'{s:.3f}' for s in share)}.\n")
     out.append("| threads | batch | budget | exit shares | mean cost | predicted | latency-predicted | measured | "
-               "**measured / predicted** | target | all exits then choose | predictor vs all exits |")
-    out.append("| ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |")
+               "**measured / predicted** | **measured / latency-predicted** | target | all exits then choose | "
+               "predictor vs all exits |")
+    out.append("| ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |")
     for x in runs:
-        target = 0.8 if x["batch_size"] >= 256 else 0.6
+        target = inference_target(x)
         out.append(
             f"| {x['threads']} | {x['batch_size']} | {x['budget']:.0%} | "
             f"{', '.join(f'{s:.2f}' for s in x['exit_shares'])} | {x['mean_cost_share']:.2f} | "
             f"{x['predicted_speedup']:.2f}x | {x['latency_predicted_speedup']:.2f}x | {x['measured_speedup']:.2f}x | "
-            f"**{x['ratio']:.2f}** | >= {target} {verdict(x['ratio'], target)} | {x['all_exits_speedup']:.2f}x | "
-            f"{x['predictor_vs_all_exits']:.2f}x |")
+            f"**{x['ratio']:.2f}** | **{x['measured_speedup'] / x['latency_predicted_speedup']:.2f}** | "
+            f"{'none' if target is None else f'{target[0]} >= {target[2]} {verdict(target[1], target[2])}'} | "
+            f"{x['all_exits_speedup']:.2f}x | {x['predictor_vs_all_exits']:.2f}x |")
     out.append("")
     out.append("Milliseconds per image:\n")
     out.append("| threads | batch | budget | full network | all exits then choose | `EarlyExitPredictor` |")
@@ -176,25 +180,72 @@ def inference_section(data: dict | None, title: str = "Early-exit inference (CPU
     return "\n".join(out)
 
 
+def inference_target(x: dict) -> tuple[str, float, float] | None:
+    """(the ratio a run row's target is on, its value, the target), or None where none is set: measured /
+    predicted >= 0.8 at batch 256; measured / latency-predicted >= 0.85 at batch 1 on 1 thread (issue 17)."""
+    if x["batch_size"] >= 256:
+        return "m / p", x["ratio"], 0.8
+    if x["batch_size"] == 1 and x["threads"] == 1:
+        return "m / lp", x["measured_speedup"] / x["latency_predicted_speedup"], 0.85
+    return None
+
+
 def targets_summary(runs: list[dict]) -> str:
-    lines = ["Against the targets (measured / predicted; >= 0.8 at batch 256, >= 0.6 at batch 1):"]
-    for batch, target in ((256, 0.8), (1, 0.6)):
+    lines = ["Against the targets (measured / predicted >= 0.8 at batch 256; measured / latency-predicted >= 0.85 "
+             "at batch 1, 1 thread):"]
+    for batch in (256, 1):
         for threads in sorted({x["threads"] for x in runs}):
-            sel = [x for x in runs if x["batch_size"] == batch and x["threads"] == threads]
+            sel = [(x, inference_target(x)) for x in runs if x["batch_size"] == batch and x["threads"] == threads]
+            sel = [(x, t) for x, t in sel if t is not None]
             if not sel:
                 continue
-            worst = min(sel, key=lambda x: x["ratio"])
-            ratios = ", ".join(f"{x['ratio']:.2f} at {x['budget']:.0%}" for x in sel)
-            status = ("**met** at every budget" if worst["ratio"] >= target else
-                      f"**missed** at {sum(x['ratio'] < target for x in sel)} of {len(sel)} budgets, worst by "
-                      f"{target - worst['ratio']:.2f} ({worst['ratio']:.2f} at {worst['budget']:.0%})")
-            lines.append(f"- batch {batch}, {threads} thread{'s' if threads > 1 else ''}: {ratios}: {status}.")
+            name, target = sel[0][1][0], sel[0][1][2]
+            worst, (_, value, _) = min(sel, key=lambda s: s[1][1])
+            ratios = ", ".join(f"{t[1]:.2f} at {x['budget']:.0%}" for x, t in sel)
+            status = ("**met** at every budget" if value >= target else
+                      f"**missed** at {sum(t[1] < target for _, t in sel)} of {len(sel)} budgets, worst by "
+                      f"{target - value:.2f} ({value:.2f} at {worst['budget']:.0%})")
+            lines.append(f"- batch {batch}, {threads} thread{'s' if threads > 1 else ''}, {name}: {ratios}: "
+                         f"{status}.")
     return "\n".join(lines) + "\n"
 
 
 def why_missed(runs: list[dict], r: dict) -> str:
     """Each missed target's ratio as the product of its two causes, read off the same run's numbers."""
-    missed = [x for x in runs if x["ratio"] < (0.8 if x["batch_size"] >= 256 else 0.6)]
+    missed = [x for x in runs if (t := inference_target(x)) is not None and t[1] < t[2]]
+    out = [why_missed_latency([x for x in missed if inference_target(x)[0] == "m / lp"], r),
+           why_missed_flops([x for x in missed if inference_target(x)[0] == "m / p"], r)]
+    return "\n".join(part for part in out if part)
+
+
+def why_missed_latency(missed: list[dict], r: dict) -> str:
+    """measured / latency-predicted = (full network / the profile's full pass) x (the profile's time for the exit
+    shares / the predictor's time), per image."""
+    if not missed:
+        return ""
+    lines = ["Why the batch-1 misses: measured / latency-predicted = (full network / the profile's full pass) x "
+             "(profile-predicted time / the predictor's time). The first factor is the most the ratio can reach: the "
+             "profile computes every exit's head and brings its logits to the host, the full network only the last "
+             "head. The second is what the predictor costs beyond the network's exits: decisions, host copies, "
+             "Python."]
+    for x in missed:
+        prof = r["profiles"].get(f"{x['threads']}/{x['batch_size']}")
+        if prof is None:
+            continue
+        lat = [v / x["batch_size"] for v in prof["median_ms"]]  # ms per image
+        ms = x["ms_per_sample"]
+        ceiling = ms["full"] / lat[-1]
+        profiled = sum(s * v for s, v in zip(x["exit_shares"], lat))
+        own = profiled / ms["predictor"]
+        lines.append(f"- batch {x['batch_size']}, {x['threads']} thread{'s' if x['threads'] > 1 else ''}, "
+                     f"{x['budget']:.0%}: {ceiling * own:.2f} = {ceiling:.2f} (full network {ms['full']:.3f} ms per "
+                     f"image, the profile's full pass {lat[-1]:.3f} ms) x {own:.2f} (profile-predicted "
+                     f"{profiled:.3f} ms, the predictor {ms['predictor']:.3f} ms).")
+    return "\n".join(lines) + "\n"
+
+
+def why_missed_flops(missed: list[dict], r: dict) -> str:
+    """measured / predicted = (latency-predicted / predicted) x (measured / latency-predicted)."""
     if not missed:
         return ""
     lines = ["Why the misses: measured / predicted = (latency-predicted / predicted) x (measured / latency-predicted). "
@@ -231,8 +282,8 @@ def where_time_goes(r: dict) -> str:
     out = ["### Where the time goes: FLOPs vs measured latency per exit\n",
            "`profile_latency` (the whole batch through every exit, cumulative time until each exit's logits are "
            "on the host; median of its repeats), as a share of the last exit's, next to the FLOPs share. *Decision* "
-           "is the predictor's host-side step at that exit (`ExitDecider`: scores and thresholds in NumPy), median "
-           "microseconds per call for the batch.\n"]
+           "is the predictor's host-side step at that exit (`ExitDecider`: scores and thresholds, in NumPy for a "
+           "batch, on Python floats for one sample: `decide_one`), median microseconds per call for the batch.\n"]
     keys = sorted(profiles, key=lambda k: (int(k.split("/")[0]), -int(k.split("/")[1])))
     head = "| exit | FLOPs share |" + "".join(
         f" latency share ({k.split('/')[0]} thr, batch {k.split('/')[1]}) |" for k in keys)

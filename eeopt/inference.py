@@ -73,7 +73,8 @@ class EarlyExitPredictor:
     Args:
         model: the trained `MultiExitModel` (moved to `device` and put in eval mode, in place).
         policy: the policy to apply; its number of exits must be the model's.
-        device: where the network runs ("cpu", "cuda", ...); decisions are taken on the host in NumPy.
+        device: where the network runs ("cpu", "cuda", ...); decisions are taken on the host (a batch in NumPy, a
+            single sample on Python floats: `ExitDecider.decide_one`).
 
     Raises:
         ConfigError: the policy has another number of exits, needs a failure head the model lacks, or the device
@@ -109,13 +110,37 @@ class EarlyExitPredictor:
         labels = np.zeros(n, dtype=np.int64)
         exits = np.zeros(n, dtype=np.int64)
         scores = np.zeros(n, dtype=np.float64)
+        decider = self.decider  # read once per call, so a caller may wrap it (benchmarks/bench_inference.py does)
         with torch.inference_mode():
             for start in range(0, n, batch_size):
                 stop = min(start + batch_size, n)
-                self._predict_batch(x[start:stop], labels[start:stop], exits[start:stop], scores[start:stop])
+                if stop - start == 1:
+                    labels[start], exits[start], scores[start] = self._predict_one(x[start:stop], decider)
+                else:
+                    self._predict_batch(x[start:stop], labels[start:stop], exits[start:stop], scores[start:stop],
+                                        decider)
         return Prediction(labels, exits, scores)
 
-    def _predict_batch(self, xb: torch.Tensor, labels: np.ndarray, exits: np.ndarray, scores: np.ndarray) -> None:
+    def _predict_one(self, xb: torch.Tensor, decider: ExitDecider) -> tuple[int, int, float]:
+        """One sample [1, *input_shape], segment by segment until the policy lets it out: (label, exit, score).
+
+        The lean path of batch 1: a single sample leaves or goes on whole, so nothing is compacted, and its exit
+        logits go to the host as Python floats for `ExitDecider.decide_one` (no NumPy array per exit)."""
+        h = xb.to(self.device, dtype=self._dtype, non_blocking=True)
+        previous: torch.Tensor | None = None
+        last = self.model.num_exits - 1
+        decide = decider.decide_one
+        for k in range(last + 1):
+            h, logits, failure = self.model.exit_step(k, h, previous)
+            learned = None if failure is None else torch.sigmoid(failure.float()).item()
+            label, score, leave = decide(k, logits.tolist()[0], learned)  # tolist: the host copy (synchronises)
+            if leave:  # always at the last exit (its threshold is -inf)
+                break
+            previous = logits
+        return label, k, score
+
+    def _predict_batch(self, xb: torch.Tensor, labels: np.ndarray, exits: np.ndarray, scores: np.ndarray,
+                       decider: ExitDecider) -> None:
         """Run one batch segment by segment, writing each sample's decision into the given views."""
         h = xb.to(self.device, dtype=self._dtype, non_blocking=True)
         previous: torch.Tensor | None = None
@@ -124,7 +149,7 @@ class EarlyExitPredictor:
             h, logits, failure = self.model.exit_step(k, h, previous)
             host_logits = logits.float().cpu().numpy()  # brings the stage's result to the host (synchronises)
             learned = torch.sigmoid(failure.float()).cpu().numpy() if failure is not None else None
-            predicted, score, leave = self.decider(k, host_logits, learned)
+            predicted, score, leave = decider(k, host_logits, learned)
             done = remaining[leave]
             labels[done], exits[done], scores[done] = predicted[leave], k, score[leave]
             if leave.all() or k == self.num_exits - 1:

@@ -21,18 +21,20 @@ Pure numpy: no torch here.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from eeopt.errors import ConfigError, EeoptError
-from eeopt.outputs import ExitOutputs
+from eeopt.outputs import _ROW_SUM_BITS, ExitOutputs
 from eeopt.policies import float_to_json, threshold_exits
-from eeopt.scores import SCORES, compute_score
+from eeopt.scores import SCORES, compute_score, create_score
 
 if TYPE_CHECKING:
     from eeopt.calibration import Calibrator
@@ -207,9 +209,16 @@ class ExitDecider:
 
     Calibration and scoring go through the same calibrator and score code as `PolicyFile.decide`, on the batch
     alone: without a calibrator the batch is a one-exit `ExitOutputs` (`ExitOutputs.unchecked`: the batch comes from
-    the network, and at batch 1 full validation would cost as much as the decision); with one it sits at its exit among K-1 exits
-    of zeros (so the calibrator's per-exit parameters line up) and only that exit is read. Calibrators and scores
-    act on each sample on its own (all built-ins do), so a sample gets the score `decide` gives it.
+    the network, and at batch 1 full validation would cost as much as the decision); with one it sits at its exit
+    among K-1 exits of zeros (so the calibrator's per-exit parameters line up) and only that exit is read.
+    Calibrators and scores act on each sample on its own (all built-ins do), so a sample gets the score `decide`
+    gives it.
+
+    One sample (`decide_one`, the predictor at batch 1) takes a lean path where it can: the msp or learned score,
+    without a calibrator or with temperature or vector scaling, and at most `ONE_ROW_MAX_CLASSES` classes. There each
+    NumPy call costs more than its arithmetic (a few microseconds each, several times that right after a network
+    stage has evicted NumPy's code from the caches), so the row is worked on as Python floats with one `np.exp`
+    call, replaying `decide`'s float64 arithmetic operation for operation: the same score, bit for bit.
     """
 
     def __init__(self, policy: PolicyFile):
@@ -218,7 +227,11 @@ class ExitDecider:
         self.num_exits = policy.num_exits
         # the last exit takes every sample that reaches it
         self.thresholds = np.append(np.asarray(policy.thresholds, dtype=np.float64), -np.inf)
+        self._thresholds = self.thresholds.tolist()  # the same as Python floats, for decide_one
         self._one_cost = np.ones(1)
+        self._costs = np.ones(self.num_exits)
+        self._lean = _lean_decision(policy.score, self.calibrator)  # None: decide_one goes through __call__
+        self._classes = None if self.calibrator is None else self.calibrator.state_dict()["num_classes"]
 
     def __call__(
         self, k: int, logits: np.ndarray, scores: np.ndarray | None = None
@@ -232,6 +245,10 @@ class ExitDecider:
 
         Returns:
             (predictions int64 [B], scores float64 [B], leave bool [B]: the sample exits here).
+
+        Raises:
+            ExitOutputsError: NaN or inf in the logits or scores (naming the network's exit), another number of
+                classes than the calibrator's, or the ``learned`` score without scores.
         """
         logits = np.asarray(logits)
         b, c = logits.shape
@@ -248,12 +265,77 @@ class ExitDecider:
             if scores is not None:
                 padded_scores = np.zeros((k_all, b), dtype=np.asarray(scores).dtype)
                 padded_scores[k] = scores
-            view = self.calibrator.apply(ExitOutputs(padded, np.zeros(b, dtype=np.int64), np.ones(k_all),
-                                                     scores=padded_scores, source="network batch"))
+            view = self.calibrator.apply(ExitOutputs.unchecked(padded, np.zeros(b, dtype=np.int64), self._costs,
+                                                               scores=padded_scores, source="network batch"))
             row = k
         score = compute_score(self.policy.score, view)[row]
         leave = score >= self.thresholds[k]  # NaN never passes
         return view.predictions[row].astype(np.int64), score, leave
+
+    def decide_one(self, k: int, logits: list[float], score: float | None = None) -> tuple[int, float, bool]:
+        """Exit `k`'s decision for one sample: `logits` its C logits as Python floats (`tensor.tolist()`: float32
+        and float16 values widen exactly), `score` its learned score. The same answer as ``self(k, [logits],
+        [score])``, bit for bit, through the lean path when the policy allows it (see the class docstring).
+
+        Returns:
+            (prediction, score, leave: the sample exits here). Raises as `__call__`.
+        """
+        lean = self._lean
+        if lean is not None and len(logits) <= ONE_ROW_MAX_CLASSES and self._classes in (None, len(logits)):
+            transform, learned = lean
+            z = logits if transform is None else transform(k, logits)
+            if math.isfinite(sum(z)) and (not learned or (score is not None and math.isfinite(score))):
+                top = max(z)
+                if not learned:
+                    score = _msp_of_row(z, top)
+                return z.index(top), score, score >= self._thresholds[k]  # index: the first maximum, as argmax
+        # what the lean path does not cover, every error to report included: the batch path decides
+        predicted, scores, leave = self(k, np.asarray([logits]), None if score is None else np.asarray([score]))
+        return int(predicted[0]), float(scores[0]), bool(leave[0])
+
+
+#: `ExitDecider.decide_one` works on Python floats up to this many classes (beyond, a NumPy call over the row costs
+#: less than Python's loops over it).
+ONE_ROW_MAX_CLASSES = 128
+
+
+def _lean_decision(score: str, calibrator: Calibrator | None) -> tuple[Callable | None, bool] | None:
+    """(the calibrator's map of one row of logits, or None without one; whether the score is the learned one) when
+    `decide_one` can replay the policy on Python floats; None when it cannot (other scores or calibrators)."""
+    from eeopt import scores
+
+    fn = create_score(score)
+    if fn is not scores.msp and fn is not scores.learned:
+        return None
+    learned = fn is scores.learned
+    if calibrator is None:
+        return None, learned
+    from eeopt.calibration.builtin import TemperatureScaling, VectorScaling
+
+    if type(calibrator) is TemperatureScaling:  # logits.astype(float64) / T_k
+        t = calibrator.temperature.tolist()
+        return (lambda k, row: [v / t[k] for v in row]), learned
+    if type(calibrator) is VectorScaling:  # logits.astype(float64) * w_k + b_k: a product, then a sum
+        w, b = calibrator.weight.tolist(), calibrator.bias.tolist()
+        return (lambda k, row: [v * wc + bc for v, wc, bc in zip(row, w[k], b[k])]), learned
+    return None
+
+
+def _msp_of_row(z: list[float], top: float) -> float:
+    """The msp of one row of float64 logits `z` [C] whose maximum is `top`, as `ExitOutputs.confidence` computes it
+    for a batch: e = exp(z - top) (NumPy's exp: Python's may differ in the last bit), the order-free
+    `eeopt.outputs.row_sum` S of e (its fixed-point cut replayed on Python ints), max(e / S) = max(e) / S (division
+    by S > 0 keeps the order)."""
+    e = np.exp([v - top for v in z]).tolist()
+    e_top = max(e)
+    scale = 2.0 ** (_row_sum_bits(len(e)) - math.frexp(e_top)[1])  # row_sum's power of two
+    return e_top / (sum([int(v * scale) for v in e]) / scale)  # int(): truncation, as astype(int64)
+
+
+@functools.lru_cache(maxsize=None)
+def _row_sum_bits(c: int) -> int:
+    """The fixed-point bits `eeopt.outputs.row_sum` keeps for rows of `c` entries (its own expression)."""
+    return min(_ROW_SUM_BITS, 62 - int(np.ceil(np.log2(c))))
 
 
 def check_outputs(policy: PolicyFile, outputs: ExitOutputs) -> None:

@@ -16,7 +16,7 @@ from eeopt.config import DataConfig, TrainConfig
 from eeopt.errors import ConfigError
 from eeopt.inference import EarlyExitPredictor, Prediction, load_model_dir, profile_latency
 from eeopt.outputs import ExitOutputs
-from eeopt.policy_file import PolicyFile
+from eeopt.policy_file import ExitDecider, PolicyFile
 from eeopt.scores import compute_score
 from eeopt.training import collect_exit_outputs
 
@@ -130,6 +130,26 @@ def test_compaction_runs_later_stages_only_on_the_samples_still_running(trained)
     np.testing.assert_array_equal(seen["block"], reached)
     np.testing.assert_array_equal(seen["head"], reached)
     assert reached[-1] < reached[0] / 3  # most samples never reach the last stage
+
+
+def test_batch_1_decides_without_the_numpy_batch_path(trained, monkeypatch):
+    """At batch 1 an msp policy (without a calibrator or with temperature scaling) is decided on Python floats
+    (`ExitDecider.decide_one`): the NumPy batch path (`ExitDecider.__call__`, arrays and an `ExitOutputs` per exit)
+    is never entered. A score the lean path does not cover goes through it once per exit a sample reaches, which
+    shows the count sees the batch path when it is used."""
+    batch_path = ExitDecider.__call__
+    calls = []
+
+    def counted(self, *args):
+        calls.append(args[0])
+        return batch_path(self, *args)
+
+    monkeypatch.setattr(ExitDecider, "__call__", counted)
+    for score, calibrator in (("msp", "none"), ("msp", "temperature"), ("entropy", "none")):
+        policy, _ = make_policy(trained, score, calibrator)
+        calls.clear()
+        got = EarlyExitPredictor(trained["model"], policy).predict(trained["x"][:60], batch_size=1)
+        assert len(calls) == (0 if score == "msp" else int((got.exits + 1).sum())), (score, calibrator)
 
 
 def test_predictor_takes_numpy_and_reports_bad_inputs(trained):

@@ -16,7 +16,7 @@ from eeopt.cli import main
 from eeopt.errors import ExitOutputsError
 from eeopt.outputs import ExitOutputs
 from eeopt.policy_choice import knee_index
-from eeopt.policy_file import FORMAT, ExitDecider, PolicyFile, PolicyFileError
+from eeopt.policy_file import FORMAT, ONE_ROW_MAX_CLASSES, ExitDecider, PolicyFile, PolicyFileError
 from eeopt.scores import compute_score, list_scores
 from eeopt.synthetic import synthetic_exit_outputs
 
@@ -196,6 +196,79 @@ def test_exit_by_exit_decisions_with_compaction_equal_decide(pair, score, calibr
     np.testing.assert_array_equal(got[1], exits)
     np.testing.assert_array_equal(got[2], scores)
     assert np.all(np.bincount(exits, minlength=4) > 0)
+
+
+def _decide_one_by_one(decider: ExitDecider, outputs: ExitOutputs) -> np.ndarray:
+    """[3, N]: prediction, exit and score of each sample, `decide_one` exit by exit (the predictor at batch 1)."""
+    got = np.full((3, outputs.num_samples), -1.0)
+    for n in range(outputs.num_samples):
+        for k in range(outputs.num_exits):
+            learned = float(outputs.scores[k, n]) if outputs.scores is not None else None
+            pred, score, leave = decider.decide_one(k, outputs.logits[k, n].tolist(), learned)
+            assert type(pred) is int and type(score) is float and type(leave) is bool
+            if leave:
+                break
+        got[:, n] = pred, k, score
+    return got
+
+
+@pytest.mark.parametrize("calibrator", ["none", *list_calibrators()])
+@pytest.mark.parametrize("score", list_scores())
+def test_one_sample_decisions_equal_decide(pair, score, calibrator):
+    """`ExitDecider.decide_one` gives `decide`'s answer bit for bit, sample by sample: on Python floats where the
+    policy allows it (msp and learned; no calibrator, temperature or vector scaling), else through the batch path."""
+    val, test = pair
+    policy = _policy(val, test, score, calibrator)
+    test = test.subset(np.arange(200))  # the lean path is exact on 10,000 rows per case; 200 keep the test short
+    predictions, exits, scores = policy.decide(test)
+    got = _decide_one_by_one(ExitDecider(policy), test)
+    np.testing.assert_array_equal(got[0], predictions)
+    np.testing.assert_array_equal(got[1], exits)
+    np.testing.assert_array_equal(got[2], scores)
+    assert (ExitDecider(policy)._lean is not None) == (score in ("msp", "learned")
+                                                       and calibrator in ("none", "temperature", "vector"))
+
+
+@pytest.mark.parametrize("classes", [2, 3, 100, ONE_ROW_MAX_CLASSES, ONE_ROW_MAX_CLASSES + 1])
+@pytest.mark.parametrize("calibrator", ["none", "temperature"])
+def test_one_sample_msp_is_exact_for_any_number_of_classes_and_ties(classes, calibrator):
+    """The lean msp replays `row_sum`'s fixed-point cut for any C (its bits shrink with C) and keeps ties: rows
+    spanning tiny to large logit scales, rows with tied top classes and permuted copies of rows."""
+    rng = np.random.default_rng(classes)
+    n = 120
+    logits = rng.normal(size=(2, n, classes)) * rng.choice([1e-3, 1.0, 40.0], size=(2, n, 1))
+    logits[:, 0::4, 1] = logits[:, 0::4].max(axis=-1)  # a tie at the top
+    logits[:, 1::4] = logits[:, 0::4][:, :, rng.permutation(classes)][:, : logits[:, 1::4].shape[1]]
+    outputs = ExitOutputs(logits.astype(np.float32), np.zeros(n, dtype=np.int64), np.array([1.0, 2.0]))
+    cal = create_calibrator(calibrator).fit(outputs) if calibrator != "none" else None
+    reference = compute_score("msp", cal.apply(outputs) if cal is not None else outputs)
+    policy = PolicyFile(score="msp", thresholds=(float(np.median(reference[0])),), costs=(1.0, 2.0),
+                        cost_unit="flops", budget=None, calibrator=calibrator,
+                        calibrator_state=cal.state_dict() if cal is not None else None)
+    predictions, exits, scores = policy.decide(outputs)
+    assert 0 < exits.sum() < n
+    got = _decide_one_by_one(ExitDecider(policy), outputs)
+    np.testing.assert_array_equal(got, np.stack([predictions, exits, scores]))
+
+
+def test_one_sample_errors_are_the_batch_paths(pair):
+    """`decide_one` reports what the batch path reports: a NaN or inf at the network's exit, a learned score that
+    is missing, another number of classes than the calibrator's."""
+    val, test = pair
+    row = test.logits[2, 0].tolist()
+    for calibrator in ("none", "temperature"):
+        decider = ExitDecider(_policy(val, test, "msp", calibrator))
+        for bad, kind in ((math.nan, "NaN"), (math.inf, "inf"), (-math.inf, "inf")):
+            with pytest.raises(ExitOutputsError, match=rf"network batch: logits contains {kind} \(exit 3, sample 0"):
+                decider.decide_one(2, row[:3] + [bad] + row[4:])
+    with pytest.raises(ExitOutputsError, match="network batch: has 7 classes but calibrator 'temperature' was fitted "
+                                               "on 6 classes"):
+        decider.decide_one(2, row + [0.0])
+    learned = ExitDecider(_policy(val, test, "learned", "none"))
+    with pytest.raises(ExitOutputsError, match="score 'learned' needs a 'scores' array"):
+        learned.decide_one(0, row)
+    with pytest.raises(ExitOutputsError, match=r"network batch: scores contains NaN \(exit 1, sample 0"):
+        learned.decide_one(0, row, math.nan)
 
 
 @pytest.mark.parametrize("calibrator", ["none", "temperature"])
