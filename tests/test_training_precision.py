@@ -220,13 +220,11 @@ def test_unsupported_autocast_precision_is_a_config_error():
 def test_a_trial_runs_on_what_ray_gave_it():
     from eeopt.study.worker import pin_to_trial_resources
 
-    auto = _cfg(device="auto", threads=None)
-    shared = pin_to_trial_resources(auto, {"CPU": 2.5, "GPU": 0.25})
-    assert (shared.training.device, shared.training.threads) == ("cuda", 2)
-    alone = pin_to_trial_resources(auto, {"CPU": 0.5})
-    assert (alone.training.device, alone.training.threads) == ("cpu", 1)
-    assert pin_to_trial_resources(_cfg(device="cpu", threads=3), {"CPU": 1, "GPU": 1}) == _cfg(device="cpu", threads=3)
+    auto = _cfg(device="auto")
+    assert pin_to_trial_resources(auto, {"CPU": 2.0, "GPU": 0.25}).training.device == "cuda"
+    assert pin_to_trial_resources(auto, {"CPU": 1.0}).training.device == "cpu"
+    assert pin_to_trial_resources(_cfg(device="cpu"), {"CPU": 1, "GPU": 1}) == _cfg(device="cpu")
     assert pin_to_trial_resources(auto, {}) == auto  # outside Tune: as configured
     from eeopt.training.checkpoint import config_fingerprint
 
-    assert config_fingerprint(shared) == config_fingerprint(auto)  # a requeued trial resumes anywhere
+    assert config_fingerprint(pin_to_trial_resources(auto, {"GPU": 1})) == config_fingerprint(auto)

@@ -4,8 +4,9 @@ It receives a `TrialSpec`, runs `run_trial` (train -> evaluate -> search) with M
 reports each epoch as an `EpochReport` (for early stopping, Optuna's intermediate values and progress lines), where
 it stands within an epoch every `PROGRESS_EVERY` seconds as a `ProgressReport` (for the live view), and the outcome
 as a `TrialReport`.
-Every error becomes a FAIL report: the trial is recorded as failed and the study goes on. The run records the node
-(and GPUs) the trial ran on; the trial's folder may be a URI, synced after every epoch (`cluster.TrialFolder`).
+Every error becomes a FAIL report: the trial is recorded as failed and the study goes on. The trial trains on
+the GPU (or share of one) Ray gave it, else the CPU (`pin_to_trial_resources`); the run records the node (and
+GPUs) it ran on; the trial's folder may be a URI, synced after every epoch (`cluster.TrialFolder`).
 """
 
 from __future__ import annotations
@@ -85,20 +86,14 @@ def pin_to_trial_resources(cfg: TrainConfig, resources: Mapping[str, float]) -> 
 
     `training.device: auto` becomes cuda when the trial has a GPU or a share of one (Ray sets CUDA_VISIBLE_DEVICES
     to that GPU, so it is cuda:0 here, shared with the other trials on it when `gpus_per_trial` is a fraction), else
-    the CPU: a trial never uses a GPU it was not given. Unset `training.threads` becomes the trial's CPUs (floor, at
-    least 1), which bounds the DataLoader workers too (`data.workers` defaults from torch's thread count). Neither
-    is part of the checkpoint fingerprint: a requeued trial resumes wherever it lands.
+    the CPU: a trial never uses a GPU it was not given. (`training.threads` already is `cpus_per_trial` when the
+    study file leaves it unset: `SearchPlan.trial_spec`; the DataLoader workers default from it.) The device is not
+    part of the checkpoint fingerprint: a requeued trial resumes wherever it lands.
     """
-    if not resources:
-        return cfg  # not in a Tune trial: as configured
-    update: dict[str, Any] = {}
-    if cfg.training.device == "auto":
-        update["device"] = "cuda" if resources.get("GPU", 0) > 0 else "cpu"
-    if cfg.training.threads is None and resources.get("CPU", 0) > 0:
-        update["threads"] = max(1, math.floor(resources["CPU"]))
-    if not update:
-        return cfg
-    return cfg.model_copy(update={"training": cfg.training.model_copy(update=update)})
+    if not resources or cfg.training.device != "auto":
+        return cfg  # outside a Tune trial, or a device the study file names: as configured
+    device = "cuda" if resources.get("GPU", 0) > 0 else "cpu"
+    return cfg.model_copy(update={"training": cfg.training.model_copy(update={"device": device})})
 
 
 def _trial_resources() -> dict[str, float]:
