@@ -40,11 +40,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from eeopt.config import DataConfig, ModelConfig
 from eeopt.errors import ConfigError
 from eeopt.models.registry import Backbone, register_backbone_library
 
 __all__ = ["LIBRARIES", "MapBackbone", "TokenBackbone", "check_library", "create_external", "library_available",
-           "load_pretrained", "pretrained_statistics"]
+           "load_pretrained", "pretrained_data", "pretrained_input_size", "pretrained_statistics"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -303,6 +304,39 @@ def pretrained_statistics(backbone: str) -> tuple[tuple[float, ...], tuple[float
         mean, std = (cfg.mean, cfg.std) if cfg is not None else (IMAGENET_MEAN, IMAGENET_STD)
         return tuple(map(float, mean)), tuple(map(float, std))
     return _statistics_torchvision(name)
+
+
+def pretrained_input_size(backbone: str, backbone_kwargs: dict[str, Any] | None = None) -> int | None:
+    """The (square) image side the pretrained weights of `backbone` were trained at: timm's `img_size` kwarg or
+    pretrained_cfg input size, torchvision's weights' crop size; None for other backbones."""
+    prefix, sep, name = backbone.partition(":")
+    if not sep or prefix not in LIBRARIES:
+        return None
+    kwargs = backbone_kwargs or {}
+    for key in ("img_size", "image_size"):
+        if key in kwargs:
+            return _pair(kwargs[key])[0]
+    library = _import(prefix, name)
+    if prefix == "timm":
+        cfg = library.models.get_pretrained_cfg(name)
+        return int(cfg.input_size[-1]) if cfg is not None and cfg.input_size else 224
+    weights = _torchvision_weights(name)
+    crop = getattr(weights.transforms(), "crop_size", [224]) if weights is not None else [224]
+    return int(crop[0])
+
+
+def pretrained_data(model: ModelConfig, data: DataConfig
+                    ) -> tuple[DataConfig, tuple[tuple[float, ...], tuple[float, ...]] | None]:
+    """(data settings, normalisation statistics) for the data a timm/torchvision backbone's weights expect:
+    with `model.pretrained` and no `data.image_size`, images are resized to the weights' input size (224 for
+    ImageNet models); the weights' mean/std go to `load_dataset(pretrained_stats=)` when the model is pretrained
+    or `data.normalization` is pretrained. Other backbones: (data, None)."""
+    if model.pretrained and data.image_size is None:
+        size = pretrained_input_size(model.backbone, model.backbone_kwargs)
+        if size is not None:
+            data = data.model_copy(update={"image_size": size})
+    wants_stats = bool(model.pretrained) or data.normalization == "pretrained"
+    return data, (pretrained_statistics(model.backbone) if wants_stats else None)
 
 
 def _torchvision_weights(name: str) -> Any:

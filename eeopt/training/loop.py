@@ -25,7 +25,7 @@ from eeopt.data import Dataset, load_dataset
 from eeopt.environment import environment
 from eeopt.errors import ConfigError
 from eeopt.models import MultiExitModel, load_pretrained
-from eeopt.models.external import pretrained_statistics
+from eeopt.models.external import pretrained_data
 from eeopt.names import IMAGES_PER_S
 from eeopt.outputs import ExitOutputs
 from eeopt.training.checkpoint import (
@@ -145,9 +145,8 @@ def _start_or_resume(cfg: TrainConfig, out: Path | None, dataset: Dataset | None
     device = configure_process(tc, cfg.seed)
     if dataset is None:
         with rng_untouched():  # the initial weights do not depend on how the data was loaded
-            wants_stats = cfg.model.pretrained or cfg.data.normalization == "pretrained"
-            stats = pretrained_statistics(cfg.model.backbone) if wants_stats else None  # timm / torchvision
-            dataset = load_dataset(cfg.data, cfg.seed, pretrained_stats=stats)
+            data_cfg, stats = pretrained_data(cfg.model, cfg.data)  # a timm/torchvision backbone's weights' needs
+            dataset = load_dataset(data_cfg, cfg.seed, pretrained_stats=stats)
     precision = training_precision(tc.precision, device)
     model = prepare_for_device(build_model_for(cfg, dataset), device)
     groups = check_parameter_groups(model)
