@@ -10,6 +10,7 @@ from eeopt.config import ModelConfig, TrainConfig
 from eeopt.data import load_dataset
 from eeopt.errors import ConfigError
 from eeopt.models import MultiExitModel, build_model
+from eeopt.models.external import pretrained_data
 from eeopt.training.checkpoint import read_model_file
 from eeopt.training.stages import modules_within
 
@@ -17,7 +18,9 @@ from eeopt.training.stages import modules_within
 def build_model_for(cfg: TrainConfig, dataset=None) -> MultiExitModel:
     """The untrained multi-exit model `cfg` describes, shaped for its dataset (loaded from `cfg.data` when not
     given), with per-exit costs counted. `eeopt.build_model(cfg)` is this function."""
-    dataset = dataset if dataset is not None else load_dataset(cfg.data, cfg.seed)
+    if dataset is None:
+        data_cfg, stats = pretrained_data(cfg.model, cfg.data)  # as `train` loads it for a pretrained backbone
+        dataset = load_dataset(data_cfg, cfg.seed, pretrained_stats=stats)
     return build_model(cfg.model, dataset.num_classes, dataset.in_channels, tuple(dataset.image_size))
 
 
