@@ -85,7 +85,8 @@ def stage_loss(forward, labels: torch.Tensor, stage: Stage, tc: TrainingConfig, 
     logits = forward.logits
     if stage.objective == "final":
         return F.cross_entropy(logits[-1], labels, label_smoothing=tc.label_smoothing)
-    weights = exit_weights(tc.exit_weights, logits.shape[0], progress).to(logits.device)
+    # non_blocking: a blocking copy to a GPU waits for everything queued on it (a host sync every step)
+    weights = exit_weights(tc.exit_weights, logits.shape[0], progress).to(logits.device, non_blocking=True)
     loss = exit_loss(logits, labels, weights, tc.label_smoothing)
     if tc.failure_loss != "none":
         loss = loss + tc.failure_weight * failure_loss(tc.failure_loss, forward.failure, logits, labels)
