@@ -18,6 +18,7 @@ import torch
 
 from eeopt.cli import main
 from eeopt.config import ModelConfig, TrainConfig
+from eeopt.config.loading import load_config
 from eeopt.errors import ConfigError
 from eeopt.models import build_model, count_flops, create_backbone, load_pretrained
 from eeopt.training.stages import plan_stages
@@ -128,6 +129,30 @@ def test_last_exit_reads_the_library_features_from_a_saved_state_dict(tmp_path, 
     expected = sum(p.numel() for k, p in net.named_parameters() if k not in classifier)
     assert sum(p.numel() for p in backbone.parameters()) == expected
     assert len(backbone.pretrained_mean) == len(backbone.pretrained_std) == 3
+
+
+@pytest.mark.extras
+@needs_libraries
+def test_torchvision_vit_and_convnext_splits_read_their_features():
+    """Small instances built directly (torchvision's named ViTs and ConvNeXts are too big to build in a test)."""
+    from torchvision.models import ConvNeXt, VisionTransformer
+    from torchvision.models.convnext import CNBlockConfig
+
+    from eeopt.models.external import _split_torchvision
+
+    torch.manual_seed(0)
+    vit = VisionTransformer(image_size=32, patch_size=8, num_layers=3, num_heads=2, hidden_dim=32, mlp_dim=64).eval()
+    convnext = ConvNeXt([CNBlockConfig(16, 32, 2), CNBlockConfig(32, None, 2)], layer_scale=0.5).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        backbone = _split_torchvision(vit, "vit", 3, (32, 32))
+        assert len(backbone.blocks) == 3
+        tokens = torch.cat([vit.class_token.expand(2, -1, -1), vit._process_input(x)], dim=1)
+        assert torch.equal(backbone(x), vit.encoder(tokens)[:, 0])  # the class token after the final norm
+        backbone = _split_torchvision(convnext, "convnext", 3, (32, 32))
+        assert len(backbone.blocks) == 4 and torch.equal(backbone(x), convnext.features(x))
+        expected = sum(p.numel() for p in convnext.parameters()) - sum(p.numel() for p in convnext.classifier.parameters())
+        assert sum(p.numel() for p in backbone.parameters()) == expected
 
 
 @pytest.mark.extras
@@ -356,6 +381,7 @@ def test_the_vit_imagenet_study_trains_shrunk_on_a_tiny_image_folder(tmp_path, c
                  "--set", "model.exits=[1, 2]", "--set", f"model.pretrained={tmp_path / 'weights.pt'}",
                  "--set", "training.epochs=1", "--set", "training.batch_size=8", "--set", "policy.trials=20"])
     assert code == 0, capsys.readouterr().err
+    assert load_config(study, study=True).study.name == "vit-s-imagenet"  # the whole study file validates
     val, test = ExitOutputs.load(out / "val.npz"), ExitOutputs.load(out / "test.npz")
     assert val.num_exits == test.num_exits == 3 and test.num_samples == 12 and val.num_samples == 9
     assert np.all(np.diff(test.costs) > 0) and test.scores is not None  # failure heads, as in the study file
