@@ -39,7 +39,8 @@ needs_libraries = pytest.mark.skipif(timm is None or torchvision is None, reason
 def test_a_missing_library_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "timm", None)  # `import timm` fails, as where it is not installed
     out = tmp_path / "out"
-    code = main(["train", str(QUICKSTART), "--output-dir", str(out), "--set", "model.backbone=timm:vit_tiny_patch16_224"])
+    code = main(["train", str(QUICKSTART), "--output-dir", str(out),
+                 "--set", "model.backbone=timm:vit_tiny_patch16_224"])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1, err
     assert "model.backbone: timm:vit_tiny_patch16_224 needs timm" in err and 'pip install "eeopt[timm]"' in err
@@ -101,7 +102,8 @@ SPLITS = [  # (name, image size, backbone_kwargs): small variants of each family
 
 @pytest.mark.extras
 @needs_libraries
-@pytest.mark.parametrize("name,size,kwargs", SPLITS, ids=[":".join([n, *(f"{k}={v}" for k, v in kw.items())]) for n, _, kw in SPLITS])
+@pytest.mark.parametrize("name,size,kwargs", SPLITS,
+                         ids=[":".join([n, *(f"{k}={v}" for k, v in kw.items())]) for n, _, kw in SPLITS])
 def test_last_exit_reads_the_library_features_from_a_saved_state_dict(tmp_path, name, size, kwargs):
     net = _library_net(name, size, **kwargs)
     path = tmp_path / "weights.pt"
@@ -151,7 +153,8 @@ def test_torchvision_vit_and_convnext_splits_read_their_features():
         assert torch.equal(backbone(x), vit.encoder(tokens)[:, 0])  # the class token after the final norm
         backbone = _split_torchvision(convnext, "convnext", 3, (32, 32))
         assert len(backbone.blocks) == 4 and torch.equal(backbone(x), convnext.features(x))
-        expected = sum(p.numel() for p in convnext.parameters()) - sum(p.numel() for p in convnext.classifier.parameters())
+        classifier = sum(p.numel() for p in convnext.classifier.parameters())  # with the post-pooling norm
+        expected = sum(p.numel() for p in convnext.parameters()) - classifier
         assert sum(p.numel() for p in backbone.parameters()) == expected
 
 
@@ -235,8 +238,9 @@ def test_cached_weights_load_offline_and_a_missing_file_is_one_line(tmp_path, mo
     assert small.stem.pos_embed.shape == (1, 5, 192) and backbone.stem.pos_embed.shape == (1, 197, 192)
 
     tv = create_backbone("torchvision:resnet18", 3, (64, 64), 16)
+    checkpoints = tmp_path / "torch" / "hub" / "checkpoints"
     with pytest.raises(ConfigError, match=r"^model.pretrained: no cached weights for torchvision:resnet18: put the "
-                                          rf"file at {tmp_path / 'torch' / 'hub' / 'checkpoints'}/resnet18-[0-9a-f]+\.pth"):
+                                          rf"file at {checkpoints}/resnet18-[0-9a-f]+\.pth"):
         load_pretrained(tv, True)
     with pytest.raises(ConfigError, match="model.pretrained: .*nope.pt is not a file"):
         load_pretrained(tv, str(tmp_path / "nope.pt"))

@@ -4,12 +4,16 @@ The library builds its own network (`timm.create_model(name, **backbone_kwargs)`
 `torchvision.models.get_model(name, **backbone_kwargs)`); eeopt then splits it into a stem and a flat chain of blocks
 at the places timm's `forward_intermediates` reads features, and drops its classifier (exit heads replace it):
 
-| family | stem | blocks | head input |
-| --- | --- | --- | --- |
-| ViT, DeiT (timm), ViT (torchvision) | patch embed, class (and distillation / register) tokens, position embedding, pos drop, (timm) patch drop + norm_pre | transformer blocks | final norm, then the class token (or the mean patch token where the model pools by mean), then timm's fc_norm: [B, D] |
-| ResNet (both) | conv1, bn1, act, max-pool | residual blocks | the map [B, C, H, W] |
-| ConvNeXt (both) | patchify stem | ConvNeXt blocks; a stage's downsampling runs at the start of its first block | the map; timm's `norm_pre` ends the last block |
-| EfficientNet (both) | conv stem + BN | MBConv blocks | the map; the 1x1 conv head + BN end the last block |
+- ViT, DeiT (timm) and ViT (torchvision): the stem is the patch embedding, the class (and distillation / register)
+  tokens, the position embedding, pos drop and (timm) patch drop + norm_pre; blocks are the transformer blocks; the
+  state is tokens [B, N, D]; heads read [B, D]: the final norm, then the class token (the mean patch token where
+  the model pools by mean), then timm's fc_norm.
+- ResNet (both): the stem is conv1, bn1, act, max-pool; blocks are the residual blocks.
+- ConvNeXt (both): the patchify stem; ConvNeXt blocks, a stage's downsampling at the start of its first block;
+  timm's `norm_pre` ends the last block.
+- EfficientNet (both): conv stem + BN; MBConv blocks; the 1x1 conv head + BN end the last block.
+
+Convolutional states are maps [B, C, H, W], which heads read (and pool) as they are.
 
 So the last exit reads exactly the network's `forward_features` (torchvision: its `features`), and the backbone's
 parameters are the library model's without its classifier (`reset_classifier(0)`); the norm ConvNeXt applies
@@ -25,7 +29,9 @@ a trained model.pt never needs them): ``true`` reads the library's own cache, ne
 Face hub cache, then torch hub's; torchvision: ``<torch hub dir>/checkpoints/<file>``), a path reads a state dict
 of the original library model. Either goes into a fresh library model (through timm's checkpoint filter, which e.g.
 resamples a ViT's position embedding to another image size) and from there into the backbone by the same split.
-Backbones carry `pretrained_mean` / `pretrained_std` (the weights' input normalisation, 3 floats each).
+Backbones carry `pretrained_mean` / `pretrained_std` (the weights' input normalisation, 3 floats each);
+`pretrained_data` gives the data settings the weights expect (their input size when data.image_size is unset, their
+mean/std) before any model exists, which is when the training loop loads the data.
 """
 
 from __future__ import annotations
@@ -121,7 +127,8 @@ class MapBackbone(Backbone):
 
 
 class _ViTStem(nn.Module):
-    """timm's VisionTransformer up to its first block: patch embed, prefix tokens, position embedding, drops, norm_pre.
+    """timm's VisionTransformer up to its first block: patch embed, prefix tokens, position embedding, drops and
+    norm_pre.
 
     Mirrors `VisionTransformer._pos_embed` (and DeiT's with a distillation token) for a fixed image size."""
 
@@ -241,9 +248,11 @@ def _split_torchvision(net: nn.Module, name: str, in_channels: int, image_size: 
 
 # --------------------------------------------------------------------------------------------------- factories
 def _create_timm(name: str, in_channels: int, image_size: tuple[int, int], kwargs: dict[str, Any]) -> nn.Module:
+    """`timm.create_model` without weights; ViTs (and DeiTs) are built for the data's image size."""
     timm = _import("timm", name)
     if not timm.is_model(name):
-        raise ConfigError(f"model.backbone: timm has no model {name!r} (timm.list_models('*{name[:8]}*') lists names)")
+        raise ConfigError(f"model.backbone: timm has no model {name!r} (timm.list_models('*{name[:8]}*') lists "
+                          "names)")
     args = {"in_chans": in_channels, **kwargs}
     entry = timm.models.model_entrypoint(name)
     if entry.__module__.rsplit(".", 1)[-1] in ("vision_transformer", "deit"):
