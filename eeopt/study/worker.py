@@ -23,13 +23,13 @@ from eeopt.study.cluster import node_tags, trial_folder
 from eeopt.study.progress import batch_report_due
 from eeopt.study.records import HEADLINE_METRICS, EpochReport, ProgressReport, TrialReport, TrialSpec
 from eeopt.study.storage import mask_secrets
-from eeopt.study.trial import LATENCY_FILE, POLICY_DIR, run_trial
+from eeopt.study.trial import LATENCY_FILE, METRICS_TABLE, POLICY_DIR, run_trial
 from eeopt.environment import environment
 from eeopt.training.runtime import resolve_device
 
 #: Files of a trial's output folder logged as MLflow artifacts.
-TRIAL_ARTIFACTS = ("val.npz", "test.npz", "config.yaml", "pareto.json", "metrics.json", "history.json", "model.pt",
-                   LATENCY_FILE)
+TRIAL_ARTIFACTS = ("val.npz", "test.npz", "config.yaml", "pareto.json", "metrics.json", METRICS_TABLE, "history.json",
+                   "model.pt", LATENCY_FILE)
 
 
 def run_trial_on_worker(config: dict[str, Any], objective_fn=None, tracking_uri: str = "") -> None:
@@ -74,10 +74,12 @@ def _run(spec: TrialSpec, tracking_uri: str, folder, objective_fn, last_acc: lis
         objective=objective_fn or spec.objective_ref, on_batch=progress.batch_done,
         source={"model_dir": spec.output_dir, "trial": spec.trial_number, "run_id": run_id},
     )
-    tracking.log_metrics(client, run_id, result.metrics)
+    tracking.log_metrics(client, run_id, tracking.run_metrics(result.metrics))  # every metric: metrics.json
     _log_trial_artifacts(client, run_id, result)
     k = result.test.num_exits
     headline = {name: result.metrics[name] for name in (*HEADLINE_METRICS, f"test/exit{k}/accuracy")}
+    tracking.set_note_section(client, run_id, "summary", tracking.trial_note(
+        dict(zip(spec.objectives, values)), headline, (METRICS_TABLE, "metrics.json")))
     return TrialReport.complete(values, headline, last_acc[0])
 
 
