@@ -133,8 +133,9 @@ def list_backbones() -> list[str]:
 def create_backbone(
     name: str, in_channels: int, image_size: tuple[int, int] | int, width: int, **kwargs: Any
 ) -> nn.Module:
-    """Build the registered backbone `name` for inputs [in_channels, *image_size]; `kwargs` go to its factory
-    (`model.backbone_kwargs` in a config) and override the variant's own architecture settings.
+    """Build the registered backbone `name` (or `prefix:model` of a registered library, e.g. timm:resnet18) for
+    inputs [in_channels, *image_size]; `kwargs` go to its factory (`model.backbone_kwargs` in a config) and
+    override the variant's own architecture settings.
 
     Raises:
         UnknownNameError: unknown name (the message lists the registered ones).

@@ -41,6 +41,9 @@ POLICY_BUDGETS = (25, 50, 75)
 #: Every metric of a trial as a table (a row per metric, a column per split and calibrator or score), beside
 #: metrics.json; MLflow shows it as a table among the run's artifacts.
 METRICS_TABLE = "metrics_table.csv"
+#: Every metric of a trial as a table (a row per metric, a column per split and calibrator or score), beside
+#: metrics.json; MLflow shows it as a table among the run's artifacts.
+METRICS_TABLE = "metrics_table.csv"
 POLICY_DIR = "policies"
 #: The latency profile of a trial that measured one (`LatencyProfile.to_dict()`), in its output folder.
 LATENCY_FILE = "latency.json"
@@ -144,6 +147,7 @@ def run_trial(
 
         (output_dir / "metrics.json").write_text(json.dumps(jsonable(metrics), indent=1, sort_keys=True))
         (output_dir / METRICS_TABLE).write_text(metrics_table(metrics))
+        (output_dir / METRICS_TABLE).write_text(metrics_table(metrics))
         (output_dir / "pareto.json").write_text(json.dumps(jsonable(evaluation.primary.search.to_dict()), indent=1))
         result.policies = write_policies(result, {"model_dir": str(output_dir), **(source or {})})
     values = objective_values(result, objectives, objective)
@@ -214,6 +218,37 @@ def certified_metrics(report) -> dict[str, float]:
     from eeopt.names import with_split
 
     return {**with_split("val", report.metrics("fit")), **with_split("test", report.metrics("report"))}
+
+
+def metrics_table(metrics: Mapping[str, float]) -> str:
+    """CSV of `metrics`: a row per metric without split and variant (`exit2/ece`, `mean/auroc`, `sweep/acc_at_50`),
+    a column per split and variant (`test`, `test calib/temperature`, `test score/learned`, ...; `-` for keys
+    without a split, such as costs); an empty cell where a variant lacks the metric, NaN as `nan`."""
+    import csv
+    import io
+
+    from eeopt.names import parse_key
+
+    columns: dict[str, None] = {}
+    rows: dict[str, dict[str, float]] = {}
+    for key, value in metrics.items():
+        try:
+            parsed = parse_key(key)
+        except ValueError:
+            parsed = None
+        if parsed is None or parsed.split is None:
+            column, row = "-", key
+        else:
+            column = parsed.split + ("" if parsed.variant is None else " " + "/".join(parsed.variant))
+            row = parsed.base
+        columns.setdefault(column, None)
+        rows.setdefault(row, {})[column] = value
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["metric", *columns])
+    for row, values in rows.items():
+        writer.writerow([row, *("" if values.get(c) is None else repr(float(values[c])) for c in columns)])
+    return buf.getvalue()
 
 
 def measure_latency(model, policy: PolicyConfig) -> LatencyProfile:
