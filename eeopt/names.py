@@ -261,7 +261,7 @@ def check_objective(key: str, custom: bool = False) -> Key | None:
         parsed = parse_key(key)
     except ValueError:
         raise ValueError(f"unknown metric {key!r} (e.g. val/acc_cost_auc, val/acc_at_50, val/mean_cost, "
-                         "val/mean/auroc, val/exit2/eefp, val/sweep/acc_cost_auc)") from None
+                         "val/mean/auroc, val/exit2/eefp, val/sweep/acc_cost_auc, val/certified/mean_cost)") from None
     if parsed.split != "val":
         raise ValueError(f"objective {key!r} must be a val/ metric (test numbers never steer the search)")
     if parsed.variant is not None:

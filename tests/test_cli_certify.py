@@ -93,33 +93,3 @@ def test_missing_file_is_one_line(files, tmp_path, capsys):
                  "--epsilon", "0.02"]) == 2
     assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'nope.npz'}: no such file"
 
-
-def test_predict_reports_the_realised_risk_of_a_certified_policy(tmp_path, capsys):
-    """`exits certify --policy-out` on a trained model's outputs, then `predict --split test`: the realised risk
-    equals the one recomputed from test.npz (to one sample: float32 batches may move a sample at a threshold)."""
-    import torch
-
-    from eeopt.config import TrainConfig
-    from eeopt.training import train
-
-    torch.set_num_threads(1)
-    cfg = TrainConfig.model_validate({
-        "seed": 0, "data": {"name": "digits"}, "model": {"backbone": "tinyresnet", "width": 8},
-        "training": {"epochs": 1, "batch_size": 64, "lr": 5e-3, "device": "cpu"},
-    })
-    folder = tmp_path / "model"
-    train(cfg, folder, progress=False)
-    policy_path = tmp_path / "certified.json"
-    assert main(["exits", "certify", "--fit-on", str(folder / "val.npz"), "--evaluate-on", str(folder / "test.npz"),
-                 "--risk", "consistency", "--epsilon", "0.1", "--calibrate", "temperature", "--policy-out",
-                 str(policy_path), "--json"]) == 0
-    certified = json.loads(capsys.readouterr().out)
-    assert main(["predict", str(folder), "--policy", str(policy_path), "--split", "test", "--json"]) == 0
-    out = json.loads(capsys.readouterr().out)
-    n = out["samples"]
-    assert out["certification"]["risk"] == "consistency" and out["certification"]["epsilon"] == 0.1
-    assert out["certification"]["realised_risk"] == pytest.approx(certified["metrics"]["certified/risk"],
-                                                                  abs=1 / n + 1e-12)
-    assert main(["predict", str(folder), "--policy", str(policy_path), "--split", "test"]) == 0
-    text = " ".join(capsys.readouterr().out.split())
-    assert "realised consistency on the test split" in text

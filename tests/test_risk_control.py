@@ -282,3 +282,16 @@ def test_certified_policy_file_round_trips_and_decides_as_certified(outputs_pair
     del data["certification"]["n"]
     with pytest.raises(PolicyFileError, match=r"certification\.n: missing"):
         PolicyFile.from_dict(data)
+
+
+def test_search_on_other_samples_certifies_on_all_of_fit(outputs_pair):
+    """A study trial's way: calibrator and per-exit front from `search_on`, the whole of `fit` tests them."""
+    val, test = outputs_pair
+    rest, held = val.subset(np.arange(0, 900)), val.subset(np.arange(900, 1500))
+    from eeopt.prepared import fit_calibrator
+
+    calibrator = fit_calibrator("temperature", rest)
+    report = certify_policy(held, test, risk="error", epsilon=0.3, delta=0.1, per_exit=True, calibrate=calibrator,
+                            search_on=rest, trials=40)
+    assert report.certificate.n == 600 and report.split_share is None and report.calibrator is calibrator
+    assert report.certificate.certified and report.certificate.per_exit

@@ -85,6 +85,9 @@ def study_export(
     budget: Annotated[Optional[float], typer.Option(
         "--budget", help="With --policy: the budget, a share of the last exit's cost the trial's policy was chosen "
         "for on val: 0.25, 0.5 (default) or 0.75.")] = None,
+    certified: Annotated[bool, typer.Option(
+        "--certified", help="With --policy: the trial's certified policy (policies/certified.json, written with "
+        "policy.risk_control) instead of a budget's.")] = False,
 ) -> None:
     """One row per trial: MLflow run id, number, state, objectives, params, val/test metrics. CSV writes an
     undefined number (NaN) as an empty cell, JSON as null; the table shows the headline columns only.
@@ -92,9 +95,11 @@ def study_export(
     With --best --policy FILE (or --trial N --policy FILE): the policy file that trial wrote for --budget instead."""
     from eeopt.errors import ConfigError
 
-    if policy is not None or best or trial is not None:
+    if certified and budget is not None:
+        raise ConfigError("--certified: the certified policy has no budget; drop --budget")
+    if policy is not None or best or trial is not None or certified:
         _export_policy(study_file, overrides or [], policy, best, trial, 0.5 if budget is None else budget, fmt,
-                       output)
+                       output, certified)
         return
     if budget is not None:
         raise ConfigError("--budget: only with --policy FILE (and --best or --trial N)")
@@ -121,10 +126,13 @@ def study_export(
 
 
 def _export_policy(study_file: Path, overrides: list[str], policy: Optional[Path], best: bool,
-                   trial: Optional[int], budget: float, fmt: str, output: Optional[Path]) -> None:
+                   trial: Optional[int], budget: float, fmt: str, output: Optional[Path],
+                   certified: bool = False) -> None:
     """`study export --best --policy FILE`: copy the chosen trial's policy file (validated) to FILE."""
     from eeopt.errors import ConfigError
 
+    if certified and policy is None:
+        raise ConfigError("--certified: say where to write the trial's certified policy with --policy FILE")
     if policy is None:
         raise ConfigError("--best/--trial: say where to write the trial's policy file with --policy FILE")
     if best == (trial is not None):
@@ -135,6 +143,9 @@ def _export_policy(study_file: Path, overrides: list[str], policy: Optional[Path
     from eeopt.study import Study
 
     study = Study.from_yaml(study_file, overrides)
+    if certified:
+        _export_certified(study, trial, policy)
+        return
     chosen, number = study.trial_policy(budget, trial)
     chosen.save(policy)
     report = chosen.report or {}
@@ -143,6 +154,52 @@ def _export_policy(study_file: Path, overrides: list[str], policy: Optional[Path
     model_dir = (chosen.source or {}).get("model_dir", "MODEL_DIR")
     typer.echo(f"wrote trial {number}'s policy for budget {budget:g} to {policy}{numbers}", err=True)
     typer.echo(f"next: eeopt predict {model_dir} --policy {policy} --split test", err=True)
+
+
+def _export_certified(study, trial: Optional[int], policy: Path) -> None:
+    """The certified policy of the trial `Study.trial_policy` picks (the best, or number `trial`): found beside
+    that trial's budget policy files, in its folder or among its MLflow run's artifacts."""
+    from eeopt.errors import StudyError
+    from eeopt.policy_file import PolicyFile
+    from eeopt.study.trial import CERTIFIED_POLICY, POLICY_DIR
+
+    error = None
+    for share in (0.5, 0.75, 0.25):  # any budget file names the trial's folder and MLflow run
+        try:
+            budget_policy, number = study.trial_policy(share, trial)
+            break
+        except StudyError as exc:
+            error = exc
+    else:
+        raise error
+    source = budget_policy.source or {}
+    where = f"{POLICY_DIR}/{CERTIFIED_POLICY}"
+    local = Path(source.get("model_dir", "")) / where if source.get("model_dir") else None
+    if local is not None and local.is_file():
+        chosen = PolicyFile.load(local)
+    elif source.get("run_id"):
+        import tempfile
+
+        from eeopt.study import tracking
+
+        client = tracking.client(study.tracking_uri)
+        names = {Path(f.path).name for f in client.list_artifacts(source["run_id"], POLICY_DIR)}
+        if CERTIFIED_POLICY not in names:
+            raise StudyError(f"trial {number} of study {study.name!r} has no certified policy ({where}): run the "
+                             "study with policy.risk_control")
+        with tempfile.TemporaryDirectory() as tmp:
+            chosen = PolicyFile.load(client.download_artifacts(source["run_id"], where, tmp))
+    else:
+        raise StudyError(f"trial {number} of study {study.name!r} has no certified policy ({where}): run the study "
+                         "with policy.risk_control")
+    chosen.save(policy)
+    record, report = chosen.certification or {}, chosen.report or {}
+    promise = (f"{record.get('risk')} <= {record.get('epsilon')} with probability >= {1 - record.get('delta', 0):g} "
+               f"({record.get('method')})" if record.get("certified", True) else "no policy certified (the last exit)")
+    numbers = (f"; test {record.get('risk')} {report['risk']:.4f}, accuracy {report['accuracy']:.4f}"
+               if {"risk", "accuracy"} <= set(report) else "")
+    typer.echo(f"wrote trial {number}'s certified policy to {policy}: {promise}{numbers}", err=True)
+    typer.echo(f"next: eeopt predict {source.get('model_dir', 'MODEL_DIR')} --policy {policy} --split test", err=True)
 
 
 def _export_text(rows: list[dict], fmt: str) -> str:

@@ -152,6 +152,28 @@ class CalibrationConfig(Strict):
         return value
 
 
+class RiskControlConfig(Strict):
+    """A certified policy per trial (`eeopt.risk_control`): risk <= epsilon with probability >= 1 - delta (crc: in
+    expectation) on new data like val. `calibration_share` of val is kept apart: the trial's calibrator, threshold
+    search and val metrics use the rest, and the certificate is computed on this share alone."""
+
+    risk: Literal["performance-gap", "consistency", "error", "brier-gap"] = "performance-gap"
+    epsilon: float = Field(..., ge=0, lt=1, description="the risk level the policy must keep")
+    delta: float = Field(0.1, gt=0, lt=1, description="the allowed probability that the promise fails")
+    method: Literal["ltt", "ucb-wsr", "crc"] = "ltt"
+    per_exit: bool = Field(False, description="per-exit thresholds by Pareto Testing (searched on the rest of val, "
+                           "tested on the held-out share) instead of one shared threshold")
+    calibration_share: float = Field(0.5, gt=0, lt=1, description="the share of val that certifies, seen by nothing "
+                                     "else in the trial")
+
+    @model_validator(mode="after")
+    def _binary_for_per_exit(self) -> RiskControlConfig:
+        if self.per_exit and self.risk == "brier-gap":
+            raise ValueError("per_exit: per-exit thresholds need a 0-1 risk (performance-gap, consistency, error), "
+                             "got brier-gap")
+        return self
+
+
 class PolicyConfig(Strict):
     """How exit policies are scored, searched and costed.
 
@@ -172,6 +194,9 @@ class PolicyConfig(Strict):
     latency_batch_size: int = Field(1, ge=1, description="samples per timed batch when measuring latency")
     latency_repeats: int = Field(20, ge=1, description="timed runs per latency measurement (the median is used)")
     latency_warmup: int = Field(3, ge=0, description="untimed runs before the timed ones")
+    risk_control: RiskControlConfig | None = Field(
+        None, description="certify each trial's policy on a held-out share of val (val/ and test/certified/... "
+        "metrics, policies/certified.json)")
 
     @property
     def measures_latency(self) -> bool:

@@ -220,18 +220,19 @@ def certify_policy(
     seed: int = 0,
     trials: int = 300,
     sampler: str = "nsga2",
+    search_on: ExitOutputs | None = None,
 ) -> RiskControlReport:
     """Certify a policy on `fit` (the calibration split, e.g. val) and report it on `evaluate` (e.g. test).
 
-    With a calibrator or `per_exit`, `fit` is split (`split_share` of it, seeded by `seed`, into part 1): the
-    calibrator is fitted on part 1 and the per-exit search runs there; the shared threshold or the Pareto front is
-    tested on part 2 only, so nothing certified was chosen on the samples that certify it. Otherwise all of `fit`
-    certifies the shared threshold.
+    Whatever is fitted or searched before the test (a calibrator named by `calibrate`, the per-exit search) runs on
+    samples the test does not see: on `search_on` when given (a study trial: the rest of its val), else on a
+    seeded `split_share` of `fit` (part 1), the test then running on the rest of `fit` (part 2). A shared threshold
+    with no calibrator to fit (or one fitted elsewhere) is certified on all of `fit`.
 
     Raises:
         ConfigError: an unknown risk or method, epsilon outside [0, 1), delta outside (0, 1), split_share outside
             (0, 1), per-exit thresholds for a non-0-1 risk, or fewer than 2 samples to split.
-        ExitOutputsError: `fit` and `evaluate` come from different models.
+        ExitOutputsError: `fit`, `evaluate` and `search_on` do not come from one model.
     """
     check_risk(risk)
     if method not in PROCEDURES:
@@ -242,28 +243,32 @@ def certify_policy(
         raise ConfigError(str(exc)) from None
     if per_exit and risk not in BINARY_RISKS:
         raise ConfigError(f"per_exit: per-exit thresholds need a 0-1 risk ({', '.join(BINARY_RISKS)}), got {risk!r}")
-    if evaluate is not None:
-        check_compatible(fit, evaluate)
-    split = per_exit or calibrate not in (None, "none")
+    for other in (evaluate, search_on):
+        if other is not None:
+            check_compatible(fit, other)
+    to_fit = calibrate not in (None, "none") and not getattr(calibrate, "is_fitted", False)
+    split = search_on is None and (per_exit or to_fit)
     if split and not 0 < split_share < 1:
         raise ConfigError(f"split_share: expected a share in (0, 1), got {split_share!r}")
     if split and fit.num_samples < 2:
         raise ConfigError(f"{fit.source}: splitting the calibration data needs at least 2 samples, "
                           f"got {fit.num_samples}")
-    part1, part2 = split_calibration(fit.num_samples, split_share, seed) if split else (None, None)
-    calibrator = fit_calibrator(calibrate, fit.subset(part1) if split else fit)
+    certify_on = slice(None)
+    if split:
+        part1, certify_on = split_calibration(fit.num_samples, split_share, seed)
+        search_on = fit.subset(part1)
+    calibrator = fit_calibrator(calibrate, search_on if search_on is not None else fit)
     val = prepare(fit, calibrator, score, "val")
-    val_losses = exit_losses(risk, val.outputs)
     costs = val.costs
-    arrays = (val.scores, val_losses, val.correct)
+    arrays = (val.scores, exit_losses(risk, val.outputs), val.correct)
+    tested = tuple(a[:, certify_on] for a in arrays)
     if per_exit:
-        certificate = certify_per_exit(
-            tuple(a[:, part1] for a in arrays[:2]), tuple(a[:, part2] for a in arrays), costs, risk=risk,
-            epsilon=epsilon, delta=delta, method=method, trials=trials, sampler=sampler, seed=seed)
+        searched = prepare(search_on, calibrator, score, "search")
+        certificate = certify_per_exit((searched.scores, exit_losses(risk, searched.outputs)), tested, costs,
+                                       risk=risk, epsilon=epsilon, delta=delta, method=method, trials=trials,
+                                       sampler=sampler, seed=seed)
     else:
-        part = part2 if split else slice(None)
-        certificate = certify_shared(*(a[:, part] for a in arrays), costs, risk=risk, epsilon=epsilon, delta=delta,
-                                     method=method)
+        certificate = certify_shared(*tested, costs, risk=risk, epsilon=epsilon, delta=delta, method=method)
     fit_numbers = {"certified": policy_numbers(*arrays, costs, certificate.thresholds)}
     uncontrolled = _uncontrolled(val, fit_numbers["certified"]["mean_cost"], trials, sampler, seed)
     fit_numbers["uncontrolled"] = policy_numbers(*arrays, costs, uncontrolled)

@@ -11,6 +11,11 @@ efficiency metric and objective is accuracy-latency. Both cost vectors are repor
 
 A trial with an output folder writes the val-chosen policy of its search for 25, 50 and 75 % of the last exit's
 cost as `policies/budget_{b}.json` (`eeopt.policy_file`), ready for `eeopt predict`.
+
+With `policy.risk_control`, `calibration_share` of val is held out (the same samples in every trial, seeded by
+`policy.seed`): the calibrator, the threshold search and every other `val/` metric use the rest of val, and the
+held-out share alone certifies the trial's policy (`eeopt.risk_control.certify_policy`), logged as
+`val/certified/...` (on the held-out share) and `test/certified/...`, and written as `policies/certified.json`.
 """
 
 from __future__ import annotations
@@ -45,6 +50,8 @@ METRICS_TABLE = "metrics_table.csv"
 #: metrics.json; MLflow shows it as a table among the run's artifacts.
 METRICS_TABLE = "metrics_table.csv"
 POLICY_DIR = "policies"
+#: The certified policy's file in `POLICY_DIR` (with `policy.risk_control`).
+CERTIFIED_POLICY = "certified.json"
 #: The latency profile of a trial that measured one (`LatencyProfile.to_dict()`), in its output folder.
 LATENCY_FILE = "latency.json"
 
@@ -62,7 +69,9 @@ class TrialResult:
         metrics: MLflow keys (`val/acc_cost_auc`, `test/exit2/ece`, ..., `cost/flops/exit1`).
         costs: {unit: cumulative cost per exit [K]} for each unit known ("flops", and "latency_ms" when measured).
         latency: the latency profile, when measured.
-        policies: {budget percent: policy file written} (with an output folder).
+        policies: {budget percent: policy file written} (with an output folder), and "certified": the certified
+            policy's file with `policy.risk_control`.
+        certified: the certified policy and its numbers, with `policy.risk_control`.
     """
 
     config: TrainConfig
@@ -75,7 +84,8 @@ class TrialResult:
     cost_unit: str = "flops"
     costs: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     latency: LatencyProfile | None = None
-    policies: dict[int, Path] = dataclasses.field(default_factory=dict)
+    policies: dict[int | str, Path] = dataclasses.field(default_factory=dict)
+    certified: Any = None  # eeopt.risk_control.RiskControlReport
 
 
 def evaluate_trial(val: ExitOutputs, test: ExitOutputs, cfg: TrainConfig) -> Assessment:
@@ -137,11 +147,15 @@ def run_trial(
             (output_dir / LATENCY_FILE).write_text(json.dumps(profile.to_dict(), indent=1))
     unit = cfg.policy.cost_unit
     val, test = with_cost(val, unit), with_cost(test, unit)
-    evaluation = evaluate_trial(val, test, cfg)
+    assessed_val, held_out = held_out_split(val, cfg)
+    evaluation = evaluate_trial(assessed_val, test, cfg)
     metrics = dict(evaluation.metrics)
     for name, vector in costs.items():
         metrics.update(cost_metrics(name, vector))
     result = TrialResult(cfg, val, test, metrics, evaluation, trained.history, output_dir, unit, costs, profile)
+    if held_out is not None:
+        result.certified = certify_trial(held_out, test, assessed_val, cfg, evaluation)
+        metrics.update(certified_metrics(result.certified))
     if output_dir is not None:
         from eeopt.evaluation import jsonable
 
@@ -251,6 +265,41 @@ def metrics_table(metrics: Mapping[str, float]) -> str:
     return buf.getvalue()
 
 
+def held_out_split(val: ExitOutputs, cfg: TrainConfig) -> tuple[ExitOutputs, ExitOutputs | None]:
+    """(the val samples the trial assesses and searches on, the held-out share that certifies) with
+    `policy.risk_control`; (val, None) without."""
+    rc = cfg.policy.risk_control
+    if rc is None:
+        return val, None
+    from eeopt.risk_control import split_calibration
+
+    if val.num_samples < 2:
+        raise ConfigError(f"policy.risk_control: val has {val.num_samples} sample; holding out a share needs 2")
+    held, rest = split_calibration(val.num_samples, rc.calibration_share, cfg.policy.seed)
+    return val.subset(rest), val.subset(held)
+
+
+def certify_trial(held_out: ExitOutputs, test: ExitOutputs, assessed_val: ExitOutputs, cfg: TrainConfig,
+                  evaluation: Assessment):
+    """The trial's certified policy (`eeopt.risk_control.certify_policy`): the calibrator the trial fitted on the
+    rest of val, the per-exit front searched there, the certificate computed on the held-out share alone."""
+    from eeopt.risk_control import certify_policy
+
+    rc, policy = cfg.policy.risk_control, cfg.policy
+    calibrator = evaluation.primary.calibrator
+    return certify_policy(held_out, test, risk=rc.risk, epsilon=rc.epsilon, delta=rc.delta, method=rc.method,
+                          per_exit=rc.per_exit, calibrate=calibrator if calibrator is not None else "none",
+                          score=policy.score, seed=policy.seed, trials=policy.trials, sampler=policy.sampler,
+                          search_on=assessed_val)
+
+
+def certified_metrics(report) -> dict[str, float]:
+    """`val/certified/...` (the held-out share of val), `test/certified/...` and `uncontrolled/...` beside them."""
+    from eeopt.names import with_split
+
+    return {**with_split("val", report.metrics("fit")), **with_split("test", report.metrics("report"))}
+
+
 def measure_latency(model, policy: PolicyConfig) -> LatencyProfile:
     """Profile a trained model where it is (the device it trained on) as `policy` says: random inputs of its input
     shape (latency does not depend on the values: every timed run goes through all exits)."""
@@ -306,6 +355,15 @@ def write_policies(result: TrialResult, source: Mapping[str, Any]) -> dict[int, 
         path.parent.mkdir(parents=True, exist_ok=True)
         policy.save(path)
         written[budget] = path
+    if result.certified is not None:
+        rc = result.config.policy.risk_control
+        path = Path(result.output_dir) / POLICY_DIR / CERTIFIED_POLICY
+        path.parent.mkdir(parents=True, exist_ok=True)
+        result.certified.policy_file(
+            source=dict(source), cost_unit=result.cost_unit,
+            calibration_source=f"val: the held-out share {rc.calibration_share:g} ({result.certified.certificate.n} "
+                               "samples)").save(path)
+        written["certified"] = path
     return written
 
 
