@@ -13,6 +13,7 @@ After an intended change of the output, regenerate the snapshots and read the di
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import re
 import shutil
@@ -23,6 +24,7 @@ import pytest
 import yaml
 
 from eeopt.cli import main
+from eeopt.evaluation import jsonable
 from eeopt.synthetic import synthetic_exit_outputs
 
 SNAPSHOTS = Path(__file__).parent / "snapshots"
@@ -46,6 +48,10 @@ STUDY = {
     },
     "study": {"name": "tables", "trials": 8, "sampler": "random", "seed": 0},
 }
+
+
+#: Every metric of each complete trial of the `store` study, by trial number (what its metrics.json holds).
+FULL_METRICS: dict[int, dict[str, float]] = {}
 
 
 def _assessed(seed: int) -> dict[str, float]:
@@ -84,11 +90,16 @@ def store():
         params = {name: sampler.sample_independent(optuna_study, None, name, dist)
                   for name, dist in distributions.items()}
         attrs, values, state = {}, None, optuna.trial.TrialState.COMPLETE
-        if number < 6:
+        if number < 6:  # logged as a trial logs: a selection in the run, every metric in metrics.json
             metrics = _assessed(number)
+            FULL_METRICS[number] = metrics
             run = client.create_run(experiment, tags={"eeopt.role": "trial", "eeopt.trial": str(number)})
-            client.log_batch(run.info.run_id, metrics=[Metric(k, float(v), 0, 0) for k, v in metrics.items()],
-                             params=[Param("calibration.method", "none")])
+            client.log_batch(run.info.run_id, params=[Param("calibration.method", "none")],
+                             metrics=[Metric(k, float(v), 0, 0) for k, v in tracking.run_metrics(metrics).items()])
+            trial_dir = folder / "runs" / f"trial-{number}"
+            trial_dir.mkdir(parents=True)
+            (trial_dir / "metrics.json").write_text(json.dumps(jsonable(metrics)))
+            client.log_artifact(run.info.run_id, str(trial_dir / "metrics.json"))
             values = [metrics["val/acc_cost_auc"]]
             attrs = {ATTR_MLFLOW_RUN: run.info.run_id,
                      **{k: float(metrics[k]) for k in ("test/acc_cost_auc", "test/acc_at_50", "test/mean/ece",
@@ -187,6 +198,51 @@ def _check_snapshot(name: str, text: str) -> None:
     expected = path.read_text()
     assert text == expected, (f"{name} differs from {path} (EEOPT_UPDATE_SNAPSHOTS=1 rewrites it after an "
                               f"intended change):\n{text}")
+
+
+def test_study_analyze_reads_every_metric_from_the_lighter_runs(store, capsys):
+    """The trial runs hold a selection of the metrics (every compared calibrator's and score's variants are only in
+    metrics.json); study analyze gives the same analysis as on the runs that held everything: the one computed
+    here from the full metrics."""
+    from eeopt.analysis import analyze
+    from eeopt.analysis.gather import points_from_metrics
+    from eeopt.study import Study
+    from eeopt.study import tracking
+    from eeopt.study.trials import ATTR_MLFLOW_RUN
+
+    study = Study.from_yaml(store[1])
+    client = tracking.client(study.tracking_uri)
+    run_ids = {t.number: t.user_attrs[ATTR_MLFLOW_RUN] for t in study.optuna_study(create=False).trials
+               if ATTR_MLFLOW_RUN in t.user_attrs}
+    for number, run_id in run_ids.items():  # the runs are light: no per-exit metric of a variant
+        logged = client.get_run(run_id).data.metrics
+        assert len(logged) < len(FULL_METRICS[number]) / 2
+        assert not [k for k in logged if k.split("/")[1] in ("calib", "score") and "/exit" in k]
+    capsys.readouterr()
+    assert main(["study", "analyze", str(store[1]), "--json", "--per-exit"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    points = [p for number, run_id in sorted(run_ids.items())
+              for p in points_from_metrics(number, run_id, FULL_METRICS[number], "test", primary="none")]
+    assert out == json.loads(json.dumps(analyze(points).to_dict()))
+    assert {p["calibrator"] for p in out["points"]} == {"none", "temperature"}
+    assert any(r["proxy"].startswith("score/learned/exit") for r in out["correlations"])
+
+
+def test_a_trial_run_logs_about_300_metric_keys():
+    """A trial of 5 exits assessed under 5 calibrators and 2 scores has 1,336 metrics; its run logs 256 (the
+    configured variant's all, 6 of each other's), the epoch metrics and costs add about 15."""
+    from eeopt.assess import assess_model
+    from eeopt.study.tracking import VARIANT_RUN_KEYS, run_metrics
+
+    val = synthetic_exit_outputs(5, 500, 10, seed=1, with_scores=True)
+    test = synthetic_exit_outputs(5, 500, 10, seed=2, with_scores=True)
+    metrics = assess_model(val, test, calibration="none", trials=10,
+                           compare=["none", "temperature", "vector", "histogram", "isotonic"]).metrics
+    logged = run_metrics(metrics)
+    plain = [k for k in metrics if k.split("/")[1] not in ("calib", "score")]
+    variants = {"/".join(k.split("/")[1:3]) for k in metrics if k.split("/")[1] in ("calib", "score")}
+    assert len(metrics) > 1300 and len(logged) == len(plain) + 2 * len(variants) * len(VARIANT_RUN_KEYS) <= 285
+    assert set(plain) <= set(logged) and len(variants) == 6
 
 
 def test_study_analyze_writes_to_mlflow_only_with_log(store, capsys):

@@ -1,8 +1,9 @@
 """`eeopt study analyze`: every finished trial of a study (Optuna, joined to MLflow by run id) as analysis points.
 
-A point is a (trial, calibrator) pair read from the trial's MLflow metrics on one split (`eeopt.analysis.gather`);
+A point is a (trial, calibrator) pair read from the trial's metrics on one split (`eeopt.analysis.gather`): its
+`metrics.json` artifact, which holds every calibrator's and score's, or the run's own metrics for older runs;
 the report's before/after curves come from the best uncalibrated model's exit outputs (its MLflow artifacts), and
-the report is logged to the study's latest MLflow parent run. Reads the stores; creates nothing but the report.
+`log_report` logs the report to the study's latest MLflow parent run (`study analyze --log`).
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def analyze_study(study, *, split: str = "test", targets: list[str] | None = Non
                 continue
             run = client.get_run(run_id)
             primary = run.data.params.get("calibration.method", "none")
-            points += points_from_metrics(trial.number, run_id, run.data.metrics, split, primary=primary)
+            points += points_from_metrics(trial.number, run_id, tracking.trial_metrics(client, run), split, primary=primary)
             runs[trial.number] = run
     if not points:
         raise AnalysisError(f"study {study.name!r}: no finished trial has {split}/ metrics in MLflow yet "

@@ -132,6 +132,59 @@ def log_metrics(mlflow_client, run_id: str, metrics: Mapping[str, float], step: 
         mlflow_client.log_batch(run_id, metrics=items[start : start + _BATCH], synchronous=True)
 
 
+#: Of each compared calibrator (`calib/{name}/`) and other score (`score/{name}/`), a trial's MLflow run keeps these
+#: keys on each split; all of them are in the run's `metrics.json` and `metrics_table.csv` artifacts, where `eeopt
+#: study analyze` reads them.
+VARIANT_RUN_KEYS = ("mean/ece", "mean/nll", "mean/auroc", "mean/eefp", "acc_cost_auc", "sweep/acc_cost_auc")
+
+
+def run_metrics(metrics: Mapping[str, float]) -> dict[str, float]:
+    """The metrics a trial's MLflow run holds (about 250 keys instead of 1,300 for 5 exits and 5 calibrators): the
+    configured calibrator's and score's (objectives, per exit, mean, efficiency, costs), and of every other
+    calibrator and score the comparable few of `VARIANT_RUN_KEYS`. A key outside the naming scheme is kept."""
+    from eeopt.names import parse_key
+
+    kept = {}
+    for key, value in metrics.items():
+        try:
+            parsed = parse_key(key)
+        except ValueError:
+            parsed = None
+        if parsed is None or parsed.variant is None or parsed.base in VARIANT_RUN_KEYS:
+            kept[key] = value
+    return kept
+
+
+def trial_metrics(mlflow_client, run) -> dict[str, float]:
+    """Every metric of a trial's run: its `metrics.json` artifact (the run's own metrics are `run_metrics`, a
+    selection), else, for a run that logged everything itself or lost that artifact, the run's metrics. NaN where
+    the file has null."""
+    import json
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = mlflow_client.download_artifacts(run.info.run_id, "metrics.json", tmp)
+        except Exception:  # noqa: BLE001 - an older run, or one without artifacts: what the run holds
+            return dict(run.data.metrics)
+        stored = json.loads(Path(path).read_text())
+    return {k: math.nan if v is None else float(v) for k, v in stored.items()
+            if v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))}
+
+
+def trial_note(objectives: Mapping[str, float], headline: Mapping[str, float], artifacts: Iterable[str]) -> str:
+    """A trial run's description (Markdown): its objectives, then the headline test numbers, then where the rest
+    is, so the run page starts with what the trial is judged by."""
+    objective = "  \n".join(f"**{name} = {value:.4f}**" for name, value in objectives.items())
+    rows = "\n".join(f"| {k} | {v:.4f} |" for k, v in headline.items()
+                     if v is not None and not math.isnan(v))
+    where = ", ".join(f"`{name}`" for name in artifacts)
+    return (f"Objective (val, steers the search):  \n{objective}\n\n"
+            f"| headline (test: held out, reported only) | value |\n| --- | ---: |\n{rows}\n\n"
+            f"The run's metrics hold the configured calibrator and score (per exit, mean, efficiency) and a few of "
+            f"each compared one; every metric is in the artifacts {where}. Plots: `plots/`.")
+
+
 def log_artifacts(mlflow_client, run_id: str, paths: Iterable[Path], artifact_path: str | None = None) -> None:
     for path in paths:
         if Path(path).exists():

@@ -46,9 +46,6 @@ POLICY_BUDGETS = (25, 50, 75)
 #: Every metric of a trial as a table (a row per metric, a column per split and calibrator or score), beside
 #: metrics.json; MLflow shows it as a table among the run's artifacts.
 METRICS_TABLE = "metrics_table.csv"
-#: Every metric of a trial as a table (a row per metric, a column per split and calibrator or score), beside
-#: metrics.json; MLflow shows it as a table among the run's artifacts.
-METRICS_TABLE = "metrics_table.csv"
 POLICY_DIR = "policies"
 #: The certified policy's file in `POLICY_DIR` (with `policy.risk_control`).
 CERTIFIED_POLICY = "certified.json"
@@ -161,77 +158,10 @@ def run_trial(
 
         (output_dir / "metrics.json").write_text(json.dumps(jsonable(metrics), indent=1, sort_keys=True))
         (output_dir / METRICS_TABLE).write_text(metrics_table(metrics))
-        (output_dir / METRICS_TABLE).write_text(metrics_table(metrics))
         (output_dir / "pareto.json").write_text(json.dumps(jsonable(evaluation.primary.search.to_dict()), indent=1))
         result.policies = write_policies(result, {"model_dir": str(output_dir), **(source or {})})
     values = objective_values(result, objectives, objective)
     return result, values
-
-
-def metrics_table(metrics: Mapping[str, float]) -> str:
-    """CSV of `metrics`: a row per metric without split and variant (`exit2/ece`, `mean/auroc`, `sweep/acc_at_50`),
-    a column per split and variant (`test`, `test calib/temperature`, `test score/learned`, ...; `-` for keys
-    without a split, such as costs); an empty cell where a variant lacks the metric, NaN as `nan`."""
-    import csv
-    import io
-
-    from eeopt.names import parse_key
-
-    columns: dict[str, None] = {}
-    rows: dict[str, dict[str, float]] = {}
-    for key, value in metrics.items():
-        try:
-            parsed = parse_key(key)
-        except ValueError:
-            parsed = None
-        if parsed is None or parsed.split is None:
-            column, row = "-", key
-        else:
-            column = parsed.split + ("" if parsed.variant is None else " " + "/".join(parsed.variant))
-            row = parsed.base
-        columns.setdefault(column, None)
-        rows.setdefault(row, {})[column] = value
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    writer.writerow(["metric", *columns])
-    for row, values in rows.items():
-        writer.writerow([row, *("" if values.get(c) is None else repr(float(values[c])) for c in columns)])
-    return buf.getvalue()
-
-
-def held_out_split(val: ExitOutputs, cfg: TrainConfig) -> tuple[ExitOutputs, ExitOutputs | None]:
-    """(the val samples the trial assesses and searches on, the held-out share that certifies) with
-    `policy.risk_control`; (val, None) without."""
-    rc = cfg.policy.risk_control
-    if rc is None:
-        return val, None
-    from eeopt.risk_control import split_calibration
-
-    if val.num_samples < 2:
-        raise ConfigError(f"policy.risk_control: val has {val.num_samples} sample; holding out a share needs 2")
-    held, rest = split_calibration(val.num_samples, rc.calibration_share, cfg.policy.seed)
-    return val.subset(rest), val.subset(held)
-
-
-def certify_trial(held_out: ExitOutputs, test: ExitOutputs, assessed_val: ExitOutputs, cfg: TrainConfig,
-                  evaluation: Assessment):
-    """The trial's certified policy (`eeopt.risk_control.certify_policy`): the calibrator the trial fitted on the
-    rest of val, the per-exit front searched there, the certificate computed on the held-out share alone."""
-    from eeopt.risk_control import certify_policy
-
-    rc, policy = cfg.policy.risk_control, cfg.policy
-    calibrator = evaluation.primary.calibrator
-    return certify_policy(held_out, test, risk=rc.risk, epsilon=rc.epsilon, delta=rc.delta, method=rc.method,
-                          per_exit=rc.per_exit, calibrate=calibrator if calibrator is not None else "none",
-                          score=policy.score, seed=policy.seed, trials=policy.trials, sampler=policy.sampler,
-                          search_on=assessed_val)
-
-
-def certified_metrics(report) -> dict[str, float]:
-    """`val/certified/...` (the held-out share of val), `test/certified/...` and `uncontrolled/...` beside them."""
-    from eeopt.names import with_split
-
-    return {**with_split("val", report.metrics("fit")), **with_split("test", report.metrics("report"))}
 
 
 def metrics_table(metrics: Mapping[str, float]) -> str:
