@@ -252,20 +252,27 @@ def test_cached_weights_load_offline_and_a_missing_file_is_one_line(tmp_path, mo
 
 @pytest.mark.extras
 @needs_libraries
-def test_pretrained_data_follows_the_weights_input_size_and_statistics():
+def test_pretrained_data_follows_the_weights_input_size_and_statistics(tmp_path):
     from eeopt.config import DataConfig
     from eeopt.models.external import pretrained_data, pretrained_statistics
 
-    vit = ModelConfig(backbone="timm:vit_small_patch16_224", pretrained=True)
+    weights = tmp_path / "w.pt"
+    weights.write_bytes(b"")  # only looked for here: nothing is read before the model exists
+    vit = ModelConfig(backbone="timm:vit_small_patch16_224", pretrained=str(weights))
     data, stats = pretrained_data(vit, DataConfig(name="imagefolder"))
     assert data.image_size == 224 and stats == ((0.5,) * 3, (0.5,) * 3)  # timm's pretrained_cfg for this ViT
     assert pretrained_data(vit, DataConfig(name="imagefolder", image_size=64))[0].image_size == 64  # data wins
-    effnet = ModelConfig(backbone="torchvision:efficientnet_b3", pretrained="w.pt")
+    effnet = ModelConfig(backbone="torchvision:efficientnet_b3", pretrained=str(weights))
     data, stats = pretrained_data(effnet, DataConfig(name="cifar10"))
     assert data.image_size == 300 and stats == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     scratch = ModelConfig(backbone="timm:vit_small_patch16_224")  # not pretrained: the data's own size and stats
     assert pretrained_data(scratch, DataConfig(name="cifar10")) == (DataConfig(name="cifar10"), None)
     assert pretrained_data(ModelConfig(backbone="resnet20"), DataConfig(normalization="pretrained"))[1] is None
+    # weights that are not there fail before any data is loaded, in one line
+    with pytest.raises(ConfigError, match=r"^model.pretrained: .*nope.pt is not a file \(a state dict of timm:"):
+        pretrained_data(ModelConfig(backbone="timm:resnet18", pretrained=str(tmp_path / "nope.pt")), DataConfig())
+    with pytest.raises(ConfigError, match="^model.pretrained: only timm:<name> and torchvision:<name> backbones"):
+        pretrained_data(ModelConfig(backbone="resnet20", pretrained=True), DataConfig())
     for name in ("timm:vit_small_patch16_224", "timm:resnet18", "torchvision:efficientnet_b3"):
         backbone = create_backbone(name, 3, (64, 64), 16)  # the attributes say the same as the metadata
         assert (backbone.pretrained_mean, backbone.pretrained_std) == pretrained_statistics(name)

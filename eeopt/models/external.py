@@ -51,7 +51,7 @@ from eeopt.errors import ConfigError
 from eeopt.models.registry import Backbone, register_backbone_library
 
 __all__ = ["LIBRARIES", "MapBackbone", "TokenBackbone", "check_library", "create_external", "library_available",
-           "load_pretrained", "pretrained_data", "pretrained_input_size", "pretrained_statistics"]
+           "load_pretrained", "pretrained_data", "pretrained_input_size", "pretrained_statistics", "weights_file"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -339,7 +339,13 @@ def pretrained_data(model: ModelConfig, data: DataConfig
     """(data settings, normalisation statistics) for the data a timm/torchvision backbone's weights expect:
     with `model.pretrained` and no `data.image_size`, images are resized to the weights' input size (224 for
     ImageNet models); the weights' mean/std go to `load_dataset(pretrained_stats=)` when the model is pretrained
-    or `data.normalization` is pretrained. Other backbones: (data, None)."""
+    or `data.normalization` is pretrained. Other backbones: (data, None).
+
+    Raises:
+        ConfigError: `model.pretrained` names no weights (see `weights_file`).
+    """
+    if model.pretrained:
+        weights_file(model.backbone, model.pretrained)  # fail now, not after loading the data
     if model.pretrained and data.image_size is None:
         size = pretrained_input_size(model.backbone, model.backbone_kwargs)
         if size is not None:
@@ -415,13 +421,8 @@ def load_pretrained(backbone: nn.Module, pretrained: bool | str | os.PathLike, w
     if source is None:
         raise ConfigError(f"{where}: only timm:<name> and torchvision:<name> backbones have pretrained weights")
     prefix, name, in_channels, image_size, kwargs = source
+    path = weights_file(f"{prefix}:{name}", pretrained, where)
     net, fresh = _build(prefix, name, in_channels, image_size, kwargs)  # `fresh` shares `net`'s parameters
-    if pretrained is True:
-        path = _cached_file(prefix, name, net, where)
-    else:
-        path = Path(os.fspath(pretrained)).expanduser()
-        if not path.is_file():
-            raise ConfigError(f"{where}: {path} is not a file (a state dict of {prefix}:{name})")
     state = _read_state_dict(path, where)
     if prefix == "timm":
         filter_fn = getattr(sys.modules[type(net).__module__], "checkpoint_filter_fn", None)
@@ -469,14 +470,32 @@ def _read_state_dict(path: Path, where: str) -> dict[str, Tensor]:
     return state
 
 
-def _cached_file(prefix: str, name: str, net: nn.Module, where: str) -> Path:
-    """The library's cached weight file for `name`; never downloads.
+def weights_file(backbone: str, pretrained: bool | str | os.PathLike, where: str = "model.pretrained") -> Path:
+    """The file `model.pretrained` names for `backbone` ("timm:<name>" / "torchvision:<name>"): the library's
+    cached weights for True (never downloaded), else the path. Cheap (nothing is built or read), so a config can
+    be checked before any data is loaded.
 
     Raises:
-        ConfigError: no cached file, naming where it should be and how to get it there.
+        ConfigError: (one line, starting with `where`) not a timm/torchvision backbone, no cached weights (naming
+            where the file should be and how to get it there), or no such file.
     """
+    prefix, sep, name = backbone.partition(":")
+    if not sep or prefix not in LIBRARIES:
+        raise ConfigError(f"{where}: only timm:<name> and torchvision:<name> backbones have pretrained weights")
+    if pretrained is True:
+        return _cached_file(prefix, name, where)
+    path = Path(os.fspath(pretrained)).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"{where}: {path} is not a file (a state dict of {prefix}:{name})")
+    return path
+
+
+def _cached_file(prefix: str, name: str, where: str) -> Path:
+    """The library's cached weight file for model `name`; never downloads (see `weights_file`)."""
     if prefix == "timm":
-        cfg = getattr(net, "pretrained_cfg", None) or {}
+        timm = _import(prefix, name)
+        found_cfg = timm.models.get_pretrained_cfg(name)
+        cfg = found_cfg.to_dict() if found_cfg is not None else {}
         hub_id, url = cfg.get("hf_hub_id"), cfg.get("url")
         looked: list[str] = []
         if hub_id:
