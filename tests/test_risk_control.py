@@ -295,3 +295,17 @@ def test_search_on_other_samples_certifies_on_all_of_fit(outputs_pair):
                             search_on=rest, trials=40)
     assert report.certificate.n == 600 and report.split_share is None and report.calibrator is calibrator
     assert report.certificate.certified and report.certificate.per_exit
+
+
+@pytest.mark.parametrize("eps", [0.02, 0.08, 0.2])
+def test_wsr_sequence_in_blocks_equals_testing_every_candidate(population, eps):
+    pop, scores, losses, correct, _ = population
+    idx = np.random.default_rng(3).integers(0, pop.num_samples, 400)
+    c = shared_candidates(scores[:, idx], losses[:, idx], correct[:, idx], pop.costs)
+    ok = wsr_rejects(c.loss_rows(0, len(c)), eps, 0.1)
+    expected = int(np.argmin(ok)) if not ok.all() else len(c)
+    result = fixed_sequence("ucb-wsr", c, eps, 0.1)
+    assert result.passed == expected and result.index == expected - 1
+    if expected:
+        assert result.statistic == pytest.approx(wsr_bound(c.loss_rows(expected - 1, expected), 0.1)[0])
+        assert result.statistic <= eps

@@ -78,9 +78,12 @@ def _prefix(ok: np.ndarray) -> int:
 
 
 def _wsr_prefix(candidates: Candidates, epsilon: float, delta: float) -> int:
-    """Leading candidates the WSR test rejects, evaluated in growing blocks until the first failure."""
+    """Leading candidates the WSR test rejects, evaluated in blocks until the first failure. The first block
+    reaches a little past where the (cheap) Hoeffding-Bentkus test stops, where the WSR test usually stops too;
+    later blocks double. The answer does not depend on the blocks."""
     m, n = len(candidates), candidates.n
-    start, block = 0, 16
+    hint = _prefix(hb_p_value(candidates.loss_sum, n, epsilon) <= delta)
+    start, block = 0, max(16, hint + hint // 8 + 8)
     while start < m:
         stop = min(m, start + block)
         ok = wsr_rejects(candidates.loss_rows(start, stop), epsilon, delta)
