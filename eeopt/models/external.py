@@ -334,17 +334,18 @@ def pretrained_input_size(backbone: str, backbone_kwargs: dict[str, Any] | None 
     return int(crop[0])
 
 
-def pretrained_data(model: ModelConfig, data: DataConfig
+def pretrained_data(model: ModelConfig, data: DataConfig, *, check_weights: bool = True
                     ) -> tuple[DataConfig, tuple[tuple[float, ...], tuple[float, ...]] | None]:
     """(data settings, normalisation statistics) for the data a timm/torchvision backbone's weights expect:
     with `model.pretrained` and no `data.image_size`, images are resized to the weights' input size (224 for
     ImageNet models); the weights' mean/std go to `load_dataset(pretrained_stats=)` when the model is pretrained
-    or `data.normalization` is pretrained. Other backbones: (data, None).
+    or `data.normalization` is pretrained. Other backbones: (data, None). `check_weights=False` skips the check
+    that the weights file is there (a trained model.pt holds them; only its data's shape and statistics matter).
 
     Raises:
         ConfigError: `model.pretrained` names no weights (see `weights_file`).
     """
-    if model.pretrained:
+    if model.pretrained and check_weights:
         weights_file(model.backbone, model.pretrained)  # fail now, not after loading the data
     if model.pretrained and data.image_size is None:
         size = pretrained_input_size(model.backbone, model.backbone_kwargs)
