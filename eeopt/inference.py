@@ -302,8 +302,12 @@ def split_data(cfg: TrainConfig, split: str) -> tuple[torch.Tensor, np.ndarray]:
     if split not in OUTPUT_SPLITS:
         raise ConfigError(f"--split: expected val or test, got {split!r}")
     from eeopt.data import load_dataset, split_tensors
+    from eeopt.models.external import pretrained_data
 
-    x, y = split_tensors(getattr(load_dataset(cfg.data, cfg.seed), split))  # a streamed split is read whole
+    # A pretrained timm/torchvision model trained at its weights' input size and statistics: read the split so too.
+    data_cfg, stats = pretrained_data(cfg.model, cfg.data, check_weights=False)
+    dataset = load_dataset(data_cfg, cfg.seed, pretrained_stats=stats)
+    x, y = split_tensors(getattr(dataset, split))  # a streamed split is read whole
     return x, y.numpy().astype(np.int64)
 
 
