@@ -500,25 +500,38 @@ def data_section(data: dict | None) -> str:
         f"DataLoader worker processes). `tinyresnet` width {r['width']}, batch {r['batch_size']}, {r['threads']} "
         "torch thread(s) in the training process. *Load* is `load_dataset` (streamed: listing and train "
         "statistics); *data pass* one shuffled pass over the train split without a model (a streamed split starts "
-        "its workers here); *epoch* one training epoch plus the per-exit accuracy on val. Images per second = "
-        "train images / seconds; after a warm-up run, "
+        "its workers here); *epoch* one training epoch plus the per-exit accuracy on val; *CPU* the training "
+        "process's CPU seconds over that `train` call (the workers' decoding is not in it, so it shows what they "
+        "take off the training process; wall seconds on a loaded machine are noisy, CPU seconds less so). Images "
+        "per second = train images / seconds; after a warm-up run, "
         f"{r.get('repeats', 1)} interleaved round(s), the best of each.\n")
-    out.append("| path | load s | data pass, images / s | epoch s | epoch, images / s |")
-    out.append("| --- | ---: | ---: | ---: | ---: |")
+    out.append("| path | load s | data pass, images / s | epoch s | epoch, images / s | training process CPU s |")
+    out.append("| --- | ---: | ---: | ---: | ---: | ---: |")
     for row in r["rows"]:
+        cpu = row.get("train_process_cpu_s")
         out.append(f"| {row['path']} | {row['load_s']:.1f} | {row['data_images_per_s']:,.0f} | "
-                   f"{row['epoch_s']:.1f} | {row['epoch_images_per_s']:,.0f} |")
+                   f"{row['epoch_s']:.1f} | {row['epoch_images_per_s']:,.0f} | "
+                   f"{'n/a' if cpu is None else f'{cpu:.1f}'} |")
     memory = next((row for row in r["rows"] if not row["stream"]), None)
     if memory is not None:
         best = max((row for row in r["rows"] if row["stream"]), key=lambda row: row["epoch_images_per_s"],
                    default=None)
+        zero = next((row for row in r["rows"] if row["stream"] and row["workers"] == 0), None)
         if best is not None:
-            out.append(f"\nThe fastest streamed run ({best['path']}) trains at "
-                       f"{best['epoch_images_per_s'] / memory['epoch_images_per_s']:.2f}x the in-memory speed. "
-                       "In memory nothing is decoded after loading; streamed, every epoch decodes every PNG again, "
-                       "which is why `data.stream` left unset streams only a train split above 2 GiB of float32. "
-                       "Workers pay off when decoding costs more than the model's step and there are cores to "
-                       "spare; here they share the machine's cores with the training thread.\n")
+            text = (f"\nThe fastest streamed run ({best['path']}) trained at "
+                    f"{best['epoch_images_per_s'] / memory['epoch_images_per_s']:.2f}x the in-memory speed (wall "
+                    "clock). ")
+            if not data["machine"].get("idle", True):
+                text += ("The machine was shared (see the load above): the training process got a fraction of a "
+                         "core, so wall-clock differences between the paths mostly measure the other processes. ")
+            if zero is not None and memory.get("train_process_cpu_s") and zero.get("train_process_cpu_s"):
+                extra = zero["train_process_cpu_s"] - memory["train_process_cpu_s"]
+                text += (f"In CPU time, decoding every PNG again each epoch in the training process (0 workers) "
+                         f"cost {extra:+.1f} s over the in-memory epoch's {memory['train_process_cpu_s']:.1f} s; "
+                         "workers take that off the training process. ")
+            text += ("In memory nothing is decoded after loading, which is why `data.stream` left unset streams only "
+                     "a train split above 2 GiB of float32.\n")
+            out.append(text)
     return "\n".join(out)
 
 

@@ -128,7 +128,7 @@ def test_one_seeded_epoch_trains_alike_streamed_and_in_memory(folder, workers):
             "data": {"name": "imagefolder", "root": str(folder), "stream": stream, "workers": workers,
                      "augment": "none"},
             "model": {"backbone": "tinyresnet", "width": 4},
-            "training": {"epochs": 1, "batch_size": 8, "lr": 1e-2, "device": "cpu", "threads": 1},
+            "training": {"epochs": 1, "batch_size": 8, "lr": 1e-2, "device": "cpu"},
         })
         return train(cfg, progress=False)
 
