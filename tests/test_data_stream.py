@@ -251,6 +251,17 @@ def test_pretrained_statistics_and_the_streamed_stats_sample(folder, monkeypatch
     np.testing.assert_allclose(ds.info["std"], first.std(axis=(0, 2, 3)), atol=1e-12)
 
 
+def test_subsets_pick_the_same_images_streamed_and_in_memory(folder):
+    cfg = {"name": "imagefolder", "root": str(folder), "train_subset": 7, "val_subset": 3, "test_subset": 5}
+    memory = load_dataset(DataConfig(**cfg, stream=False), 2)
+    streamed = load_dataset(DataConfig(**cfg, stream=True, workers=0), 2)
+    assert memory.info["sizes"] == streamed.info["sizes"] == {"train": 7, "val": 3, "test": 5}
+    assert memory.info["val_indices_sha1"] == streamed.info["val_indices_sha1"]
+    for key in ("train", "val", "test"):
+        x, y = split_tensors(getattr(streamed, key))
+        assert torch.equal(x, getattr(memory, key).x) and torch.equal(y, getattr(memory, key).y)
+
+
 def test_stream_is_chosen_by_the_decoded_size(folder, monkeypatch):
     assert not load_dataset(DataConfig(name="imagefolder", root=str(folder)), 0).info["stream"]
     monkeypatch.setattr(data_base, "STREAM_THRESHOLD_BYTES", 24 * 3 * 12 * 12 * 4 - 1)  # 24 train images
