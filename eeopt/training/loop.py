@@ -146,7 +146,7 @@ def _start_or_resume(cfg: TrainConfig, out: Path | None, dataset: Dataset | None
     if dataset is None:
         with rng_untouched():  # the initial weights do not depend on how the data was loaded
             data_cfg, stats = pretrained_data(cfg.model, cfg.data)  # a timm/torchvision backbone's weights' needs
-            dataset = load_dataset(data_cfg, cfg.seed, pretrained_stats=stats)
+            dataset = load_dataset(data_cfg, cfg.seed, pretrained_stats=stats, pin_memory=device.type == "cuda")
     precision = training_precision(tc.precision, device)
     model = prepare_for_device(build_model_for(cfg, dataset), device)
     groups = check_parameter_groups(model)
