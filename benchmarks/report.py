@@ -472,12 +472,14 @@ def training_section(data: dict | None) -> str:
                    "measures it).\n")
         return "\n".join(out)
     flags = ", ".join(precision.get("bf16_cpu") or []) or "none (torch emulates bf16)"
+    when = (f"Ran {precision['date']}, {precision['train_subset']:,} training images, {precision['threads']} torch "
+            f"threads: `{precision['command']}`. " if "date" in precision else "")
     out.append(
         f"**fp32 vs bf16 (`training.precision`) on the CPU**: the model with every exit, one epoch each, interleaved "
         f"after a bf16 warm-up, best of {len(precision['images_per_s']['fp32'])}; *images / s* is history's "
-        f"`images_per_s` (the training steps only). Load average before these runs: "
-        f"{' / '.join(f'{v:.2f}' for v in precision['load_average'])} (the cores were shared). The CPU's bfloat16 "
-        f"instructions: {flags}.\n")
+        f"`images_per_s` (the training steps only). {when}Load average before these runs: "
+        f"{' / '.join(f'{v:.2f}' for v in precision['load_average'])} (1 / 5 / 15 min, on "
+        f"{data['machine']['cores']} cores: the machine was shared). The CPU's bfloat16 instructions: {flags}.\n")
     out.append("| precision | images / s (best) | all runs | vs fp32 |\n| --- | ---: | --- | ---: |")
     fp32 = precision["best_images_per_s"]["fp32"]
     for name, best in precision["best_images_per_s"].items():
