@@ -1,6 +1,6 @@
 // Screenshots of single-page apps with headless Chromium (Playwright), as a person would see them.
 //   node scripts/screenshot.mjs shots.json
-// shots.json: [{"url": ..., "out": "x.png", "waitFor": "text on the page", "click": ["text", ...],
+// shots.json: [{"url": ..., "out": "x.png", "waitFor": "text on the page", "click": ["text", ...], "follow": "link text",
 //               "closeAssistant": true, "waitForAfter": "text after the clicks", "scrollTo": "text",
 //               "width": 1600, "height": 1000, "fullPage": false}, ...]
 // A shot fails (exit status 1, and a .failed.png of what the page showed) when its text never appears.
@@ -31,6 +31,13 @@ for (const shot of shots) {
     for (const text of shot.click || []) {
       await page.getByText(text, { exact: false }).first().click({ timeout: 30000 });
       await page.waitForTimeout(1500);
+    }
+    if (shot.follow) {  // follow a link as its page renders it: its href, resolved against the page's address
+      const link = page.locator("a", { hasText: shot.follow }).first();
+      await link.waitFor({ timeout: 60000 });
+      const href = await link.getAttribute("href");
+      console.log(`following ${href}`);
+      await page.goto(new URL(href, page.url()).toString(), { waitUntil: "domcontentloaded", timeout: 60000 });
     }
     if (shot.waitForAfter) await page.getByText(shot.waitForAfter, { exact: false }).first().waitFor({ timeout: 60000 });
     if (shot.scrollTo) {

@@ -48,27 +48,46 @@ def stop(proc: subprocess.Popen) -> None:
     proc.wait(timeout=60)
 
 
-def shots(mlflow_url: str, dashboard_url: str, out: Path, objective: str, study: str) -> list[dict]:
-    """The pages to look at, and what each must show before its screenshot."""
+def shots(mlflow_url: str, dashboard_url: str, out: Path, objective: str, study: str, best: dict) -> list[dict]:
+    """The pages to look at, and what each must show before its screenshot. `best`: the best trial's number, MLflow
+    run id and experiment id."""
     base = mlflow_url.split("#")[0]
-    experiment = re.search(r"#/experiments/(\d+)/", mlflow_url)
+    experiment = best["experiment"]
     charts = mlflow_url + "&compareRunsMode=CHART"
+    trials_page = dashboard_url.rstrip("/") + "/trials"
     return [
+        # the trials view: trials only, sorted by the objective, sampled values under their whole names
         {"url": mlflow_url, "out": str(out / "mlflow_runs.png"), "waitFor": "trial-", "closeAssistant": True},
-        {"url": charts, "out": str(out / "mlflow_charts.png"), "waitFor": "objectives", "closeAssistant": True,
+        # the charts: the objective against each sampled value, then the proxies against efficiency
+        {"url": charts, "out": str(out / "mlflow_charts.png"), "waitFor": "against", "closeAssistant": True,
          "height": 1400},
-        {"url": charts, "out": str(out / "mlflow_charts_plots.png"), "waitFor": "objectives", "closeAssistant": True,
-         "scrollTo": "plots (one image", "height": 1400},
+        {"url": charts, "out": str(out / "mlflow_charts_plots.png"), "waitFor": "against", "closeAssistant": True,
+         "scrollTo": "plots (trials side by side", "height": 1400},
+        # a trial's page: its description starts with the objective and the headline numbers
+        {"url": f"{base}#/experiments/{experiment}/runs/{best['run_id']}?workflowType=machine_learning",
+         "out": str(out / "mlflow_trial_page.png"), "waitFor": "Objective", "closeAssistant": True, "height": 1200},
         # for comparison: the same page without eeopt's view (what `mlflow ui` shows)
-        {"url": f"{base}#/experiments/{experiment.group(1) if experiment else 0}/runs?workflowType=machine_learning",
+        {"url": f"{base}#/experiments/{experiment}/runs?workflowType=machine_learning",
          "out": str(out / "mlflow_without_view.png"), "waitFor": "matching runs", "closeAssistant": True},
-        {"url": f"{base}#/experiments/{experiment.group(1) if experiment else 0}/runs?workflowType=machine_learning"
-                f"&viewStateShareKey=eeopt-trials", "out": str(out / "mlflow_parent_run.png"), "waitFor": "trial-",
-         "closeAssistant": True, "click": [f"{study}-"], "waitForAfter": "Best:"},
         {"url": dashboard_url, "out": str(out / "dashboard_study.png"), "waitFor": objective},
-        {"url": dashboard_url + "/trials", "out": str(out / "dashboard_trials.png"), "waitFor": "MLflow run",
-         "height": 1200},
+        {"url": trials_page, "out": str(out / "dashboard_trials.png"), "waitFor": "MLflow run", "height": 1200},
+        # the trial note's link into MLflow, followed as rendered: it lands on the run's page on `eeopt ui`
+        {"url": trials_page, "out": str(out / "dashboard_link_followed.png"), "waitFor": "MLflow run",
+         "click": [f"Trial {best['number']}"], "follow": best["run_id"], "waitForAfter": "Objective",
+         "closeAssistant": True, "height": 1200},
     ]
+
+
+def best_trial(study_file: Path) -> dict:
+    """The best trial's number, MLflow run id and experiment id (read from the study's stores)."""
+    sys.path.insert(0, str(ROOT))
+    from eeopt.study import Study
+    from eeopt.study import tracking
+
+    study = Study.from_yaml(study_file)
+    trial = study.trial_store(create=False).best_trial()
+    experiment = tracking.client(study.tracking_uri).get_experiment_by_name(study.experiment_name).experiment_id
+    return {"number": trial.number, "run_id": trial.user_attrs["mlflow_run_id"], "experiment": experiment}
 
 
 def main() -> int:
@@ -87,7 +106,8 @@ def main() -> int:
         board, dashboard_url = start(["dashboard", str(args.study), "--port", "0"], r"http://\S+/dashboard\S*")
         try:
             with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
-                json.dump(shots(mlflow_url, dashboard_url, args.out.resolve(), objective, settings["name"]), fh)
+                json.dump(shots(mlflow_url, dashboard_url, args.out.resolve(), objective, settings["name"],
+                                best_trial(args.study)), fh)
             env = {**os.environ, "NODE_PATH": str(args.node_modules.resolve())}
             script = args.node_modules.resolve().parent / "eeopt-screenshot.mjs"
             script.write_text((ROOT / "scripts" / "screenshot.mjs").read_text())  # ESM resolves from its folder

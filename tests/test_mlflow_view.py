@@ -82,6 +82,34 @@ def test_view_state_opens_on_the_objective_and_fits_the_tag(trial_keys):
                                            f"&viewStateShareKey={VIEW_ID}")
 
 
+def test_view_lists_trials_and_compares_them(trial_keys):
+    """Trials only (the parent run holds the best trial's numbers); the objective against each sampled value and
+    test against val as scatter plots first (bar charts start at 0); param columns wide enough for their names;
+    image cards of several trials; a distinct colour per trial, by rank."""
+    from eeopt.study.mlflow_view import IMAGE_RUNS, PALETTE, TRIALS_FILTER, column_width, rank_colours
+
+    params = ["sampled.training.failure_loss", "sampled.training.failure_weight"]
+    state = view_state(trial_keys, OBJECTIVES, params, image_keys=["plots/accuracy_vs_cost"])
+    assert state["searchFilter"] == TRIALS_FILTER == "tags.`eeopt.role` = 'trial'"
+    first = next(s for s in state["compareRunSections"] if not s["name"].startswith("objectives"))
+    scatters = [c for c in state["compareRunCharts"] if c["metricSectionId"] == first["uuid"]]
+    assert [(c["type"], c["xaxis"], c["yaxis"]["key"]) for c in scatters] == [
+        ("SCATTER", {"key": p, "type": "PARAM"}, "val/acc_cost_auc") for p in params] + [
+        ("SCATTER", {"key": "val/acc_cost_auc", "type": "METRIC"}, "test/acc_cost_auc")]
+    widths = state["columnWidths"]
+    # MLflow shows a header in ~8 px per character: both names fit whole, so they no longer read the same
+    assert all(widths[f"params.`{p}`"] >= 8 * len(p) for p in params)
+    assert column_width("metrics.`val/acc_cost_auc`") == 8 * len("val/acc_cost_auc") + 40
+    (image,) = [c for c in state["compareRunCharts"] if c["type"] == "IMAGE"]
+    assert image["runsCountToCompare"] == IMAGE_RUNS > 1
+    (section,) = [s for s in state["compareRunSections"] if s["uuid"] == image["metricSectionId"]]
+    assert section["columns"] == 1 and section["cardHeight"] >= 600  # a row per plot: several trials side by side
+    colours = rank_colours({"a": 0.5, "b": 0.9, "c": float("nan"), "d": 0.7})
+    assert colours == {"b": PALETTE[0], "d": PALETTE[1], "a": PALETTE[2]}
+    assert rank_colours({"a": 0.5, "b": 0.9}, maximize=False) == {"a": PALETTE[0], "b": PALETTE[1]}
+    assert len(set(PALETTE)) == len(PALETTE)
+
+
 # ---------------------------------------------------------------------------------------------------- end to end
 BASE = {
     "seed": 0,
@@ -135,7 +163,8 @@ def test_a_study_reads_well_in_mlflow_and_optuna(tmp_path, ray_local, capsys):
         assert sorted(trial.intermediate_values) == [1, 2]
         assert trial.intermediate_values == pytest.approx(history)
         experiment = client.get_experiment_by_name("watched").experiment_id
-        url = f"http://127.0.0.1:5000/#/experiments/{experiment}/runs/{run_id}?workflowType=machine_learning"
+        # a local store: the link is a path on optuna-dashboard, which redirects to wherever `eeopt ui` serves
+        url = f"/eeopt/mlflow/{experiment}/{run_id}"
         assert trial.user_attrs["mlflow_run_url"] == url
         assert f"]({url})" in get_note(optuna.trial.Trial(optuna_study, trial._trial_id))
         # the trial's plots as MLflow images (the runs page's image grid), and as files
@@ -177,3 +206,39 @@ def test_a_study_reads_well_in_mlflow_and_optuna(tmp_path, ray_local, capsys):
     assert main(["study", "export", str(path), "--format", "table"]) == 0
     table = capsys.readouterr().out
     assert all(t.user_attrs["mlflow_run_id"] in table for t in optuna_study.trials)
+
+
+def test_dashboard_links_follow_eeopt_ui_wherever_it_serves(tmp_path):
+    """The trial notes' path on optuna-dashboard redirects to the run's page on the address the running `eeopt ui`
+    recorded; with no UI running (no record, or its process gone), a page says how to start it."""
+    import io as io_
+    import os
+    from wsgiref.util import setup_testing_defaults
+
+    from bottle import Bottle
+
+    from eeopt.cli.links import add_mlflow_route, forget_ui, record_ui, recorded_ui, ui_file
+    from eeopt.study.mlflow_view import dashboard_run_path
+
+    record = ui_file(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert record == tmp_path / "mlflow.db.ui.json" and ui_file("http://mlflow:5000") is None
+    app = Bottle()
+    add_mlflow_route(app, record, "study.yaml")
+
+    def get(path):
+        environ, answer = {"PATH_INFO": path, "wsgi.input": io_.BytesIO()}, {}
+        setup_testing_defaults(environ)
+        body = b"".join(app(environ, lambda status, headers, *_: answer.update(status=status, headers=dict(headers))))
+        return answer["status"], answer["headers"], body.decode()
+
+    status, _, body = get(dashboard_run_path("3", "abc"))
+    assert status.startswith("503") and "eeopt ui study.yaml" in body and "abc" in body
+    record_ui(record, "http://127.0.0.1:5123")
+    status, headers, _ = get(dashboard_run_path("3", "abc"))
+    assert status.startswith("302")
+    assert headers["Location"] == "http://127.0.0.1:5123/#/experiments/3/runs/abc?workflowType=machine_learning"
+    record.write_text(record.read_text().replace(str(os.getpid()), "999999999"))  # a UI that is gone
+    assert recorded_ui(record) is None and get(dashboard_run_path("3", "abc"))[0].startswith("503")
+    record_ui(record, "http://127.0.0.1:5123")
+    forget_ui(record)
+    assert not record.exists()

@@ -52,9 +52,20 @@ def ui_cmd(
     # No job runner: eeopt schedules no MLflow jobs, and it costs processes and memory. The store's URI goes in
     # the environment (mlflow reads MLFLOW_BACKEND_STORE_URI), not on the command line, where `ps` shows it.
     env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_BACKEND_STORE_URI": study.tracking_uri}
-    raise typer.Exit(serve(cmd, host=host, port=port, ready_path="/health", name="the MLflow UI", env=env,
-                           on_ready=_announce(f"MLflow UI ({what}): {url}", url, open_browser),
-                           echo=lambda line: typer.echo(line, err=True)))
+    from eeopt.cli.links import forget_ui, record_ui, ui_file
+
+    record, announce = ui_file(study.tracking_uri), _announce(f"MLflow UI ({what}): {url}", url, open_browser)
+
+    def ready() -> None:  # optuna-dashboard's trial links find this UI through the record (eeopt.cli.links)
+        record_ui(record, local_url(host, port))
+        announce()
+
+    try:
+        code = serve(cmd, host=host, port=port, ready_path="/health", name="the MLflow UI", env=env,
+                     on_ready=ready, echo=lambda line: typer.echo(line, err=True))
+    finally:
+        forget_ui(record)
+    raise typer.Exit(code)
 
 
 @servers_app.command("dashboard")
@@ -82,12 +93,17 @@ def dashboard_cmd(
     study_id = _optuna_study_id(study)
     url = local_url(host, port, f"/dashboard/studies/{study_id}" if study_id is not None else "/dashboard")
     # optuna-dashboard's own command line, with the storage URL put in its argv inside the process: from the
-    # environment, not on the command line, where `ps` would show its password.
-    code = ("import os, sys; from optuna_dashboard._cli import main; "
-            "sys.argv = ['optuna-dashboard', os.environ['EEOPT_DASHBOARD_STORAGE'], *sys.argv[1:]]; sys.exit(main())")
+    # environment, not on the command line, where `ps` would show its password; its app also answers the trial
+    # notes' links into MLflow (eeopt.cli.links).
+    from eeopt.cli.links import ui_file
+
+    code = "import sys; from eeopt.cli.links import dashboard_main; sys.exit(dashboard_main())"
     cmd = [sys.executable, "-c", code, "--host", host, "--port", str(port), "--server", "wsgiref", "--quiet"]
+    record = ui_file(study.tracking_uri)
     raise typer.Exit(serve(cmd, host=host, port=port, ready_path="/api/meta", name="optuna-dashboard",
-                           env={"EEOPT_DASHBOARD_STORAGE": normalize_url(study.storage_url)},
+                           env={"EEOPT_DASHBOARD_STORAGE": normalize_url(study.storage_url),
+                                "EEOPT_UI_FILE": str(record) if record else "",
+                                "EEOPT_STUDY_FILE": str(study_file)},
                            on_ready=_announce(f"optuna-dashboard (study {study.name}): {url}", url, open_browser),
                            echo=lambda line: typer.echo(line, err=True)))
 

@@ -7,8 +7,13 @@ prediction end up mixed. Both are settings of the page's view state, which MLflo
 `mlflow.sharedViewState.<id>` when the URL carries `viewStateShareKey=<id>` (its "saved views": an envelope with a
 name and the state, the state optionally `deflate;` + base64). eeopt writes one such view (`VIEW_ID`), so no key is
 renamed: sections come from `eeopt.names.parse_key` (split, calibrator or score variant, scope, metric family), the
-columns are the objectives, a few headline test metrics and the sampled parameters, and the rows are sorted by the
-first objective.
+columns are the objectives, a few headline test metrics and the sampled parameters (each column as wide as its
+name, so `sampled.training.failure_loss` and `sampled.training.failure_weight` stay apart), the rows are the trials
+only (the study's parent run carries the best trial's numbers under the same keys; the experiment's description
+links to it) sorted by the first objective. The charts compare: first the objective against each sampled value
+and the headline metrics against the objective, as scatter plots (their axes fit the data, where MLflow's bar
+charts start at 0), then a bar chart per metric by section; each image card is a whole row, with several trials'
+plots side by side.
 
 Everything here is pure (keys in, JSON-ready dicts and strings out); `tracking` writes the tag.
 """
@@ -32,6 +37,13 @@ HEADLINE_COLUMNS = ("test/acc_cost_auc", "test/acc_at_50", "test/mean/ece", "tes
 #: Proxy-against-efficiency scatter plots shown first (the question eeopt asks): (x, y).
 SCATTERS = (("test/mean/auroc", "test/acc_cost_auc"), ("test/mean/eefp", "test/acc_cost_auc"),
             ("test/mean/ece", "test/acc_cost_auc"))
+#: The runs the view lists: the trials (the parent run holds the best trial's metrics and would look like one more).
+TRIALS_FILTER = "tags.`eeopt.role` = 'trial'"
+#: How many trials each image card shows side by side.
+IMAGE_RUNS = 6
+#: The plots section's layout: one card per row, tall, so a card shows several trials' images side by side (MLflow
+#: draws them in a scrolling grid, in the reverse of the table's order).
+PLOT_LAYOUT = {"columns": 1, "cardHeight": 620}
 
 _FAMILY = {"accuracy": "accuracy", "calibration": "calibration", "failure": "failure prediction",
            "ranking": "ranking kept by the calibrator", "efficiency": "efficiency and cost", "cost": "efficiency and cost"}
@@ -83,39 +95,70 @@ def view_state(metric_keys: Iterable[str], objectives: Mapping[str, str], params
         image_keys: `log_image` keys (each gets an image card in 'plots').
     """
     objectives = dict(objectives)
+    params = list(params)
     keys = sorted(set(metric_keys) | set(objectives), key=_natural)
     placed = [(section_of(k, objectives), k) for k in keys]
     placed = [(s, k) for s, k in placed if s is not None]
-    plots = ((2,), "plots (one image per trial: compare them across runs)", True)
+    plots = ((2,), "plots (trials side by side)", True)
     scatter = ((1, 5), "proxy vs efficiency (test): does the proxy predict the efficiency?", True)
+    compare = ((0, 5), "the objective against each sampled value, and test against val", True)
     scatters = [(x, y) for x, y in SCATTERS if {x, y} <= set(keys)]
+    first, direction = next(iter(objectives.items())) if objectives else (None, "maximize")
+    test_twin = f"test/{first.split('/', 1)[1]}" if first and first.startswith("val/") else None
+    comparisons = [(("PARAM", p), ("METRIC", first)) for p in params] if first else []
+    if test_twin in keys:
+        comparisons.append((("METRIC", first), ("METRIC", test_twin)))
     images = sorted(image_keys)
     sections: dict[str, tuple] = {}
-    for s in [sp for sp, _ in placed] + [plots] * bool(images) + [scatter] * bool(scatters):
+    for s in ([compare] * bool(comparisons) + [sp for sp, _ in placed] + [plots] * bool(images)
+              + [scatter] * bool(scatters)):
         sections.setdefault(s[1], s)
     order = sorted(sections.values(), key=lambda s: s[0])
     uuid = {name: f"s{i}" for i, (_, name, _) in enumerate(order)}
-    charts = [_scatter(x, y, uuid[scatter[1]], i) for i, (x, y) in enumerate(scatters)]
+    charts = [_scatter(x, y, uuid[compare[1]], f"o{i}") for i, (x, y) in enumerate(comparisons)]
+    charts += [_scatter(("METRIC", x), ("METRIC", y), uuid[scatter[1]], f"x{i}") for i, (x, y) in enumerate(scatters)]
     charts += [{"type": "IMAGE", "uuid": f"i{i}", "metricSectionId": uuid[plots[1]], "deleted": False,
-                "isGenerated": True, "imageKeys": [k], "step": 0, "showRunParams": False} for i, k in enumerate(images)]
+                "isGenerated": True, "imageKeys": [k], "step": 0, "showRunParams": False,
+                "runsCountToCompare": IMAGE_RUNS} for i, k in enumerate(images)]
     charts += [_bar(k, uuid[s[1]], i, objectives) for i, (s, k) in enumerate(placed)]
-    first, direction = next(iter(objectives.items())) if objectives else (None, "maximize")
     headline = [k for k in HEADLINE_COLUMNS if k in keys and k not in objectives]
     columns = [*(_column("metrics", k) for k in [*objectives, *headline]), *(_column("params", p) for p in params),
                _column("tags", "eeopt.state")]
     return {
+        "searchFilter": TRIALS_FILTER,
         "orderByKey": _column("metrics", first) if first else "attributes.start_time",
         "orderByAsc": direction == "minimize",
         "selectedColumns": columns,
         "columnOrder": columns,  # the objective first (MLflow sorts the metric columns by name otherwise)
-        "columnWidths": {c: 130 for c in columns},
+        "columnWidths": {c: column_width(c) for c in columns},
         "compareRunSections": [{"uuid": uuid[name], "name": name, "display": shown, "isReordered": True,
-                                "deleted": False, "isGenerated": False} for _, name, shown in order],
+                                "deleted": False, "isGenerated": False,
+                                **(PLOT_LAYOUT if name == plots[1] else {})} for _, name, shown in order],
         "compareRunCharts": charts,
         "isAccordionReordered": True,
         "hideEmptyCharts": True,
         "useGroupedValuesInCharts": True,
     }
+
+
+def column_width(column: str) -> int:
+    """Pixels for a runs-table column: its whole name (MLflow cuts a header to the column's width), at least 130."""
+    name = column.split(".", 1)[1].strip("`")
+    return max(130, 8 * len(name) + 40)
+
+
+#: A qualitative palette (Tableau 10, then darker shades): trial colours by rank, the best first.
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22",
+           "#7f7f7f", "#393b79", "#ad494a", "#637939", "#8c6d31", "#7b4173", "#3182bd")
+
+
+def rank_colours(values: Mapping[str, float], maximize: bool = True) -> dict[str, str]:
+    """{run id: colour} by rank of the first objective (best first): MLflow's own colours come from a hash of the
+    run id, so two trials can share one; these never do among the first 16. Runs without a value get none."""
+    ranked = sorted((v, run) for run, v in values.items() if v is not None and v == v)
+    if maximize:
+        ranked.reverse()
+    return {run: PALETTE[i % len(PALETTE)] for i, (_, run) in enumerate(ranked)}
 
 
 def encode_view(state: dict, name: str = VIEW_NAME, now_ms: int | None = None) -> str:
@@ -161,6 +204,17 @@ def runs_url(base: str, experiment_id: str | None, with_view: bool = True) -> st
     return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning{view}"
 
 
+#: The path on optuna-dashboard (served by `eeopt dashboard`) that redirects to a run's page wherever `eeopt ui`
+#: serves the MLflow UI: `{DASHBOARD_LINK}/{experiment id}/{run id}` (see `eeopt.cli.links`).
+DASHBOARD_LINK = "/eeopt/mlflow"
+
+
+def dashboard_run_path(experiment_id: str, run_id: str) -> str:
+    """A run's link for optuna-dashboard's notes when the MLflow UI has no fixed address (a local store): a path on
+    the dashboard's own server, which redirects to the run's page on the running `eeopt ui`."""
+    return f"{DASHBOARD_LINK}/{experiment_id}/{run_id}"
+
+
 def run_url(base: str, experiment_id: str, run_id: str) -> str:
     """A run's page in the model-training view (without `workflowType`, MLflow 3 shows it among GenAI pages)."""
     return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
@@ -199,10 +253,11 @@ def _parsed(key: str):
         return None
 
 
-def _scatter(x: str, y: str, section: str, i: int) -> dict:
-    return {"type": "SCATTER", "uuid": f"x{i}", "metricSectionId": section, "deleted": False,
-            "isGenerated": False, "xaxis": {"key": x, "type": "METRIC"}, "yaxis": {"key": y, "type": "METRIC"},
-            "runsCountToCompare": 100, "displayName": f"{y} against {x}"}
+def _scatter(x: tuple[str, str], y: tuple[str, str], section: str, uuid: str) -> dict:
+    """A scatter chart of y against x, each a (METRIC | PARAM, key) pair; plotly fits both axes to the data."""
+    return {"type": "SCATTER", "uuid": uuid, "metricSectionId": section, "deleted": False,
+            "isGenerated": False, "xaxis": {"key": x[1], "type": x[0]}, "yaxis": {"key": y[1], "type": y[0]},
+            "runsCountToCompare": 100, "displayName": f"{y[1]} against {x[1].removeprefix('sampled.')}"}
 
 
 def _natural(key: str) -> list:

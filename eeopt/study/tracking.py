@@ -293,8 +293,12 @@ class StudyRuns:
         return runs
 
     def run_url(self, run_id: str) -> str:
-        """The run's page in the MLflow UI (at `ui_base`)."""
-        return mlflow_view.run_url(self.ui_base, self.experiment_id, run_id)
+        """The run's link for the trial's Optuna note and attributes: its page on a tracking server's UI, or, for a
+        local store (whose UI `eeopt ui` serves on a port of its choosing), the path on optuna-dashboard that
+        redirects there (`mlflow_view.dashboard_run_path`)."""
+        if self.tracking_uri.startswith(("http://", "https://")):
+            return mlflow_view.run_url(self.ui_base, self.experiment_id, run_id)
+        return mlflow_view.dashboard_run_path(self.experiment_id, run_id)
 
     def log_summary(self, store) -> None:
         """Put the study's state on the parent run (see `summarize`) and widen the runs-page view to the keys the
@@ -305,6 +309,7 @@ class StudyRuns:
             for key, value in tags.items():
                 self.client.set_tag(self.parent_run_id, key, value)
             set_note_section(self.client, self.parent_run_id, "summary", note)
+            self._colour_and_describe(store)
             if best_run is not None:
                 run = self.client.get_run(best_run)
                 keys = set(run.data.metrics) | set(metrics)
@@ -316,6 +321,23 @@ class StudyRuns:
                                      images=[f"{PLOT_KEY_PREFIX}{name}" for name in TRIAL_PLOTS])
         except Exception as exc:  # noqa: BLE001 - a summary that cannot be written must not stop the study
             log.warning("could not write the study summary to MLflow: %s", exc)
+
+    def _colour_and_describe(self, store) -> None:
+        """Each completed trial's run gets a colour by rank of the first objective (`mlflow.runColor`: the runs
+        page's charts tell every trial apart, the best first), and the experiment's description names the study
+        and links this run (the view lists the trials only)."""
+        from optuna.trial import TrialState
+
+        maximize = next(iter(self.objectives.values()), "maximize") == "maximize"
+        values = {t.user_attrs["mlflow_run_id"]: t.values[0] for t in store.trials((TrialState.COMPLETE,))
+                  if t.values and t.user_attrs.get("mlflow_run_id")}
+        for run_id, colour in mlflow_view.rank_colours(values, maximize).items():
+            self.client.set_tag(run_id, "mlflow.runColor", colour)
+        link = mlflow_view.run_url("", self.experiment_id, self.parent_run_id)  # root-relative: any host and port
+        self.client.set_experiment_tag(self.experiment_id, NOTE_TAG, (
+            f"Study **{self.study_name}**: the runs below are its trials (coloured by rank of "
+            f"{next(iter(self.objectives), 'the objective')}, the best first). The study's own run, with the best "
+            f"trial's numbers and the summary: [{self.study_name} (study run)]({link})."))
 
     def _write_view(self, keys: set[str], params, images) -> None:
         state = mlflow_view.view_state(keys, self.objectives, params, images)
