@@ -120,13 +120,20 @@ def test_eta_schedules_the_trials_left_on_the_free_slots():
     # 29.8 s left here, the other slot free; 3 more trials: slots end at 29.8+51.8 and 51.8+51.8
     assert reporter.eta() == pytest.approx(2 * (11.8 + 40))
     clock.now += 78
-    reporter.trial_ended(0, "done", best=0.5)  # took 100 s: measured durations from now on
+    reporter.trial_ended(0, "done", best=0.5)  # took 100 s, 12 of them start-up: measured durations from now on
     reporter.trial_started(1, {})
     reporter.trial_started(2, {})
     clock.now += 50
-    # 2 running (50 s left each), 1 waiting (100 s): slots end at 50 and 150
+    # 2 running (12 + 88 - 50 = 50 s left each), 1 waiting (100 s): slots end at 50 and 150
     assert reporter.eta() == pytest.approx(150)
     assert "1/4 done, 2 running, 0 failed; best val/acc_cost_auc 0.5000 (trial 0)" in reporter.status()
+    # a reused worker: trial 3 starts training at once; the trial left pays no start-up either
+    reporter.trial_ended(1, "done", best=0.5)  # took 50 s, start-up unknown: all of it counts as work
+    reporter.trial_started(3, {})
+    reporter.trial_progress(3, ProgressReport(1, 2, 1, 100))
+    work = (88 + 50) / 2
+    assert reporter.startups == [12, 0]
+    assert reporter.eta() == pytest.approx(max(work - 50, work))  # trial 2: 50 s in, trial 3: just started
 
 
 def test_start_up_is_not_counted_as_training():

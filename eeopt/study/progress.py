@@ -51,6 +51,7 @@ class _Row:
     #: from the start-up before it (worker, data, model).
     first_point: tuple[float, float] | None = None
     last_point: tuple[float, float] | None = None
+    startup: float | None = None  # seconds from its start to its first progress point
 
     def seen(self, now: float, fraction: float) -> None:
         if fraction <= 0.0:
@@ -96,6 +97,8 @@ class Reporter:
         self.header = StudyHeader("", 0, 0, 1, "objective", True)
         self.rows: dict[int, _Row] = {}
         self.durations: list[float] = []  # of the trials completed in this run
+        self.work: list[float] = []  # the same less their start-up, where measured
+        self.startups: list[float] = []  # measured start-ups (trial start to its first progress point), in order
         self.done = self.failed = 0
         self.best_trial: int | None = None
         self._last_output = self.t0
@@ -130,6 +133,9 @@ class Reporter:
             if not math.isnan(report.val_acc_last):
                 row.val_acc = report.val_acc_last
             startup = self.clock() - row.started if first and row.first_point is not None else None
+            if startup is not None:
+                row.startup = startup
+                self.startups.append(startup)
         if startup is not None:
             self.line(f"trial {number} training (start-up took {fmt_duration(startup)})")
 
@@ -154,6 +160,7 @@ class Reporter:
                 self.done += 1
                 if not math.isnan(elapsed):
                     self.durations.append(elapsed)
+                    self.work.append(elapsed - (row.startup or 0.0))
                 if best is not None and best != self.header.best:
                     self.best_trial = number
             elif outcome == "pruned":
@@ -219,23 +226,27 @@ class Reporter:
     def eta(self) -> float | None:
         """Seconds until the study's target is reached, scheduling the trials left on `concurrency` slots.
 
-        A trial's duration is the mean measured duration of the trials completed in this run; before the first
-        completes, the mean of the running trials' projections (`projected_duration`: start-up and training
-        measured apart, training at the pace of its batches and epochs). None when nothing is known yet.
+        Start-up (worker, data, model) and the rest are measured apart: once a trial completed in this run, a trial
+        takes the mean of the completed trials' durations less their start-up, plus a start-up as long as the
+        latest one measured (Ray reuses a worker: the first trials pay a start-up the next may not). Before, the
+        mean of the running trials' projections (`projected_duration`: training at the pace of its batches and
+        epochs). None when nothing is known yet.
         """
         now = self.clock()
         running = list(self.rows.values())
-        if self.durations:
-            mean = sum(self.durations) / len(self.durations)
-            own = {}
-        else:
-            own = {r.number: d for r in running
-                   if (d := projected_duration(r.started, r.first_point, r.last_point)) is not None}
-            if not own:
-                return None
-            mean = sum(own.values()) / len(own)
         h = self.header
         waiting = max(0, h.target - h.done_before - self.done - len(running))
+        if self.durations:
+            startup = self.startups[-1] if self.startups else 0.0
+            work = sum(self.work) / len(self.work)
+            remaining = [max(0.0, (startup if r.startup is None else r.startup) + work - (now - r.started))
+                         for r in running]
+            return schedule(remaining, startup + work, waiting, h.concurrency)
+        own = {r.number: d for r in running
+               if (d := projected_duration(r.started, r.first_point, r.last_point)) is not None}
+        if not own:
+            return None
+        mean = sum(own.values()) / len(own)
         return schedule([max(0.0, own.get(r.number, mean) - (now - r.started)) for r in running], mean, waiting,
                         h.concurrency)
 
