@@ -79,6 +79,7 @@ test-extras: setup-extras
 bench: data
 	$(BIN)/python benchmarks/report.py --start
 	$(BIN)/python benchmarks/bench_search.py
+	$(BIN)/python benchmarks/bench_certify.py
 	$(BIN)/python benchmarks/bench_inference.py
 	$(BIN)/python benchmarks/bench_policies.py
 	$(BIN)/python benchmarks/bench_evaluate.py --repeats 2

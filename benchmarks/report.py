@@ -624,6 +624,63 @@ def gpu_training_section(data: dict | None) -> str:
     return "\n".join(out)
 
 
+def certify_section(data: dict | None) -> str:
+    """Certified policies on the benchmark model (`bench_certify.py`): the command's numbers and the resampling."""
+    title = "Certified exit policies (risk control)"
+    if data is None:
+        return missing(title, ".venv/bin/python benchmarks/bench_certify.py")
+    r = data["results"]
+    eps, delta = r["epsilon"], r["delta"]
+    out = [f"## {title}\n", ran(data)]
+    out.append(
+        f"`eeopt exits certify --fit-on val.npz --evaluate-on test.npz --risk performance-gap --epsilon {eps} "
+        f"--delta {delta}` on the benchmark model (val {r['val_samples']:,} images certify, test "
+        f"{r['test_samples']:,} report): the promise is that the share of test images the policy gets wrong while "
+        f"the last exit gets them right stays <= {eps} with probability >= {1 - delta:g} (crc: in expectation). "
+        "Beside each certified policy, the uncontrolled val-optimal policy at the same val cost (the per-exit "
+        "search's most accurate, no promise). Speed-up: the last exit's FLOPs over the mean FLOPs per image.\n")
+    out.append("| policy | certified | n | p-value / bound | test risk | test acc | test speed-up | val-optimal: "
+               "test risk | test acc | test speed-up | seconds |")
+    out.append("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for x in r["rows"]:
+        out.append(f"| {x['name']} | {'yes' if x['certified'] else 'no'} | {x['n']:,} | {x['statistic']:.4f} | "
+                   f"{x['test_risk']:.4f} | {x['test_accuracy']:.4f} | {x['test_speedup']:.3f}x | "
+                   f"{x['uncontrolled_test_risk']:.4f} | {x['uncontrolled_test_accuracy']:.4f} | "
+                   f"{x['uncontrolled_test_speedup']:.3f}x | {x['seconds']:.2f} |")
+    rows = {x["name"]: x for x in r["rows"]}
+    shared, per_exit = rows.get("shared, ltt"), rows.get("per-exit, ltt")
+    if shared and per_exit:
+        cheaper = per_exit["test_speedup"] > shared["test_speedup"]
+        out.append(
+            f"\nPer-exit thresholds (Pareto Testing) {'are' if cheaper else 'are not'} cheaper at the same promise "
+            f"here: {per_exit['test_speedup']:.3f}x against {shared['test_speedup']:.3f}x for one shared threshold "
+            f"(ltt). Pareto Testing searches on half of val and tests on the other half (n = {per_exit['n']:,} "
+            f"against {shared['n']:,}), so its test is less sharp"
+            + ("; and the policy it certified is a shared threshold after all (the search's candidates include the "
+               "exact shared-threshold front), the first "
+               f"{per_exit['passed']} of its {per_exit['candidates']:,} front points passing before the first failure."
+               if len(set(map(str, per_exit["thresholds"]))) == 1 else "."))
+    imp = r["impossible"]
+    out.append(f"\nThe impossible request (100 calibration images, epsilon 0, delta 0.01) exits 0 and prints: "
+               f"\"{imp['printed'].split(' (ltt')[0]} ...\"; its policy is the last exit alone "
+               f"(speed-up {imp['test_speedup']:.2f}x).\n")
+    s = r["resampling"]
+    out.append(
+        f"Does the promise hold on this model? The val and test images are pooled and split at random "
+        f"{s['draws']} times into {s['calibration_samples']:,} calibration and {s['test_samples']:,} test images; "
+        f"each draw certifies a shared threshold and also takes the uncontrolled choice (the cheapest threshold "
+        f"whose calibration risk is <= {eps}). P(test risk > {eps}) should be at most {delta} for ltt and ucb-wsr "
+        "(the test risk is itself an estimate on 10,000 images, so a little above is noise); crc promises only "
+        "the mean.\n")
+    out.append("| choice | draws | P(test risk > epsilon) | mean test risk | mean speed-up | seconds per draw |")
+    out.append("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for m in s["methods"]:
+        out.append(f"| {m['method']} | {m['draws']} | {m['exceed']:.3f} | {m['mean_risk']:.4f} | "
+                   f"{m['mean_speedup']:.3f}x | {m['seconds_per_draw']:.4f} |")
+    out.append("")
+    return "\n".join(out)
+
+
 # --------------------------------------------------------------------------------------------------- main
 def render(results: Path = RESULTS) -> str:
     session = load("session", results)
@@ -631,6 +688,7 @@ def render(results: Path = RESULTS) -> str:
         header(session),
         inference_section(load("inference", results)),
         search_section(load("search", results)),
+        certify_section(load("certify", results)),
         policies_section(load("policies", results)),
         evaluate_section(load("evaluate", results)),
         training_section(load("training", results)),

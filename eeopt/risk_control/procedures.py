@@ -28,7 +28,7 @@ PROCEDURES = ("ltt", "ucb-wsr", "crc")
 #: What each procedure reports about the chosen candidate.
 STATISTIC = {"ltt": "p_value", "ucb-wsr": "bound", "crc": "bound"}
 #: Rows of WSR losses formed at a time (rows x samples float64), to bound memory.
-_WSR_CELLS = 1 << 22
+_WSR_CELLS = 1 << 20
 
 
 class SequenceResult(NamedTuple):
@@ -82,8 +82,9 @@ def _wsr_prefix(candidates: Candidates, epsilon: float, delta: float) -> int:
     reaches a little past where the (cheap) Hoeffding-Bentkus test stops, where the WSR test usually stops too;
     later blocks double. The answer does not depend on the blocks."""
     m, n = len(candidates), candidates.n
+    cap = max(16, _WSR_CELLS // max(n, 1))  # rows per block: bounds memory
     hint = _prefix(hb_p_value(candidates.loss_sum, n, epsilon) <= delta)
-    start, block = 0, max(16, hint + hint // 8 + 8)
+    start, block = 0, min(cap, max(16, hint + hint // 8 + 8))
     while start < m:
         stop = min(m, start + block)
         ok = wsr_rejects(candidates.loss_rows(start, stop), epsilon, delta)
@@ -91,7 +92,7 @@ def _wsr_prefix(candidates: Candidates, epsilon: float, delta: float) -> int:
         if run < ok.size:
             return start + run
         start = stop
-        block = min(block * 2, max(16, _WSR_CELLS // max(n, 1)))
+        block = min(block * 2, cap)
     return m
 
 
