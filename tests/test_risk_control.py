@@ -310,3 +310,11 @@ def test_wsr_sequence_in_blocks_equals_testing_every_candidate(population, eps):
     if expected:
         assert result.statistic == pytest.approx(wsr_bound(c.loss_rows(expected - 1, expected), 0.1)[0])
         assert result.statistic <= eps
+
+
+def test_a_single_exit_has_one_candidate():
+    val, test = synthetic_exit_outputs(1, 300, 5, seed=1), synthetic_exit_outputs(1, 200, 5, seed=2)
+    for per_exit in (False, True):
+        report = certify_policy(val, test, risk="error", epsilon=0.5, per_exit=per_exit, trials=10)
+        assert report.certificate.candidates == 1 and report.certificate.thresholds.shape == (0,)
+        assert report.metrics()["certified/accuracy"] == test.accuracy[0]

@@ -109,6 +109,8 @@ def _events(scores, losses, correct, costs) -> tuple[np.ndarray, np.ndarray]:
     cost) when the threshold falls to it. Built from the last exit towards the first, the order in which a
     sample visits its exits as the threshold falls."""
     k, n = scores.shape
+    if k == 1:  # a single exit: nothing to move
+        return np.empty(0), np.empty((4, 0))
     running_max = np.fmax.accumulate(scores[:-1], axis=0)  # ignores NaN
     now = np.full(n, k - 1)
     worst = losses[-1].copy()
