@@ -17,6 +17,7 @@ from rich.cells import cell_len
 from rich.table import Table
 from rich.text import Text
 
+
 def console() -> Console:
     """A console for one print. Its width is `COLUMNS` when set, else the terminal's (stdout, stdin or stderr: piped
     into `less` it still gets the terminal's), else 80 (rich's rule). Made per call so that a changed `COLUMNS`
@@ -105,12 +106,12 @@ def _min_width(columns: list[Column]) -> int:
 
 def print_fitted(columns: list[Column], *, title: str = "", sections: set[int] = frozenset(),
                  notes: list[str] = (), out: Console | None = None) -> None:
-    """Print `fitted` tables at the console's width, then `notes` (wrapped at word boundaries)."""
+    """Print `fitted` tables at the console's width, then `notes` (plain text, wrapped at word boundaries)."""
     out = out or console()
     for table in fitted(columns, out.width, title=title, sections=sections):
         out.print(table)
     for note in notes:
-        out.print(note)
+        out.print(note, markup=False)  # plain text: an error's "[Errno 2]" stays as it is
 
 
 def header(key: str, arrow: str = "", family: str = "") -> str:
