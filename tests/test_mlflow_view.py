@@ -96,6 +96,8 @@ def test_view_lists_trials_and_compares_them(trial_keys):
     assert [(c["type"], c["xaxis"], c["yaxis"]["key"]) for c in scatters] == [
         ("SCATTER", {"key": p, "type": "PARAM"}, "val/acc_cost_auc") for p in params] + [
         ("SCATTER", {"key": "val/acc_cost_auc", "type": "METRIC"}, "test/acc_cost_auc")]
+    assert state["selectedColumns"][:4] == ["metrics.`val/acc_cost_auc`", *(f"params.`{p}`" for p in params),
+                                            "metrics.`test/acc_cost_auc`"]  # what was tried, beside what it got
     widths = state["columnWidths"]
     # MLflow shows a header in ~8 px per character: both names fit whole, so they no longer read the same
     assert all(widths[f"params.`{p}`"] >= 8 * len(p) for p in params)

@@ -7,7 +7,7 @@ prediction end up mixed. Both are settings of the page's view state, which MLflo
 `mlflow.sharedViewState.<id>` when the URL carries `viewStateShareKey=<id>` (its "saved views": an envelope with a
 name and the state, the state optionally `deflate;` + base64). eeopt writes one such view (`VIEW_ID`), so no key is
 renamed: sections come from `eeopt.names.parse_key` (split, calibrator or score variant, scope, metric family), the
-columns are the objectives, a few headline test metrics and the sampled parameters (each column as wide as its
+columns are the objectives, the sampled parameters and a few headline test metrics (each column as wide as its
 name, so `sampled.training.failure_loss` and `sampled.training.failure_weight` stay apart), the rows are the trials
 only (the study's parent run carries the best trial's numbers under the same keys; the experiment's description
 links to it) sorted by the first objective. The charts compare: first the objective against each sampled value
@@ -122,8 +122,9 @@ def view_state(metric_keys: Iterable[str], objectives: Mapping[str, str], params
                 "runsCountToCompare": IMAGE_RUNS} for i, k in enumerate(images)]
     charts += [_bar(k, uuid[s[1]], i, objectives) for i, (s, k) in enumerate(placed)]
     headline = [k for k in HEADLINE_COLUMNS if k in keys and k not in objectives]
-    columns = [*(_column("metrics", k) for k in [*objectives, *headline]), *(_column("params", p) for p in params),
-               _column("tags", "eeopt.state")]
+    # what was tried beside what it got: the objectives, the sampled values, then the held-out headline numbers
+    columns = [*(_column("metrics", k) for k in objectives), *(_column("params", p) for p in params),
+               *(_column("metrics", k) for k in headline), _column("tags", "eeopt.state")]
     return {
         "searchFilter": TRIALS_FILTER,
         "orderByKey": _column("metrics", first) if first else "attributes.start_time",
