@@ -109,13 +109,14 @@ def test_exit_losses_follow_their_definitions():
         exit_losses("gap", out)
 
 
+@pytest.mark.parametrize("binary", [False, True])
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_shared_candidates_equal_brute_force(seed):
+def test_shared_candidates_equal_brute_force(seed, binary):
     rng = np.random.default_rng(seed)
     k, n = 4, 60
     scores = np.round(rng.random((k, n)), 1)  # many ties
     scores[rng.random((k, n)) < 0.1] = np.nan
-    losses = rng.random((k, n)) * (rng.random((k, n)) < 0.5)
+    losses = (rng.random((k, n)) if not binary else 1.0) * (rng.random((k, n)) < 0.5)
     correct = rng.random((k, n)) < 0.6
     costs = np.array([1.0, 2.0, 3.5, 4.0])
     c = shared_candidates(scores, losses, correct, costs)
@@ -136,6 +137,11 @@ def test_shared_candidates_equal_brute_force(seed):
         assert c.correct_sum[i] == sum(correct[e, j] for j, e in enumerate(exits))
         assert c.cost_sum[i] == pytest.approx(sum(costs[e] for e in exits), rel=1e-12)
         np.testing.assert_array_equal(c.loss_rows(i, i + 1)[0], row)
+        if i >= 2:  # several rows at once (0-1 losses: built by cumulative sums)
+            np.testing.assert_array_equal(c.loss_rows(i - 2, i + 1)[-1], row)
+    assert (c.steps is not None) == binary
+    np.testing.assert_array_equal(c.loss_rows(0, len(c)), np.array([
+        [losses[e, j] for j, e in enumerate(exits_at(t))] for t in values]))
 
 
 def test_fixed_sequence_stops_at_the_first_failure():

@@ -36,6 +36,8 @@ class Candidates:
             keeps its guarantee for any loss).
         correct_sum: [M] correctly predicted samples; cost_sum: [M] summed cost.
         scores, losses: [K, n] the calibration scores and per-exit losses (`loss_rows` reads them).
+        steps: for shared-threshold candidates with 0-1 losses, the events (candidate index [E] ascending, sample
+            [E], loss change [E]) that let `loss_rows` build rows by cumulative sums; None otherwise.
     """
 
     thresholds: np.ndarray
@@ -45,6 +47,7 @@ class Candidates:
     cost_sum: np.ndarray
     scores: np.ndarray
     losses: np.ndarray
+    steps: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     @property
     def n(self) -> int:
@@ -67,8 +70,19 @@ class Candidates:
 
     def loss_rows(self, start: int, stop: int) -> np.ndarray:
         """Losses [stop - start, n] of candidates start..stop-1, sample by sample in the calibration order."""
-        exits = threshold_exits(self.scores, self.thresholds[start:stop]).astype(np.intp)
-        return self.losses[exits, np.arange(self.n)[None, :]]
+        samples = np.arange(self.n)
+        if self.steps is None or stop - start < 2:
+            exits = threshold_exits(self.scores, self.thresholds[start:stop]).astype(np.intp)
+            return self.losses[exits, samples[None, :]]
+        # the first row directly, then each next row is the one before plus its samples' changes (0-1 losses:
+        # exact in float64)
+        group, sample, change = self.steps
+        rows = np.zeros((stop - start, self.n))
+        first = threshold_exits(self.scores, self.thresholds[start]).astype(np.intp)
+        rows[0] = self.losses[first, samples]
+        lo, hi = np.searchsorted(group, [start + 1, stop])
+        rows[group[lo:hi] - start, sample[lo:hi]] = change[lo:hi]  # a sample changes at most once per candidate
+        return np.cumsum(rows, axis=0, out=rows)
 
 
 def shared_candidates(scores: np.ndarray, losses: np.ndarray, correct: np.ndarray, costs: np.ndarray) -> Candidates:
@@ -86,35 +100,41 @@ def shared_candidates(scores: np.ndarray, losses: np.ndarray, correct: np.ndarra
     costs = np.asarray(costs, dtype=np.float64)
     k, n = scores.shape
     base = np.array([losses[-1].sum(), losses[-1].sum(), correct[-1].sum(), costs[-1] * n])
-    values, deltas = _events(scores, losses, correct, costs)
+    values, deltas, samples = _events(scores, losses, correct, costs)
+    steps = None
     if values.size == 0:
         sums = base[:, None]
         values = np.array([np.inf])
     else:
         order = np.argsort(-values, kind="stable")  # descending; ties kept together
-        values, deltas = values[order], deltas[:, order]
-        ends = np.append(np.flatnonzero(values[1:] != values[:-1]), values.size - 1)
+        values, deltas, samples = values[order], deltas[:, order], samples[order]
+        new_group = np.concatenate([[False], values[1:] != values[:-1]])
+        ends = np.append(np.flatnonzero(new_group[1:]), values.size - 1)
         sums = base[:, None] + np.cumsum(deltas, axis=1)[:, ends]
+        group = np.cumsum(new_group)  # each event's candidate, counted from the first event value
         values = values[ends]
         if values[0] != np.inf:
             values = np.concatenate([[np.inf], values])
             sums = np.concatenate([base[:, None], sums], axis=1)
+            group += 1
+        if np.all((losses == 0) | (losses == 1)):
+            steps = (group, samples, deltas[0])
     sums[3] = np.clip(sums[3], costs[0] * n, costs[-1] * n)  # a running float sum drifts by ulps
     thresholds = np.repeat(values[:, None], k - 1, axis=1)
-    return Candidates(thresholds, sums[0], sums[1], np.rint(sums[2]), sums[3], scores, losses)
+    return Candidates(thresholds, sums[0], sums[1], np.rint(sums[2]), sums[3], scores, losses, steps)
 
 
-def _events(scores, losses, correct, costs) -> tuple[np.ndarray, np.ndarray]:
-    """Each record score of each sample at a non-final exit, and the changes [4, E] (loss, monotone loss, correct,
-    cost) when the threshold falls to it. Built from the last exit towards the first, the order in which a
-    sample visits its exits as the threshold falls."""
+def _events(scores, losses, correct, costs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each record score of each sample at a non-final exit [E], the changes [4, E] (loss, monotone loss, correct,
+    cost) when the threshold falls to it, and its sample [E]. Built from the last exit towards the first, the order
+    in which a sample visits its exits as the threshold falls."""
     k, n = scores.shape
     if k == 1:  # a single exit: nothing to move
-        return np.empty(0), np.empty((4, 0))
+        return np.empty(0), np.empty((4, 0)), np.empty(0, dtype=np.intp)
     running_max = np.fmax.accumulate(scores[:-1], axis=0)  # ignores NaN
     now = np.full(n, k - 1)
     worst = losses[-1].copy()
-    values, deltas = [], []
+    values, deltas, samples = [], [], []
     for e in range(k - 2, -1, -1):
         s = scores[e]
         record = ~np.isnan(s)
@@ -130,9 +150,10 @@ def _events(scores, losses, correct, costs) -> tuple[np.ndarray, np.ndarray]:
             costs[e] - costs[prev],
         ]))
         values.append(s[where])
+        samples.append(where)
         now[where] = e
         worst[where] = new_worst
-    return np.concatenate(values), np.concatenate(deltas, axis=1)
+    return np.concatenate(values), np.concatenate(deltas, axis=1), np.concatenate(samples)
 
 
 def sequence_candidates(thresholds: np.ndarray, scores: np.ndarray, losses: np.ndarray, correct: np.ndarray,
