@@ -71,7 +71,6 @@ def test_impossible_request_prints_no_policy_certified_and_exits_0(files, tmp_pa
     (["--epsilon", "0.02", "--delta", "0"], "--delta: expected a probability in (0, 1), got 0.0"),
     (["--epsilon", "0.02", "--risk", "gap"], "--risk: unknown risk 'gap'"),
     (["--epsilon", "0.02", "--method", "bonferroni"], "--method: unknown method 'bonferroni'"),
-    (["--epsilon", "0.02", "--per-exit", "--risk", "brier-gap"], "--per-exit: needs a 0-1 risk"),
     (["--epsilon", "0.02", "--split-share", "0"], "--split-share: expected a share in (0, 1)"),
     (["--epsilon", "0.02", "--policy-out", "VAL"], "is the --fit-on file"),
 ])

@@ -262,7 +262,6 @@ def test_impossible_request_certifies_nothing_and_falls_back_to_the_last_exit(ou
     ({"method": "bonferroni"}, "unknown procedure"),
     ({"epsilon": 1.0}, "epsilon"),
     ({"delta": 0.0}, "delta"),
-    ({"per_exit": True, "risk": "brier-gap"}, "0-1 risk"),
     ({"per_exit": True, "split_share": 1.0}, "split_share"),
 ])
 def test_certify_policy_rejects_bad_requests(outputs_pair, kwargs, match):
@@ -324,3 +323,20 @@ def test_a_single_exit_has_one_candidate():
         report = certify_policy(val, test, risk="error", epsilon=0.5, per_exit=per_exit, trials=10)
         assert report.certificate.candidates == 1 and report.certificate.thresholds.shape == (0,)
         assert report.metrics()["certified/accuracy"] == test.accuracy[0]
+
+
+def test_per_exit_front_for_a_continuous_risk(outputs_pair):
+    """brier-gap losses are not 0-1: the front comes from the (cost, mean loss) search, safest first, and it is no
+    worse anywhere than the exact shared-threshold candidates."""
+    from eeopt.risk_control import pareto_front
+
+    val, test = outputs_pair
+    losses = exit_losses("brier-gap", val)
+    front = pareto_front(val.confidence, losses, val.costs, trials=40)
+    rows = sequence_candidates(front, val.confidence, losses, val.correct, val.costs)
+    assert np.all(np.diff(rows.loss_sum) > 0) and np.all(np.diff(rows.cost_sum) < 0)
+    shared = shared_candidates(val.confidence, losses, val.correct, val.costs)
+    for risk, cost in zip(shared.loss_sum, shared.cost_sum):  # no shared threshold dominates a front point
+        assert not np.any((risk < rows.loss_sum - 1e-9) & (cost < rows.cost_sum - 1e-6))
+    report = certify_policy(val, test, risk="brier-gap", epsilon=0.05, delta=0.1, per_exit=True, trials=40)
+    assert report.certificate.certified and report.certificate.per_exit

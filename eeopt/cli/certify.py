@@ -72,7 +72,6 @@ def _check_options(fit_on, evaluate_on, epsilon, risk, delta, method, per_exit, 
     """Every option checked before any work; one line naming the option."""
     from eeopt.errors import ConfigError
     from eeopt.risk_control import PROCEDURES, RISKS
-    from eeopt.risk_control.risks import BINARY_RISKS
 
     if risk not in RISKS:
         raise ConfigError(f"--risk: unknown risk {risk!r} (known: {', '.join(RISKS)})")
@@ -86,8 +85,6 @@ def _check_options(fit_on, evaluate_on, epsilon, risk, delta, method, per_exit, 
         raise ConfigError(f"--split-share: expected a share in (0, 1), got {split_share}")
     if sampler not in ("nsga2", "tpe"):
         raise ConfigError(f"--sampler: expected nsga2 or tpe, got {sampler!r}")
-    if per_exit and risk not in BINARY_RISKS:
-        raise ConfigError(f"--per-exit: needs a 0-1 risk ({', '.join(BINARY_RISKS)}), got --risk {risk}")
     if policy_out is not None:
         check_output_file(policy_out, "--policy-out")
         for option, path in (("--fit-on", fit_on), ("--evaluate-on", evaluate_on)):

@@ -166,13 +166,6 @@ class RiskControlConfig(Strict):
     calibration_share: float = Field(0.5, gt=0, lt=1, description="the share of val that certifies, seen by nothing "
                                      "else in the trial")
 
-    @model_validator(mode="after")
-    def _binary_for_per_exit(self) -> RiskControlConfig:
-        if self.per_exit and self.risk == "brier-gap":
-            raise ValueError("per_exit: per-exit thresholds need a 0-1 risk (performance-gap, consistency, error), "
-                             "got brier-gap")
-        return self
-
 
 class PolicyConfig(Strict):
     """How exit policies are scored, searched and costed.

@@ -181,19 +181,68 @@ def pareto_front(scores: np.ndarray, losses: np.ndarray, costs: np.ndarray, *, t
                  sampler: str = "nsga2", seed: int = 0) -> np.ndarray:
     """Per-exit thresholds [P, K-1] of the (mean cost, risk) Pareto front found on search data, safest first.
 
-    The search is `eeopt.search.search_thresholds` with "correct" meaning "no loss": it maximises 1 - risk and
-    minimises cost (its candidates include the exact shared-threshold front and the last exit alone). Its front is
+    With 0-1 losses the search is `eeopt.search.search_thresholds` with "correct" meaning "no loss": it maximises
+    1 - risk and minimises cost (its candidates include the exact shared-threshold front and the last exit alone).
+    Other losses (brier-gap) go through the same Optuna search over score quantiles (`_loss_front`). The front is
     strictly ordered by risk, so ordering it by estimated risk reverses its cost order.
 
     Args:
         scores: [K, n1] exit scores of the search part.
-        losses: [K, n1] 0-1 losses (`BINARY_RISKS`).
+        losses: [K, n1] losses in [0, 1].
         costs: [K].
     """
+    losses = np.asarray(losses, dtype=np.float64)
+    if not np.all((losses == 0) | (losses == 1)):
+        return _loss_front(np.asarray(scores, dtype=np.float64), losses, np.asarray(costs, dtype=np.float64),
+                           trials, sampler, seed)
     from eeopt.search import search_thresholds
 
-    result = search_thresholds(scores, np.asarray(losses) == 0, costs, trials=trials, sampler=sampler, seed=seed)
+    result = search_thresholds(scores, losses == 0, costs, trials=trials, sampler=sampler, seed=seed)
     return result.thresholds[::-1]
+
+
+def _loss_front(scores, losses, costs, trials: int, sampler: str, seed: int, batch_size: int = 50) -> np.ndarray:
+    """The (mean cost, mean loss) front [P, K-1], safest first, of an Optuna search over per-exit score quantiles
+    (`eeopt.search.quantile_thresholds`, asked in batches) for losses that are not 0-1, with the shared-threshold
+    candidates, "every sample at the first exit" and "every sample at the last exit" among the candidates."""
+    import logging
+
+    import optuna
+
+    from eeopt.metrics.efficiency import frontier_indices
+    from eeopt.search import quantile_thresholds
+
+    k, n = scores.shape
+    samples = np.arange(n)[None, :]
+
+    def evaluate(thresholds):
+        exits = threshold_exits(scores, thresholds).astype(np.intp)
+        return losses[exits, samples].mean(axis=1), costs[exits].mean(axis=1)
+
+    shared = shared_candidates(scores, losses, np.ones_like(losses, dtype=bool), costs).thresholds
+    fixed = np.concatenate([shared, np.full((1, k - 1), -np.inf)])
+    if k < 2:
+        return fixed[:1]
+    optuna.logging.set_verbosity(logging.WARNING)
+    opt_sampler = (optuna.samplers.NSGAIISampler(population_size=batch_size, seed=seed) if sampler == "nsga2" else
+                   optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=min(batch_size, trials)))
+    study = optuna.create_study(directions=["minimize", "minimize"], sampler=opt_sampler)
+    names = [f"q_exit{i + 1}" for i in range(k - 1)]
+    distributions = {name: optuna.distributions.FloatDistribution(0.0, 1.0) for name in names}
+    sorted_scores = np.sort(scores[:-1], axis=1)
+    searched, done = [], 0
+    while done < trials:
+        batch = [study.ask(distributions) for _ in range(min(batch_size, trials - done))]
+        thresholds = quantile_thresholds(sorted_scores, np.array([[t.params[m] for m in names] for t in batch]))
+        risk, cost = evaluate(thresholds)
+        for t, r, c in zip(batch, risk, cost):
+            study.tell(t, [float(r), float(c)])
+        searched.append(thresholds)
+        done += len(batch)
+    candidates = np.unique(np.concatenate([fixed, *searched]), axis=0)
+    risk, cost = evaluate(candidates)
+    front = frontier_indices(cost, -risk)  # cost ascending, risk strictly falling
+    return candidates[front][::-1]
 
 
 def split_calibration(n: int, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -25,7 +25,7 @@ from eeopt.risk_control.candidates import (
     split_calibration,
 )
 from eeopt.risk_control.procedures import PROCEDURES, STATISTIC, check_levels, fixed_sequence
-from eeopt.risk_control.risks import BINARY_RISKS, RISKS, check_risk, exit_losses
+from eeopt.risk_control.risks import RISKS, check_risk, exit_losses
 
 if TYPE_CHECKING:
     from eeopt.calibration import Calibrator
@@ -215,7 +215,7 @@ def certify_policy(
 
     Raises:
         ConfigError: an unknown risk or method, epsilon outside [0, 1), delta outside (0, 1), split_share outside
-            (0, 1), per-exit thresholds for a non-0-1 risk, or fewer than 2 samples to split.
+            (0, 1), or fewer than 2 samples to split.
         ExitOutputsError: `fit`, `evaluate` and `search_on` do not come from one model.
     """
     check_risk(risk)
@@ -225,8 +225,6 @@ def certify_policy(
         check_levels(epsilon, delta)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    if per_exit and risk not in BINARY_RISKS:
-        raise ConfigError(f"per_exit: per-exit thresholds need a 0-1 risk ({', '.join(BINARY_RISKS)}), got {risk!r}")
     for other in (evaluate, search_on):
         if other is not None:
             check_compatible(fit, other)
