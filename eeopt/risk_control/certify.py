@@ -25,11 +25,12 @@ from eeopt.risk_control.candidates import (
     split_calibration,
 )
 from eeopt.risk_control.procedures import PROCEDURES, STATISTIC, check_levels, fixed_sequence
-from eeopt.risk_control.risks import RISKS, check_risk, exit_losses
+from eeopt.risk_control.risks import check_risk, exit_losses
 
 if TYPE_CHECKING:
     from eeopt.calibration import Calibrator
     from eeopt.policy_file import PolicyFile
+
 
 @dataclasses.dataclass(frozen=True)
 class Certificate:
