@@ -11,6 +11,7 @@ slack of `BUDGET_RTOL` times the last exit's cost, so that a policy costing exac
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import NamedTuple
 
 import numpy as np
@@ -147,6 +148,19 @@ def global_sweep(scores: np.ndarray, correct: np.ndarray, costs: np.ndarray) -> 
     return SweepCurve(*(np.concatenate([a, b]) for a, b in zip(first, curve)))
 
 
+def record_samples(scores: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+    """(e, samples [M_e]) for e = K-2 .. 0: the samples whose score at exit e is a record (above every earlier
+    score of theirs, NaN ignored), i.e. those that move to exit e when a shared threshold falls to that score. From
+    the last exit towards the first: the order in which a sample visits its exits as the threshold falls."""
+    running_max = np.fmax.accumulate(scores[:-1], axis=0)  # ignores NaN
+    for e in range(scores.shape[0] - 2, -1, -1):
+        s = scores[e]
+        record = ~np.isnan(s)
+        if e > 0:
+            record &= ~(s <= running_max[e - 1])  # also True when every earlier score is NaN
+        yield e, np.flatnonzero(record)
+
+
 def _record_events(scores: np.ndarray, correct: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The sweep's events: each record score of each sample at a non-final exit, with a code for what happens.
 
@@ -157,16 +171,10 @@ def _record_events(scores: np.ndarray, correct: np.ndarray) -> tuple[np.ndarray,
     k, n = scores.shape
     next_exit = np.full(n, k - 1, dtype=np.int8 if k <= 127 else np.int32)
     next_correct = correct[-1].copy()
-    running_max = np.fmax.accumulate(scores[:-1], axis=0)  # ignores NaN
     values, codes = [], []
     code_dtype = np.int16 if 3 * k * (k - 1) < (1 << 15) else np.int32
-    for e in range(k - 2, -1, -1):
-        s = scores[e]
-        record = ~np.isnan(s)
-        if e > 0:
-            record &= ~(s <= running_max[e - 1])  # also True when every earlier score is NaN
-        where = np.flatnonzero(record)
-        values.append(s[where])
+    for e, where in record_samples(scores):
+        values.append(scores[e, where])
         dacc = correct[e, where].astype(np.int8) - next_correct[where].astype(np.int8)
         codes.append(((next_exit[where].astype(np.int32) * 3 + dacc + 1) * (k - 1) + e).astype(code_dtype))
         next_exit[where] = e

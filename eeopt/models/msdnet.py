@@ -39,6 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from eeopt.errors import ConfigError
+from eeopt.models.init import he_init
 from eeopt.models.registry import Backbone, register_backbone
 
 __all__ = [
@@ -267,13 +268,7 @@ class MSDNet(Backbone):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        # The authors': He-normal convolutions (fan-out), BatchNorm at 1 / 0; heads keep their own initialisation.
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        he_init(self)  # the authors': He-normal convolutions (fan-out), BatchNorm at 1 / 0; heads keep their own
 
     def head_input(self, state: list[Tensor]) -> Tensor:
         """The coarsest scale [B, C, H_S, W_S]: what the authors' classifiers read."""

@@ -22,6 +22,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from eeopt.errors import ConfigError
+from eeopt.models.init import he_init
 from eeopt.models.registry import Backbone, register_backbone
 
 __all__ = ["BasicBlock", "Bottleneck", "ResNet", "make_stage"]
@@ -157,12 +158,7 @@ class ResNet(Backbone):
         self._init_weights(zero_init_last)
 
     def _init_weights(self, zero_init_last: bool) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        he_init(self)
         if zero_init_last:
             for b in self.blocks:
                 b.zero_init_last()

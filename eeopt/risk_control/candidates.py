@@ -21,6 +21,7 @@ import dataclasses
 
 import numpy as np
 
+from eeopt.metrics.efficiency import record_samples
 from eeopt.policies import threshold_exits
 
 
@@ -131,16 +132,10 @@ def _events(scores, losses, correct, costs) -> tuple[np.ndarray, np.ndarray, np.
     k, n = scores.shape
     if k == 1:  # a single exit: nothing to move
         return np.empty(0), np.empty((4, 0)), np.empty(0, dtype=np.intp)
-    running_max = np.fmax.accumulate(scores[:-1], axis=0)  # ignores NaN
     now = np.full(n, k - 1)
     worst = losses[-1].copy()
     values, deltas, samples = [], [], []
-    for e in range(k - 2, -1, -1):
-        s = scores[e]
-        record = ~np.isnan(s)
-        if e > 0:
-            record &= ~(s <= running_max[e - 1])  # also True when every earlier score is NaN
-        where = np.flatnonzero(record)
+    for e, where in record_samples(scores):
         prev = now[where]
         new_worst = np.maximum(worst[where], losses[e, where])
         deltas.append(np.stack([
@@ -149,7 +144,7 @@ def _events(scores, losses, correct, costs) -> tuple[np.ndarray, np.ndarray, np.
             correct[e, where].astype(np.float64) - correct[prev, where],
             costs[e] - costs[prev],
         ]))
-        values.append(s[where])
+        values.append(scores[e, where])
         samples.append(where)
         now[where] = e
         worst[where] = new_worst
