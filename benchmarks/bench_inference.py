@@ -19,7 +19,7 @@ FLOPs-predicted speed-up = last exit's FLOPs / mean FLOPs of the policy on these
 took, times the policy's cumulative costs). Measured speed-up = full network's time / predictor's time. It also
 reports `eeopt.inference.profile_latency` per exit (next to the FLOPs per exit), a latency-predicted speed-up (the
 same exit shares times the profiled cumulative latencies) and the host-side decision time per exit (`ExitDecider`,
-the calibrate-score-threshold step between stages; at batch 1 `ExitDecider.decide_one`, what the predictor calls
+the calibrate-score-threshold step between stages; at batch 1 `ExitDecider.leaves`, what the predictor calls
 there). Targets on CPU: measured / predicted >= 0.8 at batch 256; measured / latency-predicted >= 0.85 at batch 1,
 1 thread (what the predictor itself costs beyond the network's exits: decisions, host copies, Python). Writes
 benchmarks/results/inference.json (or `--out`).
@@ -77,11 +77,12 @@ def best_time(fn, repeats: int) -> float:
 
 def decision_us(predictor, logits: np.ndarray, repeats: int) -> list[float]:
     """Median microseconds of the predictor's host-side decision at each exit for a batch of logits [K, B, C]: the
-    call the predictor makes at that batch size (`decide_one` on the row as Python floats at batch 1)."""
+    call the predictor makes at each exit at that batch size (`leaves` on the row as Python floats at batch 1; the
+    predictor then also scores the samples that left, many at once, which `breakdown` counts)."""
     out = []
     decider = predictor.decider
     for k in range(logits.shape[0]):
-        call = (functools.partial(decider.decide_one, k, logits[k, 0].tolist()) if logits.shape[1] == 1
+        call = (functools.partial(decider.leaves, k, logits[k, 0].tolist()) if logits.shape[1] == 1
                 else functools.partial(decider, k, logits[k]))
         times = []
         for _ in range(repeats):
@@ -93,7 +94,7 @@ def decision_us(predictor, logits: np.ndarray, repeats: int) -> list[float]:
 
 
 class TimedDecider:
-    """An `ExitDecider` whose two entry points (a batch: `__call__`; one sample: `decide_one`) add their wall time
+    """An `ExitDecider` whose two entry points (a batch: `__call__`; one sample: `leaves`) add their wall time
     to `spent["decision"]`."""
 
     def __init__(self, decider, spent: dict):
@@ -108,8 +109,8 @@ class TimedDecider:
     def __call__(self, *args):
         return self._timed(self.decider, *args)
 
-    def decide_one(self, *args):
-        return self._timed(self.decider.decide_one, *args)
+    def leaves(self, *args):
+        return self._timed(self.decider.leaves, *args)
 
 
 def breakdown(model, predictor, x, batch_size: int) -> dict:

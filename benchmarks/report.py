@@ -283,7 +283,8 @@ def where_time_goes(r: dict) -> str:
            "`profile_latency` (the whole batch through every exit, cumulative time until each exit's logits are "
            "on the host; median of its repeats), as a share of the last exit's, next to the FLOPs share. *Decision* "
            "is the predictor's host-side step at that exit (`ExitDecider`: scores and thresholds, in NumPy for a "
-           "batch, on Python floats for one sample: `decide_one`), median microseconds per call for the batch.\n"]
+           "batch; at batch 1 whether the sample leaves, on Python floats: `leaves`), median microseconds per call "
+           "for the batch.\n"]
     keys = sorted(profiles, key=lambda k: (int(k.split("/")[0]), -int(k.split("/")[1])))
     head = "| exit | FLOPs share |" + "".join(
         f" latency share ({k.split('/')[0]} thr, batch {k.split('/')[1]}) |" for k in keys)

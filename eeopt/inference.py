@@ -67,6 +67,10 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return dev
 
 
+#: At batch 1, the predictions and scores of this many samples are computed at once, after they have run.
+SINGLES_PER_RECORD = 256
+
+
 class EarlyExitPredictor:
     """A multi-exit network and a policy file: predictions that compute only the exits each sample needs.
 
@@ -74,7 +78,7 @@ class EarlyExitPredictor:
         model: the trained `MultiExitModel` (moved to `device` and put in eval mode, in place).
         policy: the policy to apply; its number of exits must be the model's.
         device: where the network runs ("cpu", "cuda", ...); decisions are taken on the host (a batch in NumPy, a
-            single sample on Python floats: `ExitDecider.decide_one`).
+            single sample's exit on Python floats: `ExitDecider.leaves`).
 
     Raises:
         ConfigError: the policy has another number of exits, needs a failure head the model lacks, or the device
@@ -111,33 +115,42 @@ class EarlyExitPredictor:
         exits = np.zeros(n, dtype=np.int64)
         scores = np.zeros(n, dtype=np.float64)
         decider = self.decider  # read once per call, so a caller may wrap it (benchmarks/bench_inference.py does)
+        step = SINGLES_PER_RECORD if batch_size == 1 else batch_size
         with torch.inference_mode():
-            for start in range(0, n, batch_size):
-                stop = min(start + batch_size, n)
-                if stop - start == 1:
-                    labels[start], exits[start], scores[start] = self._predict_one(x[start:stop], decider)
-                else:
-                    self._predict_batch(x[start:stop], labels[start:stop], exits[start:stop], scores[start:stop],
-                                        decider)
+            for start in range(0, n, step):
+                stop = min(start + step, n)
+                run = self._predict_singles if batch_size == 1 else self._predict_batch
+                run(x[start:stop], labels[start:stop], exits[start:stop], scores[start:stop], decider)
         return Prediction(labels, exits, scores)
 
-    def _predict_one(self, xb: torch.Tensor, decider: ExitDecider) -> tuple[int, int, float]:
-        """One sample [1, *input_shape], segment by segment until the policy lets it out: (label, exit, score).
-
-        The lean path of batch 1: a single sample leaves or goes on whole, so nothing is compacted, and its exit
-        logits go to the host as Python floats for `ExitDecider.decide_one` (no NumPy array per exit)."""
-        h = xb.to(self.device, dtype=self._dtype, non_blocking=True)
-        previous: torch.Tensor | None = None
+    def _predict_singles(self, xs: torch.Tensor, labels: np.ndarray, exits: np.ndarray, scores: np.ndarray,
+                         decider: ExitDecider) -> None:
+        """Batch 1: each sample of `xs` [B, *input_shape] runs alone, segment by segment, until
+        `ExitDecider.leaves` lets it out (on Python floats: no NumPy array and no compaction per exit); then the
+        predictions and scores of the samples that left at each exit are computed at once by the batch path, the
+        one `PolicyFile.decide` agrees with."""
         last = self.model.num_exits - 1
-        decide = decider.decide_one
-        for k in range(last + 1):
-            h, logits, failure = self.model.exit_step(k, h, previous)
-            learned = None if failure is None else torch.sigmoid(failure.float()).item()
-            label, score, leave = decide(k, logits.tolist()[0], learned)  # tolist: the host copy (synchronises)
-            if leave:  # always at the last exit (its threshold is -inf)
-                break
-            previous = logits
-        return label, k, score
+        leaves = decider.leaves
+        taken: list[list[tuple[int, list[float], float | None]]] = [[] for _ in range(last + 1)]
+        for i in range(xs.shape[0]):
+            h = xs[i:i + 1].to(self.device, dtype=self._dtype, non_blocking=True)
+            previous: torch.Tensor | None = None
+            for k in range(last + 1):
+                h, logits, failure = self.model.exit_step(k, h, previous)
+                row = logits.tolist()[0]  # the host copy (synchronises)
+                learned = None if failure is None else torch.sigmoid(failure.float()).item()
+                if k == last or leaves(k, row, learned):
+                    break
+                previous = logits
+            taken[k].append((i, row, learned))
+        for k, samples in enumerate(taken):
+            if samples:
+                index, rows, learned = zip(*samples)
+                index = np.asarray(index)
+                learned = None if learned[0] is None else np.asarray(learned)
+                predicted, score, leave = decider(k, np.asarray(rows), learned)
+                assert leave.all(), "ExitDecider.leaves disagrees with the batch path"
+                labels[index], exits[index], scores[index] = predicted, k, score
 
     def _predict_batch(self, xb: torch.Tensor, labels: np.ndarray, exits: np.ndarray, scores: np.ndarray,
                        decider: ExitDecider) -> None:

@@ -198,41 +198,39 @@ def test_exit_by_exit_decisions_with_compaction_equal_decide(pair, score, calibr
     assert np.all(np.bincount(exits, minlength=4) > 0)
 
 
-def _decide_one_by_one(decider: ExitDecider, outputs: ExitOutputs) -> np.ndarray:
-    """[3, N]: prediction, exit and score of each sample, `decide_one` exit by exit (the predictor at batch 1)."""
-    got = np.full((3, outputs.num_samples), -1.0)
+def _exits_one_by_one(decider: ExitDecider, outputs: ExitOutputs) -> np.ndarray:
+    """int [N]: each sample's exit from `leaves`, exit by exit (the predictor at batch 1)."""
+    exits = np.full(outputs.num_samples, outputs.num_exits - 1)
     for n in range(outputs.num_samples):
-        for k in range(outputs.num_exits):
+        for k in range(outputs.num_exits - 1):
             learned = float(outputs.scores[k, n]) if outputs.scores is not None else None
-            pred, score, leave = decider.decide_one(k, outputs.logits[k, n].tolist(), learned)
-            assert type(pred) is int and type(score) is float and type(leave) is bool
-            if leave:
+            leaves = decider.leaves(k, outputs.logits[k, n].tolist(), learned)
+            assert type(leaves) is bool
+            if leaves:
+                exits[n] = k
                 break
-        got[:, n] = pred, k, score
-    return got
+    return exits
 
 
 @pytest.mark.parametrize("calibrator", ["none", *list_calibrators()])
 @pytest.mark.parametrize("score", list_scores())
-def test_one_sample_decisions_equal_decide(pair, score, calibrator):
-    """`ExitDecider.decide_one` gives `decide`'s answer bit for bit, sample by sample: on Python floats where the
-    policy allows it (msp and learned; no calibrator, temperature or vector scaling), else through the batch path."""
+def test_one_sample_exits_equal_decide(pair, score, calibrator):
+    """`ExitDecider.leaves` sends each sample out where `decide` does: on Python floats where the policy allows it
+    (msp and learned; no calibrator, temperature or vector scaling), else through the batch path."""
     val, test = pair
     policy = _policy(val, test, score, calibrator)
-    test = test.subset(np.arange(200))  # the lean path is exact on 10,000 rows per case; 200 keep the test short
-    predictions, exits, scores = policy.decide(test)
-    got = _decide_one_by_one(ExitDecider(policy), test)
-    np.testing.assert_array_equal(got[0], predictions)
-    np.testing.assert_array_equal(got[1], exits)
-    np.testing.assert_array_equal(got[2], scores)
-    assert (ExitDecider(policy)._lean is not None) == (score in ("msp", "learned")
-                                                       and calibrator in ("none", "temperature", "vector"))
+    test = test.subset(np.arange(200))  # keeps the test short
+    _, exits, _ = policy.decide(test)
+    decider = ExitDecider(policy)
+    np.testing.assert_array_equal(_exits_one_by_one(decider, test), exits)
+    assert (decider._lean is not None) == (score in ("msp", "learned")
+                                           and calibrator in ("none", "temperature", "vector"))
 
 
 @pytest.mark.parametrize("classes", [2, 3, 100, ONE_ROW_MAX_CLASSES, ONE_ROW_MAX_CLASSES + 1])
 @pytest.mark.parametrize("calibrator", ["none", "temperature"])
-def test_one_sample_msp_is_exact_for_any_number_of_classes_and_ties(classes, calibrator):
-    """The lean msp replays `row_sum`'s fixed-point cut for any C (its bits shrink with C) and keeps ties: rows
+def test_one_sample_msp_exits_for_any_number_of_classes_and_ties(classes, calibrator):
+    """The msp decision on Python floats for any C up to the limit (and past it, through the batch path): rows
     spanning tiny to large logit scales, rows with tied top classes and permuted copies of rows."""
     rng = np.random.default_rng(classes)
     n = 120
@@ -245,30 +243,45 @@ def test_one_sample_msp_is_exact_for_any_number_of_classes_and_ties(classes, cal
     policy = PolicyFile(score="msp", thresholds=(float(np.median(reference[0])),), costs=(1.0, 2.0),
                         cost_unit="flops", budget=None, calibrator=calibrator,
                         calibrator_state=cal.state_dict() if cal is not None else None)
-    predictions, exits, scores = policy.decide(outputs)
+    _, exits, _ = policy.decide(outputs)
     assert 0 < exits.sum() < n
-    got = _decide_one_by_one(ExitDecider(policy), outputs)
-    np.testing.assert_array_equal(got, np.stack([predictions, exits, scores]))
+    np.testing.assert_array_equal(_exits_one_by_one(ExitDecider(policy), outputs), exits)
+
+
+@pytest.mark.parametrize("calibrator", ["none", "temperature"])
+def test_one_sample_on_a_threshold_at_its_own_score(pair, calibrator):
+    """A threshold equal to a sample's msp, or one float below it, lets the sample out; one float above keeps it in,
+    as in `decide`: the `math.exp` msp never decides a sample this close to the threshold."""
+    val, test = pair
+    base = _policy(val, test, "msp", calibrator)
+    cal = base.build_calibrator()
+    reference = compute_score("msp", cal.apply(test) if cal is not None else test)[0]
+    for n in range(0, test.num_samples, 50):
+        for threshold, leaves in ((reference[n], True), (np.nextafter(reference[n], -1), True),
+                                  (np.nextafter(reference[n], 2), False)):
+            policy = dataclasses.replace(base, thresholds=(float(threshold), *base.thresholds[1:]))
+            assert (policy.decide(test.subset([n]))[1][0] == 0) == leaves
+            assert ExitDecider(policy).leaves(0, test.logits[0, n].tolist()) == leaves, (n, threshold)
 
 
 def test_one_sample_errors_are_the_batch_paths(pair):
-    """`decide_one` reports what the batch path reports: a NaN or inf at the network's exit, a learned score that
-    is missing, another number of classes than the calibrator's."""
+    """`leaves` reports what the batch path reports: a NaN or inf at the network's exit, a learned score that is
+    missing or NaN, another number of classes than the calibrator's."""
     val, test = pair
     row = test.logits[2, 0].tolist()
     for calibrator in ("none", "temperature"):
         decider = ExitDecider(_policy(val, test, "msp", calibrator))
         for bad, kind in ((math.nan, "NaN"), (math.inf, "inf"), (-math.inf, "inf")):
             with pytest.raises(ExitOutputsError, match=rf"network batch: logits contains {kind} \(exit 3, sample 0"):
-                decider.decide_one(2, row[:3] + [bad] + row[4:])
+                decider.leaves(2, row[:3] + [bad] + row[4:])
     with pytest.raises(ExitOutputsError, match="network batch: has 7 classes but calibrator 'temperature' was fitted "
                                                "on 6 classes"):
-        decider.decide_one(2, row + [0.0])
+        decider.leaves(2, row + [0.0])
     learned = ExitDecider(_policy(val, test, "learned", "none"))
     with pytest.raises(ExitOutputsError, match="score 'learned' needs a 'scores' array"):
-        learned.decide_one(0, row)
+        learned.leaves(0, row)
     with pytest.raises(ExitOutputsError, match=r"network batch: scores contains NaN \(exit 1, sample 0"):
-        learned.decide_one(0, row, math.nan)
+        learned.leaves(0, row, math.nan)
 
 
 @pytest.mark.parametrize("calibrator", ["none", "temperature"])
