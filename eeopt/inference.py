@@ -132,8 +132,7 @@ class EarlyExitPredictor:
         last = self.model.num_exits - 1
         leaves = decider.leaves
         taken: list[list[tuple[int, list[float], float | None]]] = [[] for _ in range(last + 1)]
-        for i in range(xs.shape[0]):
-            h = xs[i:i + 1].to(self.device, dtype=self._dtype, non_blocking=True)
+        for i, h in enumerate(xs.to(self.device, dtype=self._dtype, non_blocking=True).split(1)):
             previous: torch.Tensor | None = None
             for k in range(last + 1):
                 h, logits, failure = self.model.exit_step(k, h, previous)
