@@ -155,22 +155,30 @@ def _draw(ax, lines, points, chosen_on: str, labels: bool) -> None:
                label=f"last exit only (exit {len(x)}, no early exit)" if labels else None)
 
 
-#: Where an inset may go, in axes fractions [x0, y0, width, height]: below the curves on the right, or above them on
-#: the left (the curves rise from the left); the one that hides fewer drawn points is taken.
-_INSET_PLACES = ([0.56, 0.05, 0.42, 0.36], [0.06, 0.56, 0.40, 0.34])
+#: Where an inset may go, in axes fractions [x0, y0, width, height]: below the curves on the right (wide, then
+#: narrower), or above them on the left (the curves rise from the left); the one that hides least is taken.
+_INSET_PLACES = ([0.56, 0.05, 0.42, 0.36], [0.66, 0.04, 0.33, 0.32], [0.06, 0.56, 0.40, 0.34])
 
 
 def _inset(ax, lines, points, full: tuple[float, float], fitted: tuple[float, float]) -> None:
-    """The whole curves, small, where they hide the fewest of the main plot's points, with the fitted range
-    shaded."""
+    """The whole curves, small, where they hide the least of the main plot (a marked point, such as an exit or a
+    budget's choice, weighs as much as ten points of a curve), with the fitted range shaded."""
     (x0, x1), (y0, y1) = ax.get_xlim(), fitted
-    xs = np.concatenate([np.ravel(x) for x, _, _ in lines] + [p[0] for p in points.values()])
-    ys = np.concatenate([np.ravel(y) for _, y, _ in lines] + [p[1] for p in points.values()])
-    fx, fy = (xs - x0) / (x1 - x0), (ys - y0) / (y1 - y0)
+
+    def fractions(xs, ys):
+        xs, ys = np.concatenate([np.ravel(x) for x in xs] or [[]]), np.concatenate([np.ravel(y) for y in ys] or [[]])
+        return (xs - x0) / (x1 - x0), (ys - y0) / (y1 - y0)
+
+    curve = fractions([x for x, _, _ in lines], [y for _, y, _ in lines])
+    marked = fractions([p[0] for p in points.values()], [p[1] for p in points.values()])
 
     def hidden(place) -> int:  # the title above the box counts as covered too
         left, bottom, width, height = place
-        return int(np.sum((fx >= left) & (fx <= left + width) & (fy >= bottom) & (fy <= bottom + height + 0.05)))
+
+        def inside(fx, fy):
+            return int(np.sum((fx >= left) & (fx <= left + width) & (fy >= bottom) & (fy <= bottom + height + 0.05)))
+
+        return inside(*curve) + 10 * inside(*marked)
 
     inset = ax.inset_axes(min(_INSET_PLACES, key=hidden))
     _draw(inset, lines, points, "", labels=False)
