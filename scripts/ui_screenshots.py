@@ -59,9 +59,9 @@ def shots(mlflow_url: str, dashboard_url: str, out: Path, objective: str, study:
         # the trials view: trials only, sorted by the objective, sampled values under their whole names
         {"url": mlflow_url, "out": str(out / "mlflow_runs.png"), "waitFor": "trial-", "closeAssistant": True},
         # the charts: the objective against each sampled value, then the proxies against efficiency
-        {"url": charts, "out": str(out / "mlflow_charts.png"), "waitFor": "against", "closeAssistant": True,
+        {"url": charts, "out": str(out / "mlflow_charts.png"), "waitFor": " vs. ", "closeAssistant": True,
          "height": 1400},
-        {"url": charts, "out": str(out / "mlflow_charts_plots.png"), "waitFor": "against", "closeAssistant": True,
+        {"url": charts, "out": str(out / "mlflow_charts_plots.png"), "waitFor": " vs. ", "closeAssistant": True,
          "scrollTo": "plots (trials side by side", "height": 1400},
         # a trial's page: its description starts with the objective and the headline numbers
         {"url": f"{base}#/experiments/{experiment}/runs/{best['run_id']}?workflowType=machine_learning",
