@@ -52,6 +52,7 @@ class Column:
     group: str | None = None
     wrap: bool = False
     style: str | None = None
+    label: str = ""  # the column's name on one line, for a transposed view (default: the header's lines)
 
 
 def fitted(columns: list[Column], width: int, *, title: str = "", sections: set[int] = frozenset(),
@@ -104,11 +105,27 @@ def _min_width(columns: list[Column]) -> int:
     return sum(widths) + 2 * len(widths) + len(widths) + 1
 
 
+def transposed(columns: list[Column], names: list[str]) -> list[Column]:
+    """The table turned: a row per column (named by its `label`), a column per row (headed by `names`)."""
+    body = [c for c in columns[1:]]
+    labels = [c.label or " ".join(c.header.split("\n")) for c in body]
+    return [Column("", labels, justify="left", key=True),
+            *(Column(name, [c.cells[i] for c in body]) for i, name in enumerate(names))]
+
+
 def print_fitted(columns: list[Column], *, title: str = "", sections: set[int] = frozenset(),
-                 notes: list[str] = (), out: Console | None = None) -> None:
-    """Print `fitted` tables at the console's width, then `notes` (plain text, wrapped at word boundaries)."""
+                 notes: list[str] = (), out: Console | None = None, turned: list[str] | None = None) -> None:
+    """Print `fitted` tables at the console's width, then `notes` (plain text, wrapped at word boundaries).
+
+    `turned`: the rows' names for a transposed view, printed instead when the table would take more than two parts
+    and, turned, fits in one (a few trials with many columns, on a narrow terminal)."""
     out = out or console()
-    for table in fitted(columns, out.width, title=title, sections=sections):
+    tables = fitted(columns, out.width, title=title, sections=sections)
+    if turned is not None and len(tables) > 2:
+        turned_tables = fitted(transposed(columns, turned), out.width, title=title)
+        if len(turned_tables) == 1:
+            tables = turned_tables
+    for table in tables:
         out.print(table)
     for note in notes:
         out.print(note, markup=False)  # plain text: an error's "[Errno 2]" stays as it is
@@ -298,16 +315,17 @@ def _print_trials(rows, objectives, best, run_ids: bool, out: Console) -> None:
     title = f"trials ({'★ best; ' if starred else ''}test metrics are held out, never steer the search)"
     columns = [Column("trial", [f"{'★ ' if r['number'] in starred else ''}{r['number']}" for r in rows], key=True),
                Column("state", [r["state"] for r in rows], justify="left", key=True)]
-    columns += [Column(header(f"objective/{name}".removeprefix("objective/"), "↑" if _higher(name) else "↓"),
-                       [fmt(r.get(f"objective/{name}")) for r in rows], key=True, style="bold") for name in objectives]
+    columns += [Column(header(name, "↑" if _higher(name) else "↓"), [fmt(r.get(f"objective/{name}")) for r in rows],
+                       key=True, style="bold", label=f"{name} {'↑' if _higher(name) else '↓'}") for name in objectives]
     columns.append(Column("time", [_duration(r.get("duration_s")) for r in rows]))
     if run_ids:
         columns.append(Column("mlflow_run_id", [r.get("mlflow_run_id") or "-" for r in rows], justify="left"))
     columns += [Column(short[k], [_param(r.get(k)) for r in rows]) for k in params]
     columns += [Column(header(k, _arrow(k), _STATUS_FAMILY.get(metric_of(k).group, "")),
-                       [fmt(r.get(k)) for r in rows]) for k in metrics]
+                       [fmt(r.get(k)) for r in rows], label=f"{k} {_arrow(k)}") for k in metrics]
     notes = [f"trial {r['number']} ({r['state']}): {_first_lines(r['error'])}" for r in rows if r.get("error")]
-    print_fitted(columns, title=title, notes=notes, out=out)
+    names = [f"{'★ ' if r['number'] in starred else ''}trial {r['number']}" for r in rows]
+    print_fitted(columns, title=title, notes=notes, out=out, turned=names)
 
 
 def _first_lines(text: str, lines: int = 3, chars: int = 400) -> str:

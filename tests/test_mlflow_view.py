@@ -142,7 +142,7 @@ def ray_local():
 
 
 @pytest.mark.slow
-def test_a_study_reads_well_in_mlflow_and_optuna(tmp_path, ray_local, capsys):
+def test_a_study_reads_well_in_mlflow_and_optuna(tmp_path, ray_local, capsys, monkeypatch):
     import mlflow
 
     from eeopt.study.progress import Reporter
@@ -200,6 +200,7 @@ def test_a_study_reads_well_in_mlflow_and_optuna(tmp_path, ray_local, capsys):
     from eeopt.cli import main
 
     capsys.readouterr()
+    monkeypatch.setenv("COLUMNS", "200")  # one row per trial (a narrow terminal may get the table turned)
     assert main(["study", "status", str(path)]) == 0
     status = capsys.readouterr().out
     # headers on short lines (family, key prefix, metric and direction) so the table fits 80 columns

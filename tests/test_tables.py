@@ -200,6 +200,29 @@ def _check_snapshot(name: str, text: str) -> None:
                               f"intended change):\n{text}")
 
 
+def test_a_few_trials_with_many_columns_are_turned_to_fit(store, monkeypatch, capsys):
+    """Three trials whose columns would take more than two tables at 80 columns: one table, a row per column and a
+    column per trial, every value whole; at 200 columns, the usual table."""
+    from eeopt import display
+    from eeopt.study import Study
+
+    study = Study.from_yaml(store[1])
+    rows = study.trial_rows()[:3]
+    monkeypatch.setenv("COLUMNS", "80")
+    capsys.readouterr()
+    display.print_trials(rows, study.objectives, {1})
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert max(len(line.rstrip()) for line in lines) <= 80 and "…" not in out and "(continued)" not in out
+    assert re.search(r"┃\s+┃\s+trial 0 ┃\s+★ trial 1 ┃\s+trial 2 ┃", out)
+    for row in rows:
+        assert all(display._param(v) in out for k, v in row.items() if k.startswith("param/"))
+    assert re.search(r"│ test/mean/ece ↓\s+│", out) and re.search(r"│ val/acc_cost_auc ↑\s+│", out)
+    monkeypatch.setenv("COLUMNS", "200")
+    display.print_trials(rows, study.objectives, {1})
+    assert re.search(r"│\s+★ 1 │ COMPLETE", capsys.readouterr().out)
+
+
 def test_study_analyze_reads_every_metric_from_the_lighter_runs(store, capsys):
     """The trial runs hold a selection of the metrics (every compared calibrator's and score's variants are only in
     metrics.json); study analyze gives the same analysis as on the runs that held everything: the one computed
