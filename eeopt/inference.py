@@ -115,11 +115,11 @@ class EarlyExitPredictor:
         exits = np.zeros(n, dtype=np.int64)
         scores = np.zeros(n, dtype=np.float64)
         decider = self.decider  # read once per call, so a caller may wrap it (benchmarks/bench_inference.py does)
-        step = SINGLES_PER_RECORD if batch_size == 1 else batch_size
+        run, step = ((self._predict_singles, SINGLES_PER_RECORD) if batch_size == 1
+                     else (self._predict_batch, batch_size))
         with torch.inference_mode():
             for start in range(0, n, step):
                 stop = min(start + step, n)
-                run = self._predict_singles if batch_size == 1 else self._predict_batch
                 run(x[start:stop], labels[start:stop], exits[start:stop], scores[start:stop], decider)
         return Prediction(labels, exits, scores)
 

@@ -217,7 +217,7 @@ class ExitDecider:
     allows it: the msp or learned score, without a calibrator or with temperature or vector scaling, at most
     `ONE_ROW_MAX_CLASSES` classes. At batch 1 each NumPy call costs more than its arithmetic (a few microseconds,
     several times that right after a network stage), and the decision needs none: the msp from `math.exp` is within
-    1e-12 of `decide`'s, so only a sample within 1e-9 of the threshold needs the batch path. The predictions and
+    1e-13 of `decide`'s, so only a sample within 1e-9 of the threshold needs the batch path. The predictions and
     scores of the samples that left are then computed by the batch path, many samples at once.
     """
 
@@ -307,9 +307,10 @@ class ExitDecider:
 ONE_ROW_MAX_CLASSES = 128
 
 #: How far (relative) the msp from `math.exp` and a float sum must lie from the threshold for `ExitDecider.leaves` to
-#: decide on it. `decide`'s msp is 1 / S with S the order-free `row_sum` of NumPy's exp(z - max): the two exps lie
-#: within an ulp or two of exp, and the float sum and `row_sum`'s fixed-point cut within (C + 4) * 2^-51 of the exact
-#: sum (>= 1), so for C <= ONE_ROW_MAX_CLASSES the two msps differ by under 1e-12 (relative), far inside this margin.
+#: decide on it. `decide`'s msp is 1 / S with S the order-free `row_sum` of NumPy's exp(z - max) (>= 1): the two exps
+#: lie within an ulp or two of exp, the float sum within C * 2^-53 of S (relative), `row_sum`'s fixed-point cut within
+#: C * 2^-51 (absolute), so for C <= ONE_ROW_MAX_CLASSES the two msps differ by under 1e-13 (relative), far inside
+#: this margin.
 _MSP_MARGIN = 1e-9
 
 
