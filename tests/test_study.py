@@ -56,7 +56,9 @@ def _mlflow_runs(study: Study):
 
 
 def test_study_runs_then_continues(tmp_path, ray_local, capsys):
-    path = _write(tmp_path, BASE)
+    # With a certified policy per trial (policy.risk_control): checked against the trial's files below.
+    risk_control = {"risk": "performance-gap", "epsilon": 0.1, "delta": 0.1, "calibration_share": 0.5}
+    path = _write(tmp_path, {**BASE, "policy": {**BASE["policy"], "risk_control": risk_control}})
     study = Study.from_yaml(path)
     summary = study.run(progress=False)
     assert summary.completed == 2 and summary.failed == 0 and summary.running == 0
@@ -85,6 +87,23 @@ def test_study_runs_then_continues(tmp_path, ray_local, capsys):
         assert optuna_trial.values[0] == pytest.approx(metrics["val/acc_cost_auc"])
         last = f"test/exit{max(int(k.split('/')[1][4:]) for k in metrics if k.startswith('test/exit'))}/accuracy"
         assert optuna_trial.user_attrs[last] == pytest.approx(metrics[last])  # the headline test numbers
+    # Each trial's certified policy: its logged test risk is the risk recomputed from its test.npz and
+    # policies/certified.json (the file the study wrote and logged).
+    from eeopt.outputs import ExitOutputs
+    from eeopt.policy_file import PolicyFile
+    from eeopt.risk_control import exit_losses
+
+    for child in children:
+        folder = study.runs_dir / f"trial-{child.data.tags['optuna.trial_number']}"
+        policy = PolicyFile.load(folder / "policies" / "certified.json")
+        test = ExitOutputs.load(folder / "test.npz")
+        _, exits, _ = policy.decide(test)
+        calibrator = policy.build_calibrator()  # None: the study calibrates nothing
+        losses = exit_losses("performance-gap", calibrator.apply(test) if calibrator else test)
+        risk = losses[exits, np.arange(test.num_samples)].mean()
+        assert child.data.metrics["test/certified/risk"] == pytest.approx(risk, abs=1e-12)
+        assert policy.certification["epsilon"] == 0.1 and "val/certified/mean_cost" in child.data.metrics
+
     # What reproducing a run needs is on every trial's run and on the study's (issue: reproducible results): the
     # versions, the commit, the CPU and the thread count the trial trained with.
     import torch
