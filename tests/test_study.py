@@ -58,7 +58,9 @@ def _mlflow_runs(study: Study):
 def test_study_runs_then_continues(tmp_path, ray_local, capsys):
     # With a certified policy per trial (policy.risk_control): checked against the trial's files below.
     risk_control = {"risk": "performance-gap", "epsilon": 0.1, "delta": 0.1, "calibration_share": 0.5}
-    path = _write(tmp_path, {**BASE, "policy": {**BASE["policy"], "risk_control": risk_control}})
+    # calibration.compare: the temperature variant's per-exit metrics are in metrics.json, not in the MLflow run.
+    path = _write(tmp_path, {**BASE, "policy": {**BASE["policy"], "risk_control": risk_control},
+                             "calibration": {"compare": ["none", "temperature"]}})
     study = Study.from_yaml(path)
     summary = study.run(progress=False)
     assert summary.completed == 2 and summary.failed == 0 and summary.running == 0
@@ -134,6 +136,10 @@ def test_study_runs_then_continues(tmp_path, ray_local, capsys):
     assert main(["study", "export", str(path), "--format", "json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert len(rows) == 3 and all(r["mlflow_run_id"] and "test/acc_at_50" in r for r in rows)
+    # every val/test metric the trial computed (metrics.json), not only those its MLflow run holds
+    stored = json.loads((study.runs_dir / f"trial-{rows[0]['number']}" / "metrics.json").read_text())
+    assert "val/calib/temperature/exit1/ece" in stored
+    assert {k for k in stored if k.startswith(("val/", "test/"))} <= set(rows[0])
     assert main(["study", "list", "--storage", study.storage_url, "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
     assert listed[0]["name"] == "tiny" and listed[0]["complete"] == 3

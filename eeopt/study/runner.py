@@ -268,7 +268,8 @@ class Study:
             if run_id:
                 with storage_mod.translate_errors(self.tracking_uri, what="MLflow tracking store"):
                     run = mlflow_client.get_run(run_id)
-                row.update({k: v for k, v in sorted(run.data.metrics.items()) if k.startswith(("val/", "test/"))})
+                    metrics = tracking.trial_metrics(mlflow_client, run)  # every metric, not the run's selection
+                row.update({k: v for k, v in sorted(metrics.items()) if k.startswith(("val/", "test/"))})
             rows.append(row)
         return rows
 
