@@ -74,9 +74,15 @@ def client(tracking_uri: str):
 
 
 def prepare_store(tracking_uri: str) -> None:
-    """Create and migrate a SQLite MLflow store once, however many processes start together: under a lock file,
-    in WAL mode (MLflow's own first-use creation races: "duplicate column name")."""
-    with creation_lock(tracking_uri), translate_errors(tracking_uri, what="MLflow tracking store"):
+    """Create and migrate an MLflow store once, however many processes start together on a new database: under
+    `creation_lock` (a lock file for SQLite, in WAL mode; an advisory lock for PostgreSQL), since MLflow's own
+    first-use creation races ("duplicate column name", "duplicate key value violates unique constraint").
+
+    Raises:
+        StorageError: the tracking store cannot be used (the URI masked).
+    """
+    what = "MLflow tracking store"
+    with creation_lock(tracking_uri, what=what), translate_errors(tracking_uri, what=what):
         if tracking_uri.startswith("sqlite:"):
             use_wal(tracking_uri)
         client(tracking_uri).search_experiments(max_results=1)
@@ -268,7 +274,8 @@ class StudyRuns:
         experiment's runs-page view.
 
         Several workers starting together may race to create the store or the experiment: a SQLite store is
-        created under a lock (`prepare_store`), the experiment is looked up again when another created it first.
+        created under a lock (`prepare_store`; SQLite and PostgreSQL), the experiment is looked up again when another
+        created it first.
 
         Raises:
             StorageError: the tracking store cannot be used (the URI masked).
