@@ -92,3 +92,34 @@ def test_workers_at_one_instant_create_both_stores_on_fresh_postgresql(tmp_path,
 
     assert [s.study_name for s in optuna.get_all_study_summaries(
         optuna.storages.RDBStorage(storage_url.replace("postgresql://", "postgresql+psycopg://")))] == ["race"]
+
+
+def test_creation_lock_is_a_postgresql_advisory_lock_and_names_the_store(own_postgres):
+    """While `creation_lock` is held, another session cannot take the same advisory lock (`pg_try_advisory_lock`
+    on `CREATION_LOCK_KEY` says taken), and it is free once the block ends; a database that is not there is one
+    `StorageError` line naming the store, without the password."""
+    import psycopg
+
+    from eeopt.errors import StorageError
+    from eeopt.study.locks import CREATION_LOCK_KEY, creation_lock
+
+    url = own_postgres.create_database(f"lk{uuid.uuid4().hex[:10]}")
+
+    def free() -> bool:
+        with psycopg.connect(url, autocommit=True) as conn:
+            taken = conn.execute("SELECT pg_try_advisory_lock(%s, %s)", CREATION_LOCK_KEY).fetchone()[0]
+            if taken:
+                conn.execute("SELECT pg_advisory_unlock(%s, %s)", CREATION_LOCK_KEY)
+            return taken
+
+    with creation_lock(url):
+        assert not free()
+    assert free()
+
+    missing = own_postgres.url("no_such_database")
+    with pytest.raises(StorageError) as info:
+        with creation_lock(missing, what="MLflow tracking store"):
+            pass
+    text = str(info.value)
+    assert text.startswith("MLflow tracking store postgresql://eeopt:***@") and "no_such_database" in text
+    assert own_postgres.password not in text and "\n" not in text

@@ -9,8 +9,8 @@ Nothing here writes unless its name says so: `has_optuna_schema` and `check_stor
 and a connect with a short timeout), so read-only commands and the checks before a run leave no file behind.
 
 Several processes may share a store: connection pools are small and bounded, SQLite files run in WAL mode with a
-busy timeout, the first creation of a SQLite MLflow store is serialised by a lock file (`creation_lock`), and
-`retrying` rides out a database that restarts or fails over.
+busy timeout, the first creation of an MLflow store is serialised (`locks.creation_lock`: a lock file on SQLite,
+an advisory lock on PostgreSQL), and `retrying` rides out a database that restarts or fails over.
 """
 
 from __future__ import annotations
