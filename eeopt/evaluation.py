@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from eeopt.files import jsonable
 from eeopt.metrics.calibration import calibration_metrics
 from eeopt.metrics.efficiency import BudgetChoice, Frontier, SweepCurve, frontier, sweep_efficiency, thin_frontier
 from eeopt.metrics.failure import failure_metrics
@@ -180,21 +181,3 @@ def _kendall_tau(split: PreparedSplit) -> np.ndarray | None:
     from eeopt.calibration import kendall_tau
 
     return kendall_tau(split.raw_scores, split.scores)
-
-
-def jsonable(value: Any) -> Any:
-    """Recursively convert NumPy scalars/arrays to Python and NaN/inf floats to None, for strict JSON."""
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return jsonable(value.tolist())
-    if isinstance(value, (np.floating, float)):
-        value = float(value)
-        return value if math.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.bool_):
-        return bool(value)
-    return value

@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from eeopt.errors import ConfigError
+from eeopt.files import jsonable
 from eeopt.metrics.checks import check_exit_arrays
 
 #: Working arrays of one chunk of policies: [policies, words] uint64, sized to stay in a core's L2 cache.
@@ -369,10 +370,8 @@ def _check_scores_thresholds(scores, thresholds) -> tuple[np.ndarray, np.ndarray
 
 
 def float_to_json(value: float) -> float | str:
-    """A float for JSON: infinities as the strings "inf" / "-inf" (strict JSON has none)."""
-    if math.isinf(value):
-        return "inf" if value > 0 else "-inf"
-    return float(value)
+    """A threshold for JSON: infinities as the strings "inf" / "-inf" (`eeopt.files.jsonable`)."""
+    return jsonable(float(value), infinity_as_string=True)
 
 
 def _float_from_json(value, where: str) -> float:

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from eeopt.errors import ConfigError, EeoptError
+from eeopt.files import atomic_write_text, jsonable
 from eeopt.outputs import ExitOutputs
 from eeopt.policies import float_to_json, threshold_exits
 from eeopt.scores import SCORES, compute_score, create_score
@@ -105,23 +106,16 @@ class PolicyFile:
             "cost_unit": self.cost_unit,
             "budget": self.budget,
             "calibrator": self.calibrator,
-            "calibrator_state": _jsonable(self.calibrator_state),
-            "chosen_on": _jsonable(self.chosen_on),
-            "report": _jsonable(self.report),
-            "source": _jsonable(self.source),
-            "certification": _jsonable(self.certification),
+            "calibrator_state": jsonable(self.calibrator_state),
+            "chosen_on": jsonable(self.chosen_on),
+            "report": jsonable(self.report),
+            "source": jsonable(self.source),
+            "certification": jsonable(self.certification),
         }
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the policy as JSON (atomically: a temporary file renamed over `path`)."""
-        path = Path(path)
-        text = json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n"
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        try:
-            tmp.write_text(text)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n")
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "policy") -> PolicyFile:
@@ -421,7 +415,7 @@ def _check_certification(record: Any, where: str) -> dict | None:
     n = record["n"]
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise PolicyFileError(f"{where}: certification.n: expected a number of samples >= 1, got {n!r}")
-    return json.loads(json.dumps(_jsonable(record)))  # a plain, private copy
+    return json.loads(json.dumps(jsonable(record)))  # a plain, private copy
 
 
 def _check_calibrator(name: Any, state: Any, k: int, where: str) -> dict | None:
@@ -473,18 +467,3 @@ def _floats(value: Any, name: str, where: str) -> tuple[float, ...]:
 
 def _reject_constant(name: str) -> float:
     raise ValueError(f"{name} is not JSON (write infinities as \"inf\" / \"-inf\")")
-
-
-def _jsonable(value: Any) -> Any:
-    """Plain JSON values: NumPy to Python, NaN and infinities to null."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, np.ndarray)):
-        return [_jsonable(v) for v in (value.tolist() if isinstance(value, np.ndarray) else value)]
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.bool_):
-        return bool(value)
-    return value

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from eeopt.errors import AnalysisError
+from eeopt.files import jsonable
 from eeopt.names import EXIT_METRIC_NAMES, Key, exit_key, parse_key
 
 #: Families of exit metrics that are proxies for efficiency.
@@ -44,11 +45,8 @@ class Point:
 
 
 def json_float(value: float | None) -> float | None:
-    """`value` as a float, None where it is NaN, infinite or None (JSON has no NaN)."""
-    if value is None:
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
+    """`value` as a float, None where it is NaN, infinite or None (JSON has no NaN; `eeopt.files.jsonable`)."""
+    return None if value is None else jsonable(float(value))
 
 
 def as_float(value: Any) -> float:

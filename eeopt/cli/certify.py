@@ -57,7 +57,7 @@ def exits_certify(
                   **({"trials": trials, "sampler": sampler} if per_exit else {})}
         report.policy_file(source=source, calibration_source=str(fit_on)).save(policy_out)
     if as_json:
-        from eeopt.evaluation import jsonable
+        from eeopt.files import jsonable
 
         typer.echo(json.dumps(jsonable(report.to_dict()), indent=1))
         return

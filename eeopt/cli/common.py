@@ -24,28 +24,18 @@ SetOpt = Annotated[
 StudyArg = Annotated[Path, typer.Argument(help="Study file (YAML).")]
 
 
-def check_output_file(path: Path, option: str) -> None:
-    """Before any work: `path` can be written as a file (its folder exists, and it is not a folder itself)."""
-    from eeopt.errors import ConfigError
+def check_output_file(path: Path, option: str, inputs: tuple = ()) -> Path:
+    """Before any work: `path` can be written as a file and is none of the command's `inputs` (`eeopt.files`)."""
+    from eeopt.files import check_output_path
 
-    if path.is_dir():
-        raise ConfigError(f"{option} {path}: is a directory; give a file name")
-    parent = path.parent
-    if not parent.exists():
-        raise ConfigError(f"{option} {path}: no such directory {parent} (create it first)")
-    if not parent.is_dir():
-        raise ConfigError(f"{option} {path}: {parent} is not a directory")
+    return check_output_path(path, what=option, inputs=inputs)
 
 
-def check_output_dir(path: Path, option: str) -> None:
-    """Before any work: `path` is a folder or can be created as one (no file is in the way)."""
-    from eeopt.errors import ConfigError
+def check_output_dir(path: Path, option: str, inputs: tuple = ()) -> Path:
+    """Before any work: `path` is a folder, or can be created as one, where new files can be written."""
+    from eeopt.files import check_output_path
 
-    for part in (path, *path.parents):
-        if part.exists():
-            if not part.is_dir():
-                raise ConfigError(f"{option} {path}: {part} exists and is not a directory")
-            return
+    return check_output_path(path, what=option, inputs=inputs, folder=True)
 
 
 # ------------------------------------------------------------------------------------------------------ entry

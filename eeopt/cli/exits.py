@@ -32,7 +32,7 @@ def exits_evaluate(
 ) -> None:
     """Per-exit calibration and failure-prediction metrics, and global-threshold efficiency."""
     if plots is not None:
-        check_output_dir(plots, "--plots")
+        check_output_dir(plots, "--plots", inputs=(outputs, fit_on))
     from eeopt.evaluation import evaluate_exits
     from eeopt.outputs import ExitOutputs
 
@@ -92,15 +92,15 @@ def exits_search(
     if sampler not in ("nsga2", "tpe"):
         raise ConfigError(f"--sampler: expected nsga2 or tpe, got {sampler!r}")
     if save_policy is not None:
-        check_output_file(save_policy, "--save-policy")
+        check_output_file(save_policy, "--save-policy", inputs=(fit_on, evaluate_on))
     if budget is not None and policy_out is None:
         raise ConfigError("--budget: only with --policy-out FILE (it picks the policy written there)")
     if budget is not None and not 0 < budget <= 1:
         raise ConfigError(f"--budget: expected a share of the last exit's cost in (0, 1] (0.5 for 50 %), "
                           f"got {budget}")
     if policy_out is not None:
-        check_output_file(policy_out, "--policy-out")
-    from eeopt.evaluation import jsonable
+        check_output_file(policy_out, "--policy-out", inputs=(fit_on, evaluate_on, save_policy))
+    from eeopt.files import atomic_write_text, jsonable
     from eeopt.outputs import ExitOutputs, check_compatible
     from eeopt.prepared import fit_calibrator, prepare_pair
     from eeopt.search import search_policies
@@ -118,7 +118,7 @@ def exits_search(
                   "seed": seed}
         policy_from_search(search, budget, calibrator=calibrator, source=source).save(policy_out)
     if save_policy is not None:
-        save_policy.write_text(json.dumps(jsonable(summary["policies"]), indent=2))
+        atomic_write_text(save_policy, json.dumps(jsonable(summary["policies"]), indent=2))
     if as_json:
         typer.echo(json.dumps(jsonable(summary), indent=1))
         return
@@ -191,11 +191,12 @@ def exits_synthesize(
 ) -> None:
     """Write synthetic exit outputs (later exits cost more and predict better) to try the tools without a model."""
     check_output_dir(output_dir, "OUTPUT_DIR")
+    from eeopt.files import atomic_write
     from eeopt.synthetic import synthetic_exit_outputs
 
     for offset, split in enumerate(("val", "test")):
         out = synthetic_exit_outputs(exits, samples, classes, seed=seed * 2 + offset)
-        path = out.save(output_dir / f"{split}.npz")
+        path = atomic_write(output_dir / f"{split}.npz", out.save)
         typer.echo(f"wrote {path} ({exits} exits, {samples} samples, accuracy per exit "
                    f"{', '.join(f'{a:.3f}' for a in out.accuracy)})")
 

@@ -39,7 +39,7 @@ def predict_cmd(
     if split is not None and split not in ("val", "test"):
         raise ConfigError(f"--split: expected val or test, got {split!r}")
     if output is not None:
-        check_output_file(output, "--output")
+        check_output_file(output, "--output", inputs=(policy, input_file, *_model_files(model_dir)))
         if output.suffix != ".npz":
             raise ConfigError(f"--output {output}: expected a .npz file name")
     from eeopt.policy_file import PolicyFile
@@ -67,7 +67,7 @@ def predict_cmd(
     if loaded.report is not None and loaded.report.get("split") == split:
         summary["policy_file"] = {k: loaded.report.get(k) for k in ("accuracy", "mean_cost", "exit_shares")}
     if as_json:
-        from eeopt.evaluation import jsonable
+        from eeopt.files import jsonable
 
         typer.echo(json.dumps(jsonable(summary), indent=1))
         return
@@ -88,6 +88,8 @@ def profile_cmd(
     as_json: JsonFlag = False,
 ) -> None:
     """Measure the cumulative latency to each exit on this machine; store it in the exit outputs as latency_ms."""
+    if write and model_dir.is_dir():  # val.npz and test.npz are rewritten in place: the folder must take new files
+        check_output_file(model_dir / "val.npz", "MODEL_DIR (--write)")
     from eeopt.inference import profile_model_dir
 
     profile, written = profile_model_dir(model_dir, device=device, batch_size=batch_size, warmup=warmup,
@@ -121,11 +123,21 @@ def _read_inputs(path: Path):
     return array
 
 
+def _model_files(model_dir: Path) -> tuple[Path, ...]:
+    """The files of a model folder that predict and profile read (an output must not replace them)."""
+    return tuple(model_dir / name for name in ("model.pt", "val.npz", "test.npz"))
+
+
 def _write_prediction(path: Path, prediction) -> None:
     import numpy as np
 
-    with open(path, "wb") as fh:
-        np.savez(fh, predictions=prediction.labels, exits=prediction.exits, scores=prediction.scores)
+    from eeopt.files import atomic_write
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, predictions=prediction.labels, exits=prediction.exits, scores=prediction.scores)
+
+    atomic_write(path, write)
 
 
 def _print_summary(summary: dict, policy, policy_path: Path) -> None:

@@ -26,6 +26,8 @@ def study_run(
     from eeopt.study.progress import Reporter
 
     study = Study.from_yaml(study_file, overrides or [], trials=trials)
+    if not study.settings.ray.storage_path:  # trials write under runs_dir: refuse now, not after the first trial
+        check_output_dir(study.runs_dir, f"{study_file}: study.runs_dir")
     summary = study.run(progress=Reporter(started=STARTED))
     display.print_study_summary(summary, study)
     if summary.interrupted:
@@ -46,7 +48,7 @@ def study_status(study_file: StudyArg, overrides: SetOpt = None,
     if as_json:
         import dataclasses
 
-        from eeopt.evaluation import jsonable
+        from eeopt.files import jsonable
 
         typer.echo(json.dumps(jsonable({**dataclasses.asdict(summary), "trials": rows}), indent=2))
         return
@@ -106,7 +108,7 @@ def study_export(
     if fmt not in ("csv", "json", "table"):
         raise ConfigError(f"--format: expected csv, json or table, got {fmt!r}")
     if output is not None:
-        check_output_file(output, "--output")
+        check_output_file(output, "--output", inputs=(study_file,))
     from eeopt.study import Study
 
     study = Study.from_yaml(study_file, overrides or [])
@@ -121,7 +123,9 @@ def study_export(
     if output is None:
         typer.echo(text, nl=False if fmt == "csv" else True)
     else:
-        output.write_text(text)
+        from eeopt.files import atomic_write_text
+
+        atomic_write_text(output, text)
         typer.echo(f"wrote {len(rows)} trials to {output}", err=True)
 
 
@@ -139,7 +143,7 @@ def _export_policy(study_file: Path, overrides: list[str], policy: Optional[Path
         raise ConfigError("--policy: say which trial's policy: --best or --trial N (one of them)")
     if output is not None or fmt != "csv":
         raise ConfigError("--policy writes a policy file; --output and --format are for the trial rows")
-    check_output_file(policy, "--policy")
+    check_output_file(policy, "--policy", inputs=(study_file,))
     from eeopt.study import Study
 
     study = Study.from_yaml(study_file, overrides)
@@ -204,7 +208,7 @@ def _export_certified(study, trial: Optional[int], policy: Path) -> None:
 
 def _export_text(rows: list[dict], fmt: str) -> str:
     """JSON (NaN as null) or CSV (the union of the rows' columns in order; NaN and None as empty cells)."""
-    from eeopt.evaluation import jsonable
+    from eeopt.files import jsonable
 
     if fmt == "json":
         return json.dumps(jsonable(rows), indent=2)
@@ -246,7 +250,7 @@ def study_analyze(
     if split not in ("val", "test"):
         raise ConfigError(f"--split: expected val or test, got {split!r}")
     if output_dir is not None:
-        check_output_dir(output_dir, "--output-dir")
+        check_output_dir(output_dir, "--output-dir", inputs=(study_file,))
     import tempfile
 
     from eeopt.analysis import write_report

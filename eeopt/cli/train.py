@@ -68,6 +68,9 @@ def train_cmd(
     from eeopt.config import load_train_config
     from eeopt.training.checks import check_train_config
 
+    from eeopt.files import check_output_path
+
+    check_output_path(output_dir, what="--output-dir", inputs=(config,), folder=True)  # before any training
     cfg = load_train_config(config, overrides or [])
     check_train_config(cfg, source=str(config))
     from eeopt.training import train

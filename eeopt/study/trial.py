@@ -137,11 +137,12 @@ def run_trial(
         costs["latency_ms"] = profile.per_sample_ms
         val, test = (dataclasses.replace(o, latency_ms=profile.per_sample_ms) for o in (val, test))
         if output_dir is not None:
+            from eeopt.files import atomic_write_text
             from eeopt.training.checkpoint import atomic_save_outputs
 
             atomic_save_outputs(val, output_dir / "val.npz")
             atomic_save_outputs(test, output_dir / "test.npz")
-            (output_dir / LATENCY_FILE).write_text(json.dumps(profile.to_dict(), indent=1))
+            atomic_write_text(output_dir / LATENCY_FILE, json.dumps(profile.to_dict(), indent=1))
     unit = cfg.policy.cost_unit
     val, test = with_cost(val, unit), with_cost(test, unit)
     assessed_val, held_out = held_out_split(val, cfg)
@@ -154,11 +155,12 @@ def run_trial(
         result.certified = certify_trial(held_out, test, assessed_val, cfg, evaluation)
         metrics.update(certified_metrics(result.certified))
     if output_dir is not None:
-        from eeopt.evaluation import jsonable
+        from eeopt.files import atomic_write_text, jsonable
 
-        (output_dir / "metrics.json").write_text(json.dumps(jsonable(metrics), indent=1, sort_keys=True))
-        (output_dir / METRICS_TABLE).write_text(metrics_table(metrics))
-        (output_dir / "pareto.json").write_text(json.dumps(jsonable(evaluation.primary.search.to_dict()), indent=1))
+        atomic_write_text(output_dir / "metrics.json", json.dumps(jsonable(metrics), indent=1, sort_keys=True))
+        atomic_write_text(output_dir / METRICS_TABLE, metrics_table(metrics))
+        atomic_write_text(output_dir / "pareto.json", json.dumps(jsonable(evaluation.primary.search.to_dict()),
+                                                                  indent=1))
         result.policies = write_policies(result, {"model_dir": str(output_dir), **(source or {})})
     values = objective_values(result, objectives, objective)
     return result, values

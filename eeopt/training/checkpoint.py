@@ -1,7 +1,7 @@
 """Files a training run writes: atomic writes, random-number-generator state, resumable checkpoints, model.pt.
 
-Every file goes to a temporary name in the same folder first and is then renamed over the target (`os.replace`),
-so a run killed mid-write leaves either the old file or the new one, never half of one. Everything is loaded with
+Every file goes through `eeopt.files.atomic_write` (a temporary name in the same folder, then `os.replace`), so a
+run killed mid-write leaves either the old file or the new one, never half of one. Everything is loaded with
 `torch.load(weights_only=True)`: these files hold tensors, numbers, strings, lists and dicts only.
 """
 
@@ -20,58 +20,33 @@ import yaml
 
 from eeopt.config import TrainConfig
 from eeopt.errors import ConfigError
+from eeopt.files import atomic_write, atomic_write_bytes, atomic_write_text
 
 MODEL_FORMAT = "eeopt.model/1"
 CHECKPOINT_FORMAT = "eeopt.checkpoint/1"
 
 
 # ------------------------------------------------------------------------------------------------ atomic writes
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write `data` to `path` via a temporary file and `os.replace`; returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
-
-
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
+    """`torch.save(obj)` to `path` atomically (`eeopt.files.atomic_write_bytes`)."""
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     return atomic_write_bytes(path, buffer.getvalue())
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    return atomic_write_bytes(path, text.encode("utf-8"))
-
-
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """`obj` as indented JSON, atomically."""
     return atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
 def write_yaml(path: str | os.PathLike, obj: Any) -> Path:
+    """`obj` as YAML (keys in their order), atomically."""
     return atomic_write_text(path, yaml.safe_dump(obj, sort_keys=False))
 
 
 def atomic_save_outputs(outputs, path: str | os.PathLike) -> Path:
-    """`ExitOutputs.save` through a temporary file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        outputs.save(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    """`ExitOutputs.save` through a temporary file (`eeopt.files.atomic_write`)."""
+    return atomic_write(path, outputs.save)
 
 
 # ------------------------------------------------------------------------------------------------ RNG state
