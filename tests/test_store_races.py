@@ -2,9 +2,9 @@
 schema and migrations, the experiment, a parent run) and the Optuna storage (its tables and the study) through
 eeopt's own code path, and none of them may fail.
 
-Without the creation lock, MLflow's first use races on a fresh PostgreSQL database ("duplicate key value violates
-unique constraint pg_type_typname_nsp_index", or "out-of-date database schema" for a process that sees the tables
-half migrated). The processes import everything first, then wait on a file (the barrier), so their first store calls
+Without the creation lock, MLflow's first use races on a fresh PostgreSQL database (seen: "duplicate key value
+violates unique constraint pg_type_typname_nsp_index"; MLflow's code also allows "out-of-date database schema" for a
+process that sees the tables before they are migrated). The processes import everything first, then wait on a file (the barrier), so their first store calls
 start within milliseconds of each other. PostgreSQL is the tests' own server (`own_postgres`).
 """
 
@@ -26,7 +26,7 @@ WORKERS = 3
 
 # One worker: import, say "ready", wait for the barrier file, create both stores, print one JSON line per store.
 _WORKER = r"""
-import json, sys, time, traceback
+import json, sys, time
 from pathlib import Path
 
 go, tracking_uri, storage_url = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
