@@ -15,7 +15,7 @@ EXTRAS_TORCH ?= 2.14.1
 EXTRAS_TORCHVISION ?= 0.29.1
 EXTRAS_PIP_ARGS ?=
 
-.PHONY: setup setup-extras data run test test-extras bench clean
+.PHONY: setup setup-extras data run test test-fast test-extras bench clean
 
 setup: $(VENV)/.installed
 
@@ -73,6 +73,14 @@ test: data setup-extras
 
 test-extras: setup-extras
 	$(EXTRAS_VENV)/bin/python -m pytest -n 0 -m extras $(PYTEST_ARGS)
+
+# The fast tier, for every change (about TIME s on 2 idle cores): the pure core, config, CLI parsing and error
+# paths, a few training steps at most; no Ray, servers, PostgreSQL, GPU or timm (the markers in pyproject.toml),
+# no downloaded data. It lists its five slowest tests: one over 1.5 s belongs under `slow`.
+FAST_MARKERS ?= not slow and not postgres and not cluster and not gpu and not extras
+
+test-fast: setup
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) -m "$(FAST_MARKERS)" --durations=5 $(PYTEST_ARGS)
 
 # Every benchmark, each writing benchmarks/results/NAME.json, then BENCHMARKS.md rendered from them (about 7
 # minutes on 2 idle cores, the benchmark model's training included; see BENCHMARKS.md for the machine and load).

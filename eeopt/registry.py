@@ -3,12 +3,17 @@
 Each kind keeps one `Registry` and exposes `register_x` (a decorator), `create_x` / `get_x` and `list_x`. An unknown
 name is always an `UnknownNameError` (a `ConfigError`, so the CLI prints one line and exits 2) with the same
 message: ``unknown backbone 'x' (known: resnet18, ...)``.
+
+`Registry.restoring()` and `restoring_registries()` undo registrations made inside a block: the test suite wraps
+every test in the latter, so a score or dataset one test registers is never seen by the next.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Generic, TypeVar
+import contextlib
+import weakref
+from collections.abc import Callable, Iterator
+from typing import Any, ClassVar, Generic, TypeVar
 
 from eeopt.errors import ConfigError
 
@@ -26,9 +31,13 @@ class Registry(Generic[T]):
         kind: what an entry is, as the messages say it ("backbone", "dataset", "score", "calibrator").
     """
 
+    #: Every registry alive, for `restoring_registries` (weak: a registry made and dropped by a test goes away).
+    _alive: ClassVar[weakref.WeakSet[Registry[Any]]] = weakref.WeakSet()
+
     def __init__(self, kind: str):
         self.kind = kind
         self._entries: dict[str, T] = {}
+        Registry._alive.add(self)
 
     def register(self, name: str) -> Callable[[T], T]:
         """Decorator registering an entry under `name` (the stable snake_case key used in YAML, CLI and MLflow).
@@ -71,3 +80,26 @@ class Registry(Generic[T]):
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries
+
+    @contextlib.contextmanager
+    def restoring(self) -> Iterator[Registry[T]]:
+        """A block after which this registry holds exactly what it held before it (its entries, and any other
+        table a subclass keeps, such as the backbone registry's library prefixes), whatever was registered in it."""
+        saved = {name: (table, dict(table)) for name, table in vars(self).items() if isinstance(table, dict)}
+        try:
+            yield self
+        finally:
+            for name, (table, contents) in saved.items():
+                table.clear()
+                table.update(contents)
+                setattr(self, name, table)  # the same dict again, should the block have swapped it
+
+
+@contextlib.contextmanager
+def restoring_registries() -> Iterator[None]:
+    """`Registry.restoring()` for every registry that exists on entering the block (backbones, datasets, scores,
+    calibrators, once their modules are imported)."""
+    with contextlib.ExitStack() as stack:
+        for registry in list(Registry._alive):
+            stack.enter_context(registry.restoring())
+        yield

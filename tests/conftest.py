@@ -1,4 +1,10 @@
-"""Shared fixtures: small generated data only; nothing is downloaded."""
+"""Shared fixtures: small generated data only; nothing is downloaded.
+
+Also two suite-wide rules: every test runs inside `restoring_registries()`, so whatever a test registers (a score,
+a calibrator, a dataset, a backbone) is gone for the next one; and a test that asks for one of the real servers
+below carries the markers that say so (`FIXTURE_MARKERS`), so `-m "not postgres"` or `-m "not cluster"` never
+starts one, whatever markers its file spells out.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +17,35 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 import numpy as np
 import pytest
 
+import eeopt.calibration  # noqa: F401 - its registry exists before any test, so every test restores it
+import eeopt.scores  # noqa: F401 - the same
+from eeopt.registry import restoring_registries
 from eeopt.synthetic import synthetic_exit_outputs
+
+# The fixtures below that start real servers, and the markers a test using them (directly or through another
+# fixture) gets: `own_postgres` runs PostgreSQL's initdb/pg_ctl, `team_stack` a Ray cluster, MLflow and a dashboard.
+FIXTURE_MARKERS = {
+    "own_postgres": ("postgres", "slow"),
+    "team_stack": ("cluster", "postgres", "slow"),
+}
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        for fixture, markers in FIXTURE_MARKERS.items():
+            if fixture in getattr(item, "fixturenames", ()):
+                for marker in markers:
+                    item.add_marker(marker)
+
+
+@pytest.fixture(autouse=True)
+def _registries_restored():
+    """Each test leaves every registry as it found it. The score and calibrator registries exist from the imports
+    above; the dataset and backbone ones exist as soon as any test module imports eeopt.data / eeopt.models, which a
+    test that registers one does."""
+    with restoring_registries():
+        yield
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ from eeopt.outputs import ExitOutputs
 QUICKSTART = Path(__file__).resolve().parents[1] / "studies" / "quickstart.yaml"
 
 
+@pytest.mark.slow  # trains 4 epochs and renders the trial plots
 def test_train_then_evaluate(tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["train", str(QUICKSTART), "--output-dir", str(out), "--set", "training.epochs=4", "--quiet"]) == 0

@@ -14,6 +14,7 @@ from services import assert_study_consistent, mlflow_runs, tiny_study, wait_unti
 from eeopt.cli import main
 
 
+@pytest.mark.cluster
 @pytest.mark.slow
 @pytest.mark.postgres
 def test_a_study_on_two_nodes_finishes_exactly_n_trials_through_store_restarts(cluster_run, team_stack):

@@ -167,6 +167,7 @@ def test_predictor_takes_numpy_and_reports_bad_inputs(trained):
         EarlyExitPredictor(trained["model"], PolicyFile("msp", (0.5, 0.5, 0.5), (1.0, 2.0, 3.0, 4.0), "flops", None))
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_predictor_on_cuda_agrees_with_the_policy(trained):
     import copy

@@ -282,6 +282,7 @@ def test_frozen_training_leaves_the_backbone_bit_identical(trained, digits):
 
 
 # ------------------------------------------------------------------------------------------------ eeopt train, study
+@pytest.mark.slow  # `eeopt train` on Fashion-MNIST files
 @pytest.mark.skipif(not (FASHION_ROOT / "train-images-idx3-ubyte.gz").exists()
                     and not (FASHION_ROOT / "train-images-idx3-ubyte").exists(),
                     reason="Debian's dataset-fashion-mnist package is not installed")

@@ -32,6 +32,7 @@ def test_titles_name_split_score_and_calibration():
     assert setting("val", None, "none", "val") == "val split · calibration none"
 
 
+@pytest.mark.slow  # renders every trial plot: 1.5-2 s a case
 @pytest.mark.parametrize("exits", [3, 7])
 def test_variant_plots_are_written(tmp_path, exits):
     from eeopt.assess import assess_model
@@ -58,6 +59,7 @@ def test_plots_without_a_fit_split(tmp_path):
     assert sorted(p.name for p in paths.values()) == sorted(f"{n}.png" for n in TRIAL_PLOTS)
 
 
+@pytest.mark.slow  # renders every trial plot twice: about 2.7 s
 def test_exits_evaluate_writes_the_plots(tmp_path, capsys):
     for offset, split in enumerate(("val", "test")):
         synthetic_exit_outputs(4, 700, 10, seed=10 + offset, with_scores=True).save(tmp_path / f"{split}.npz")

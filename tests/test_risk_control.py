@@ -176,6 +176,7 @@ def population_risk(curve, thresholds):
     return curve.risk[np.maximum(i, 0)]
 
 
+@pytest.mark.slow  # 1000 certifications: about 3.5 s
 def test_certified_shared_threshold_keeps_its_promise_over_1000_calibration_draws(population):
     pop, scores, losses, correct, curve = population
     eps, delta, n, draws = 0.05, 0.1, 300, 1000

@@ -27,6 +27,7 @@ def _files_with(folder: Path, secrets_: list[str], since: float = 0.0) -> list[s
     return hits
 
 
+@pytest.mark.cluster
 @pytest.mark.slow
 @pytest.mark.postgres
 def test_no_password_anywhere_a_cluster_study_writes(cluster_run, team_stack):
@@ -72,6 +73,7 @@ def test_no_password_anywhere_a_cluster_study_writes(cluster_run, team_stack):
     assert cluster_run.cmdlines and not [c for c in cluster_run.cmdlines if any(s in c for s in secrets_)]
 
 
+@pytest.mark.cluster
 @pytest.mark.slow
 @pytest.mark.postgres
 def test_dashboard_keeps_the_password_off_the_command_line(cluster_run, tmp_path):

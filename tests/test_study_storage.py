@@ -27,7 +27,7 @@ def pg_url():
         conn.close()
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def storage_url(request, tmp_path):
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'eeopt.db'}"
@@ -41,7 +41,6 @@ def test_mask_and_resolve(tmp_path):
     assert resolve_sqlite("sqlite:////abs/x.db", tmp_path) == "sqlite:////abs/x.db"
 
 
-@pytest.mark.postgres
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
 def test_storage_contract(storage_url):
     """The same behaviour on every backend: create, reload by name, requeue a running trial, heartbeat expiry."""
@@ -78,7 +77,6 @@ def _trial(url, number):
     return optuna.load_study(study_name="s", storage=open_storage(url, heartbeat=False)).get_trials()[number]
 
 
-@pytest.mark.postgres
 def test_trial_store_contract(storage_url):
     """ask / complete / fail / prune / requeue / claim through tickets, the same on every backend."""
     from eeopt.study.trials import ATTR_ERROR, ATTR_MLFLOW_RUN, TrialCounts, TrialStore
@@ -108,7 +106,6 @@ def test_trial_store_contract(storage_url):
     assert _trial(storage_url, 1).user_attrs[ATTR_ERROR] == "TrainingDiverged: loss is nan"
 
 
-@pytest.mark.postgres
 @pytest.mark.parametrize("total", [1, 2])
 def test_workers_claiming_together_take_exactly_the_free_slots_and_leave_nothing_waiting(storage_url, total):
     """Six workers claim at the same instant (a barrier) on a study with `total` free slots: exactly `total` get a
@@ -140,7 +137,6 @@ def test_workers_claiming_together_take_exactly_the_free_slots_and_leave_nothing
     assert stores[0].counts() == TrialCounts(running=total)
 
 
-@pytest.mark.postgres
 def test_dead_trials_are_failed_with_their_reason(storage_url):
     """A trial whose heartbeat stopped (its process was killed) is failed with the reason, once; the old code
     wrote the reason after failing the trial, which Optuna refuses (UpdateFinishedTrialError)."""
@@ -164,7 +160,6 @@ def test_dead_trials_are_failed_with_their_reason(storage_url):
     assert failed.state == optuna.trial.TrialState.FAIL and failed.user_attrs[ATTR_ERROR] == DEAD_TRIAL_REASON
 
 
-@pytest.mark.postgres
 def test_read_only_trial_store_creates_nothing(storage_url):
     from eeopt.errors import ConfigError, StudyError
     from eeopt.study.storage import has_optuna_schema
@@ -300,7 +295,6 @@ def test_store_checks_write_nothing(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["text.db"]
 
 
-@pytest.mark.postgres
 def test_a_trial_failed_as_dead_by_another_worker_is_reported_not_raised(storage_url):
     """Worker A's trial goes silent; worker B fails it as dead (never its own trials, whatever their heartbeat);
     A's late attributes and end are refused with False, and B no longer waits on it."""

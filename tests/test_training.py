@@ -236,6 +236,7 @@ def test_frozen_from_a_backbone_checkpoint_of_another_exit_layout(digits, tmp_pa
         train(bad, progress=False, dataset=digits)
 
 
+@pytest.mark.slow  # 6 epochs a case
 @pytest.mark.parametrize("kind", ["bce", "tcp", "ranking"])
 def test_failure_losses_train_failure_heads_that_rank_errors_below_correct_predictions(digits, kind):
     """AUROC of the learned scores vs correctness on the (held-out) test split: above 0.5 at every exit, and clearly
@@ -274,6 +275,7 @@ def test_a_nan_loss_raises_on_the_first_step(digits, monkeypatch):
         train(_cfg(), progress=False, dataset=digits)
 
 
+@pytest.mark.slow  # three trainings of 2 epochs
 def test_an_interrupted_run_resumes_and_ends_exactly_like_an_uninterrupted_one(digits, tmp_path, capsys):
     cfg = _cfg(epochs=2, model={"failure_head": True}, failure_loss="bce")
     reference = train(cfg, progress=False, dataset=digits)

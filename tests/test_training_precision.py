@@ -52,7 +52,8 @@ def _conv_output_dtypes(model) -> list[torch.dtype]:
 
 
 # ------------------------------------------------------------------------------------------------ precision
-@pytest.mark.parametrize("precision, dtype", [("bf16", torch.bfloat16), ("fp16", torch.float16)])
+@pytest.mark.parametrize("precision, dtype", [  # an epoch in CPU float16 takes about 1.7 s
+    ("bf16", torch.bfloat16), pytest.param("fp16", torch.float16, marks=pytest.mark.slow)])
 def test_autocast_trains_in_low_precision_and_evaluates_in_float32(digits, precision, dtype, monkeypatch):
     """The steps' convolutions run in the low precision (so autocast really is on), evaluation in float32, and the
     exit outputs are float32. fp16 gets a gradient scaler (CPU autocast has float16 in this torch)."""
@@ -75,6 +76,7 @@ def test_autocast_trains_in_low_precision_and_evaluates_in_float32(digits, preci
     assert (scaler is not None) == (precision == "fp16")
 
 
+@pytest.mark.slow  # an epoch in CPU float16: about 1.8 s
 def test_fp16_keeps_its_loss_scale_in_the_checkpoint(digits, tmp_path):
     def stop(epoch_, row):
         raise KeyboardInterrupt
