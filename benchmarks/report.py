@@ -480,7 +480,8 @@ def training_section(data: dict | None) -> str:
         f"after a bf16 warm-up, best of {len(precision['images_per_s']['fp32'])}; *images / s* is history's "
         f"`images_per_s` (the training steps only). {when}Load average before these runs: "
         f"{' / '.join(f'{v:.2f}' for v in precision['load_average'])} (1 / 5 / 15 min, on "
-        f"{data['machine']['cores']} cores: the machine was shared). The CPU's bfloat16 instructions: {flags}.\n")
+        f"{data['machine']['cores']} cores; it lags, so it includes the runs before). The CPU's bfloat16 "
+        f"instructions: {flags}.\n")
     out.append("| precision | images / s (best) | all runs | vs fp32 |\n| --- | ---: | --- | ---: |")
     fp32 = precision["best_images_per_s"]["fp32"]
     for name, best in precision["best_images_per_s"].items():
