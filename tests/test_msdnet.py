@@ -22,6 +22,7 @@ from eeopt.outputs import ExitOutputs
 from eeopt.policy_file import PolicyFile
 from eeopt.scores import compute_score
 from eeopt.training import collect_exit_outputs, exit_loss, train
+from test_inference import quantile_thresholds
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = ROOT / "studies" / "paper-msdnet-cifar100.yaml"
@@ -220,18 +221,6 @@ def test_cascade_and_failure_heads_forward_shapes(trained):
     assert trained["outputs"].accuracy[-1] > 0.3  # it learned something in 2 epochs (10 classes)
 
 
-def _thresholds(scores: np.ndarray) -> tuple[float, ...]:
-    """Each exit lets out about 1/(K-k) of the samples still running (half-way between neighbouring scores)."""
-    k_all, n = scores.shape
-    running, out = np.ones(n, dtype=bool), []
-    for k in range(k_all - 1):
-        s = np.unique(scores[k][running])
-        cut = int(round(len(s) * (1 - 1 / (k_all - k))))
-        out.append(float((s[cut - 1] + s[cut]) / 2))
-        running &= scores[k] < out[-1]
-    return tuple(out)
-
-
 @pytest.mark.parametrize("score, calibrator", [("msp", "temperature"), ("learned", "none")])
 def test_predictor_equals_the_policy_on_exit_outputs_with_compaction(trained, score, calibrator):
     """`EarlyExitPredictor` (batch compaction of the list of scale maps) takes the exits and predictions that
@@ -242,7 +231,7 @@ def test_predictor_equals_the_policy_on_exit_outputs_with_compaction(trained, sc
     outputs, model = trained["outputs"], trained["model"]
     cal = create_calibrator(calibrator).fit(trained["val"]) if calibrator != "none" else None
     scores = compute_score(score, cal.apply(outputs) if cal is not None else outputs)
-    policy = PolicyFile(score=score, thresholds=_thresholds(scores), costs=tuple(outputs.costs), cost_unit="flops",
+    policy = PolicyFile(score=score, thresholds=quantile_thresholds(scores), costs=tuple(outputs.costs), cost_unit="flops",
                         budget=None, calibrator=calibrator, calibrator_state=cal.state_dict() if cal else None)
     labels, exits, ref_scores = policy.decide(outputs)
     assert np.all(np.bincount(exits, minlength=3) > 0)
