@@ -83,8 +83,9 @@ FAST_MARKERS ?= not slow and not postgres and not cluster and not gpu and not ex
 test-fast: setup
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) -m "$(FAST_MARKERS)" --durations=5 $(PYTEST_ARGS)
 
-# Every benchmark, each writing benchmarks/results/NAME.json, then BENCHMARKS.md rendered from them (about 7
-# minutes on 2 idle cores, the benchmark model's training included; see BENCHMARKS.md for the machine and load).
+# Every benchmark, each writing benchmarks/results/NAME.json, then BENCHMARKS.md rendered from them (about 11
+# minutes on 2 idle cores, the benchmark model's training included: 6.5 min measured on 2026-12-02 before the
+# certify (~2 min) and data (~2.3 min, measured idle) benchmarks joined; see BENCHMARKS.md for the machine and load).
 bench: data
 	$(BIN)/python benchmarks/report.py --start
 	$(BIN)/python benchmarks/bench_search.py
