@@ -201,10 +201,7 @@ def _split_timm(net: nn.Module, name: str, in_channels: int, image_size: tuple[i
         return TokenBackbone(_ViTStem(net), list(net.blocks), net.norm, pool, net.num_prefix_tokens, net.fc_norm,
                              net.embed_dim, in_channels, image_size)
     if isinstance(net, ResNet):
-        stem = nn.Sequential(net.conv1, net.bn1, net.act1, net.maxpool)
-        layers = [net.layer1, net.layer2, net.layer3, net.layer4]
-        return MapBackbone(stem, _flat_stages([(None, list(layer)) for layer in layers], []), in_channels,
-                           image_size)
+        return _resnet_backbone(net, net.act1, in_channels, image_size)
     if isinstance(net, ConvNeXt):
         stages = [(stage.downsample, list(stage.blocks)) for stage in net.stages]
         return MapBackbone(net.stem, _flat_stages(stages, [net.norm_pre]), in_channels, image_size)
@@ -216,6 +213,14 @@ def _split_timm(net: nn.Module, name: str, in_channels: int, image_size: tuple[i
                       "VisionTransformer (ViT, DeiT), ResNet, ConvNeXt and EfficientNet")
 
 
+def _resnet_backbone(net: nn.Module, act: nn.Module, in_channels: int, image_size: tuple[int, int]) -> Backbone:
+    """timm's and torchvision's ResNets have one layout (conv1, bn1, an activation, maxpool, layer1..layer4); only
+    the activation's attribute name differs."""
+    stem = nn.Sequential(net.conv1, net.bn1, act, net.maxpool)
+    layers = [net.layer1, net.layer2, net.layer3, net.layer4]
+    return MapBackbone(stem, _flat_stages([(None, list(layer)) for layer in layers], []), in_channels, image_size)
+
+
 def _split_torchvision(net: nn.Module, name: str, in_channels: int, image_size: tuple[int, int]) -> Backbone:
     """Stem and blocks of a torchvision network (see the module docstring's table)."""
     from torchvision.models import ConvNeXt, EfficientNet, ResNet, VisionTransformer
@@ -224,10 +229,7 @@ def _split_torchvision(net: nn.Module, name: str, in_channels: int, image_size: 
         return TokenBackbone(_TorchvisionViTStem(net), list(net.encoder.layers), net.encoder.ln, "token", 1,
                              nn.Identity(), net.hidden_dim, in_channels, image_size)
     if isinstance(net, ResNet):
-        stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
-        layers = [net.layer1, net.layer2, net.layer3, net.layer4]
-        return MapBackbone(stem, _flat_stages([(None, list(layer)) for layer in layers], []), in_channels,
-                           image_size)
+        return _resnet_backbone(net, net.relu, in_channels, image_size)
     if isinstance(net, ConvNeXt):
         # features: stem, stage, downsample, stage, ...: each downsample leads the stage after it
         features = list(net.features)
