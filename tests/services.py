@@ -66,6 +66,16 @@ class Service:
         time.sleep(down_for)
         self._launch("a")
 
+    def kill_for(self, down_for: float) -> None:
+        """SIGKILL the service's whole process group (no clean shutdown), leave it down for `down_for` seconds,
+        start it again (same command, same port)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=10)
+        time.sleep(down_for)
+        self._launch("a")
+
     def terminate(self) -> None:
         if self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
@@ -133,6 +143,13 @@ class PostgresServer:
 
     def url(self, db: str, driver: str = "postgresql") -> str:
         return f"{driver}://{self.user}:{self.password}@127.0.0.1:{self.port}/{db}"
+
+    def dump(self, db: str) -> str:
+        """Every table of database `db` as SQL text (`pg_dump`): what a check for leaked secrets greps."""
+        cmd = [_pg_bin("pg_dump"), "-h", "127.0.0.1", "-p", str(self.port), "-U", self.user, "--data-only", db]
+        done = subprocess.run(cmd, check=True, capture_output=True, text=True,
+                              env={**os.environ, "PGPASSWORD": self.password})
+        return done.stdout
 
     def create_database(self, name: str) -> str:
         import psycopg
@@ -391,7 +408,7 @@ class ClusterRun:
         self.tracking_uri = stack.tracking_uri.replace("http://", f"http://eeopt:{self.secret}@")
         self.storage_url = stack.optuna_url
         self.path = write_study(folder, tiny_study(
-            self.name, self.trials, epochs=6, storage=self.storage_url, heartbeat_grace=20,
+            self.name, self.trials, epochs=6, storage=self.storage_url, heartbeat_grace=60,
             mlflow={"tracking_uri": self.tracking_uri},
             ray={"address": stack.ray_address, "storage_path": stack.shared.as_uri()},
             resources={"cpus_per_trial": 1, "max_concurrent": 2}))
@@ -403,10 +420,15 @@ class ClusterRun:
     def passwords(self) -> list[str]:
         return [self.stack.pg.password, self.secret]
 
+    #: Seconds PostgreSQL is down, and the MLflow server is killed for (README's promise: outages shorter than
+    #: `study.store_retry_s`, 120 s by default, delay trials and never fail them).
+    PG_DOWN, MLFLOW_DOWN = 15, 40
+
     def run_with_outages(self) -> None:
         """`eeopt study run` on the cluster. Once a trial has trained an epoch, PostgreSQL (the Optuna storage and
-        the MLflow server's backend) stops for a few seconds and comes back; once a trial is done, the MLflow
-        server does the same (while other trials log to it)."""
+        the MLflow server's backend) stops for `PG_DOWN` seconds and comes back; once a trial is done, the MLflow
+        server is killed (SIGKILL, no clean shutdown) and is down for `MLFLOW_DOWN` seconds while the other trials
+        log to it."""
         from eeopt.study.reaper import psutil_module
 
         proc = start_driver(self.path, self.log, self.stack.driver_env())
@@ -414,11 +436,11 @@ class ClusterRun:
             wait_for_line(self.log, r"trial \d+ epoch 1:", proc)
             self.cmdlines = [" ".join(p.info["cmdline"] or []) for p in psutil_module().process_iter(["cmdline"])]
             self.stack.pg.stop("fast")
-            time.sleep(8)  # the outage: trials go on, the stores' writes wait and are retried
+            time.sleep(self.PG_DOWN)  # the outage: trials go on, the stores' writes wait and are retried
             self.stack.pg.start()
             wait_for_line(self.log, r"trial \d+ done", proc)
             mlflow = next(s for s in self.stack.services if s.name == "mlflow")
-            mlflow.restart(down_for=3)
+            mlflow.kill_for(down_for=self.MLFLOW_DOWN)
             wait_until(lambda: urllib.request.urlopen(self.stack.tracking_uri + "/health", timeout=2).status == 200,
                        "the restarted mlflow server", proc=mlflow.proc, log=mlflow.log)
             proc.wait(timeout=600)
@@ -442,3 +464,94 @@ class ClusterRun:
             with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
                 code = main(argv)
             self.outputs[key] = f"exit {code}\n{out.getvalue()}\n{err.getvalue()}"
+
+
+# ---------------------------------------------------------------------------------------------- outages
+class TcpProxy:
+    """A TCP forwarder on a free port of 127.0.0.1 in front of `target_port`: a store reached through it can be cut
+    off (`cut`: live connections dropped, new ones refused, as when a server stops) and brought back (`restore`, on
+    the same port), in a second, without stopping the real server."""
+
+    def __init__(self, target_port: int):
+        import threading
+
+        self.target_port = target_port
+        self.port = free_port()
+        self._lock = threading.Lock()
+        self._conns: list[socket.socket] = []
+        self._listener: socket.socket | None = None
+        self.restore()
+
+    def url(self, url: str, port: int) -> str:
+        """`url` with `:port` replaced by this proxy's port."""
+        return url.replace(f":{port}", f":{self.port}", 1)
+
+    def restore(self) -> None:
+        import threading
+
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def cut(self) -> None:
+        with self._lock:
+            listener, self._listener = self._listener, None
+            conns, self._conns = self._conns, []
+        if listener is not None:
+            with contextlib.suppress(OSError):
+                listener.shutdown(socket.SHUT_RDWR)
+            listener.close()
+        for conn in conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+            conn.close()
+
+    close = cut
+
+    def _accept(self, listener: socket.socket) -> None:
+        import threading
+
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                if self._listener is not listener:
+                    client.close()
+                    upstream.close()
+                    return
+                self._conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+
+def start_mlflow_sqlite(folder: Path) -> tuple[Service, str, int]:
+    """An MLflow tracking server (docker/mlflow-server.sh, one worker) on a SQLite backend in `folder`, artifacts
+    proxied into `folder/artifacts`. Returns the service, its tracking URI and its port."""
+    port = free_port()
+    env = service_env(MLFLOW_BACKEND_STORE_URI=f"sqlite:///{folder / 'server.db'}",
+                      MLFLOW_ARTIFACTS_DESTINATION=str(folder / "artifacts"), MLFLOW_HOST="127.0.0.1",
+                      MLFLOW_PORT=str(port))
+    service, url = _start_http_service("mlflow-sqlite", "mlflow-server.sh", env, port, "/health", folder)
+    return service, url, port

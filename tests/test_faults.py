@@ -86,15 +86,18 @@ def test_killed_driver_then_one_rerun(tmp_path):
 
 @pytest.mark.postgres
 def test_three_workers_one_killed_finish_exactly_n_without_repeats(tmp_path, own_postgres):
-    """Three `eeopt study run` processes start together on fresh stores (PostgreSQL Optuna storage, the default
-    SQLite MLflow store beside the study file): they all start cleanly. One is SIGKILLed mid-trial (its Ray
+    """Three `eeopt study run` processes start at the same instant on fresh PostgreSQL databases for both stores
+    (Optuna, and MLflow on PostgreSQL directly): they all start cleanly (the creation lock; without it MLflow's
+    schema creation races, "duplicate key value violates unique constraint"). One is SIGKILLed mid-trial (its Ray
     processes end with it); the live ones take over its share once its trial is silent for the grace, and together
-    they finish exactly N, with N FINISHED child runs, no run left RUNNING, no parameters drawn twice."""
+    they finish exactly N, with N FINISHED child runs, no run left RUNNING, no parameters drawn twice. A rerun
+    once they are done adds nothing: no trial, no child run."""
     n = 4
     url = own_postgres.create_database(f"w{uuid.uuid4().hex[:10]}")
+    tracking = own_postgres.create_database(f"m{uuid.uuid4().hex[:10]}")
     path = write_study(tmp_path, tiny_study("shared", n, epochs=6, storage=url, heartbeat_grace=10,
+                                            mlflow={"tracking_uri": tracking},
                                             resources={"cpus_per_trial": 1, "max_concurrent": 1}, ray={"num_cpus": 1}))
-    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
     logs = [tmp_path / f"worker{i}.log" for i in range(3)]
     procs = [start_driver(path, log) for log in logs]
     try:
@@ -117,3 +120,9 @@ def test_three_workers_one_killed_finish_exactly_n_without_repeats(tmp_path, own
     trials = assert_study_consistent(url, "shared", tracking, n)
     assert sum(t.state == TrialState.FAIL for t in trials) == 1
     assert all(re.search(r"trial \d+ done", t) for t in texts)  # both live workers took part
+
+    rerun = tmp_path / "rerun.log"
+    _finish(start_driver(path, rerun), rerun)
+    again = assert_study_consistent(url, "shared", tracking, n)
+    assert len(again) == len(trials)
+    assert len([r for r in mlflow_runs(tracking, "shared") if r.data.tags.get("eeopt.role") == "trial"]) == len(trials)

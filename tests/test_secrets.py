@@ -11,7 +11,7 @@ import optuna
 import pytest
 
 from eeopt.errors import StorageError
-from eeopt.study.storage import mask_secrets, translate_errors
+from eeopt.stores import mask_secrets, translate_errors
 
 
 def _files_with(folder: Path, secrets_: list[str], since: float = 0.0) -> list[str]:

@@ -102,7 +102,7 @@ def test_creation_lock_is_a_postgresql_advisory_lock_and_names_the_store(own_pos
     import psycopg
 
     from eeopt.errors import StorageError
-    from eeopt.study.locks import CREATION_LOCK_KEY, creation_lock
+    from eeopt.stores.locks import CREATION_LOCK_KEY, creation_lock
 
     url = own_postgres.create_database(f"lk{uuid.uuid4().hex[:10]}")
 

@@ -7,7 +7,8 @@ import optuna
 import pytest
 
 from eeopt.errors import StorageError
-from eeopt.study.storage import mask_url, open_storage, resolve_sqlite
+from eeopt.stores.databases import open_storage
+from eeopt.stores.urls import mask_url, resolve_sqlite
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -142,7 +143,7 @@ def test_dead_trials_are_failed_with_their_reason(storage_url):
     wrote the reason after failing the trial, which Optuna refuses (UpdateFinishedTrialError)."""
     import sqlalchemy
 
-    from eeopt.study.storage import normalize_url
+    from eeopt.stores.urls import normalize_url
     from eeopt.study.trials import ATTR_ERROR, ATTR_MLFLOW_RUN, DEAD_TRIAL_REASON, DeadTrial, TrialStore
 
     store = TrialStore(storage_url, "s", **OBJECTIVES)
@@ -162,7 +163,7 @@ def test_dead_trials_are_failed_with_their_reason(storage_url):
 
 def test_read_only_trial_store_creates_nothing(storage_url):
     from eeopt.errors import ConfigError, StudyError
-    from eeopt.study.storage import has_optuna_schema
+    from eeopt.stores.databases import has_optuna_schema
     from eeopt.study.trials import TrialStore
 
     with pytest.raises(StudyError, match=r"no study named 's': no Optuna storage at .*run the study first"):
@@ -204,7 +205,7 @@ def test_status_and_list_on_an_empty_postgres_database_create_no_tables(tmp_path
     import sqlalchemy
 
     from eeopt.cli import main
-    from eeopt.study.storage import normalize_url
+    from eeopt.stores.urls import normalize_url
 
     path = _study_file(tmp_path, storage=pg_url)
     assert main(["study", "status", str(path)]) == 2
@@ -274,12 +275,14 @@ def test_unreachable_optuna_storage_fails_before_anything_is_written(tmp_path, c
     assert err.count("\n") == 1 and sorted(p.name for p in tmp_path.iterdir()) == ["study.yaml"]
 
 
-def test_store_checks_write_nothing(tmp_path):
+def test_store_checks_write_nothing(tmp_path, monkeypatch):
     from eeopt.errors import ConfigError
-    from eeopt.study.storage import check_store_answers, check_tracking_uri, has_optuna_schema, url_scheme
+    from eeopt.stores.databases import check_store_answers, check_tracking_uri, has_optuna_schema
+    from eeopt.stores.urls import url_scheme
 
     assert [url_scheme(u) for u in ("postgresql+psycopg://h/db", "sqlite:///x.db", "/a/path", "HTTP://h")] == [
         "postgresql", "sqlite", "", "http"]
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3's file store, opted into
     for uri in ("sqlite:///mlflow.db", "file:///tmp/mlruns", "https://mlflow.example.org", "databricks",
                 "postgresql+psycopg://u@h/db", "mysql://h/db", "mssql+pyodbc://h/db"):
         check_tracking_uri(uri)
@@ -300,7 +303,7 @@ def test_a_trial_failed_as_dead_by_another_worker_is_reported_not_raised(storage
     A's late attributes and end are refused with False, and B no longer waits on it."""
     import sqlalchemy
 
-    from eeopt.study.storage import normalize_url
+    from eeopt.stores.urls import normalize_url
     from eeopt.study.trials import TrialStore
 
     a, b = TrialStore(storage_url, "s", **OBJECTIVES), TrialStore(storage_url, "s", **OBJECTIVES)

@@ -14,13 +14,13 @@ import json
 import os
 from pathlib import Path
 
-from eeopt.study import storage as storage_mod
+from eeopt.stores.urls import sqlite_path
 from eeopt.study.mlflow_view import DASHBOARD_LINK, run_url
 
 
 def ui_file(tracking_uri: str) -> Path | None:
     """Where `eeopt ui` records its address for a SQLite store (`mlflow.db.ui.json` beside it); None otherwise."""
-    path = storage_mod.sqlite_path(tracking_uri)
+    path = sqlite_path(tracking_uri)
     return None if path is None else path.with_name(path.name + ".ui.json")
 
 

@@ -37,7 +37,7 @@ def ui_cmd(
     study = Study.from_yaml(study_file, overrides or [])
     from eeopt.study.mlflow_view import runs_url
 
-    if study.tracking_uri.startswith(("http://", "https://")):  # a tracking server serves its own UI
+    if study.stores.tracking_server:  # a tracking server serves its own UI
         experiment_id, has_view = _experiment(study)
         url = runs_url(study.tracking_uri, experiment_id, with_view=has_view)
         _announce(f"MLflow UI (served by the study's tracking server): {url}", url, open_browser, stop=False)()
@@ -82,7 +82,8 @@ def dashboard_cmd(
     from eeopt.errors import EeoptError
     from eeopt.servers import free_port, local_url, serve
     from eeopt.study import Study
-    from eeopt.study.storage import normalize_url, require_optuna_schema
+    from eeopt.stores.databases import require_optuna_schema
+    from eeopt.stores.urls import normalize_url
 
     study = Study.from_yaml(study_file, overrides or [])
     exe = shutil.which("optuna-dashboard") or str(Path(sys.executable).with_name("optuna-dashboard"))
@@ -124,17 +125,14 @@ def _announce(line: str, url: str, open_browser: bool, stop: bool = True):
 def _experiment(study) -> tuple[str | None, bool]:
     """(the study's MLflow experiment id or None, whether it has eeopt's saved view); reads only, and opens no
     SQLite file that does not exist (MLflow would create it)."""
-    from eeopt.study import storage as storage_mod
-    from eeopt.study import tracking
     from eeopt.study.mlflow_view import VIEW_TAG
 
-    path = storage_mod.sqlite_path(study.tracking_uri)
-    if path is not None and not path.is_file():
+    stores = study.stores
+    if not stores.tracking_exists():
         return None, False
-    if path is None:
-        storage_mod.check_store_answers(study.tracking_uri, "MLflow tracking store")  # fast, one line if not
-    with storage_mod.translate_errors(study.tracking_uri, what="MLflow tracking store"):
-        experiment = tracking.client(study.tracking_uri).get_experiment_by_name(study.experiment_name)
+    if stores.tracking_file is None:
+        stores.check_tracking()  # fast, one line if it does not answer
+    experiment = stores.read_tracking(lambda client: client.get_experiment_by_name(study.experiment_name))
     if experiment is None:
         return None, False
     return experiment.experiment_id, VIEW_TAG in experiment.tags
@@ -142,9 +140,7 @@ def _experiment(study) -> tuple[str | None, bool]:
 
 def _optuna_study_id(study) -> int | None:
     """The study's id in its Optuna storage (optuna-dashboard's URLs use it), None when it is not there yet."""
-    from eeopt.study import storage as storage_mod
-
-    storage = storage_mod.open_storage(study.storage_url, heartbeat=False, create=False)
+    storage = study.stores.optuna_storage(create=False)
     try:
         return storage.get_study_id_from_name(study.name)
     except KeyError:

@@ -64,7 +64,7 @@ def study_list(
     """Every study in an Optuna storage."""
     from eeopt import display
     from eeopt.study import list_studies
-    from eeopt.study.storage import mask_url
+    from eeopt.stores import mask_url
 
     rows = list_studies(storage)
     if as_json:
@@ -184,9 +184,7 @@ def _export_certified(study, trial: Optional[int], policy: Path) -> None:
     elif source.get("run_id"):
         import tempfile
 
-        from eeopt.study import tracking
-
-        client = tracking.client(study.tracking_uri)
+        client = study.stores.mlflow_client()
         names = {Path(f.path).name for f in client.list_artifacts(source["run_id"], POLICY_DIR)}
         if CERTIFIED_POLICY not in names:
             raise StudyError(f"trial {number} of study {study.name!r} has no certified policy ({where}): run the "

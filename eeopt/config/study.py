@@ -105,6 +105,11 @@ class StudySettings(Strict):
         120.0, ge=1, description="seconds a running trial may stay silent before it counts as dead (its driver was "
         "killed): it is then failed and its slot taken by whichever worker of the study sees it first",
     )
+    store_retry_s: float = Field(
+        120.0, ge=0, description="seconds every store call (Optuna, MLflow, artifacts; driver and workers) keeps "
+        "retrying while its store does not answer (a database or tracking server restarting): an outage shorter "
+        "than this delays trials, never fails them",
+    )
 
     @field_validator("objectives")
     @classmethod

@@ -16,8 +16,8 @@ import numpy as np
 
 from eeopt.analysis import Analysis, analyze
 from eeopt.analysis.gather import points_from_metrics
-from eeopt.errors import AnalysisError, StorageError
-from eeopt.study import storage as storage_mod
+from eeopt.errors import AnalysisError
+from eeopt.stores import translate_errors
 from eeopt.study import tracking
 from eeopt.study.trials import ATTR_MLFLOW_RUN
 
@@ -49,7 +49,7 @@ def analyze_study(study, *, split: str = "test", targets: list[str] | None = Non
     trials = study.trial_store(create=False).trials(states=(TrialState.COMPLETE,))
     client = _client(study)
     points, runs = [], {}
-    with storage_mod.translate_errors(study.tracking_uri, what="MLflow tracking store"):
+    with translate_errors(study.tracking_uri, what="MLflow tracking store"):
         for trial in trials:
             run_id = trial.user_attrs.get(ATTR_MLFLOW_RUN)
             if not run_id:
@@ -75,14 +75,13 @@ def log_report(study, result: StudyAnalysis, paths: list[Path]) -> str | None:
         return None
     import json
 
-    client = _client(study)
+    study.stores.require_tracking()
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / f"analysis_{result.split}.json"
         data.write_text(json.dumps(result.analysis.to_dict(), indent=1))
-        with storage_mod.translate_errors(study.tracking_uri, what="MLflow tracking store"):
-            tracking.log_artifacts(client, result.parent_run_id, [*paths, data], artifact_path=ARTIFACT_PATH)
-            tracking.set_note_section(client, result.parent_run_id, f"analysis-{result.split}",
-                                      _note(result.analysis, result.split))
+        run = study.stores.run(result.parent_run_id)
+        run.log_artifacts([*paths, data], artifact_path=ARTIFACT_PATH)
+        run.set_note_section(f"analysis-{result.split}", _note(result.analysis, result.split))
     return result.parent_run_id
 
 
@@ -110,10 +109,8 @@ def _note(analysis: Analysis, split: str) -> str:
 
 
 def _client(study):
-    path = storage_mod.sqlite_path(study.tracking_uri)
-    if path is not None and not path.is_file():
-        raise StorageError(f"no MLflow tracking store at {storage_mod.mask_url(study.tracking_uri)}")
-    return tracking.client(study.tracking_uri)
+    study.stores.require_tracking()
+    return study.stores.mlflow_client()
 
 
 def _best_uncalibrated(analysis: Analysis):

@@ -1,5 +1,6 @@
-"""Where trials run and write when they are not on this machine: the checks that refuse stores other nodes cannot
-reach, the folder a trial writes (a shared folder, or a URI it is synced to), and the node a trial ran on.
+"""Where trials run and write when they are not on this machine: the folder a trial writes (a shared folder, or a
+URI it is synced to), and the node a trial ran on (the stores other nodes cannot reach are refused by
+`eeopt.stores.Stores.check`).
 
 On a Ray cluster (`study.ray.address`) trials run on other machines: MLflow must be a tracking server, Optuna a
 database server, and checkpoints and exit outputs go to `study.ray.storage_path` (Ray Tune's `storage_path`): a
@@ -18,8 +19,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from eeopt.errors import ConfigError
-from eeopt.study.storage import SQLITE_MAX_WRITERS, is_sqlite, mask_url, url_scheme
+from eeopt.stores.urls import is_uri
 
 
 def is_cluster(address: str | None) -> bool:
@@ -27,47 +27,9 @@ def is_cluster(address: str | None) -> bool:
     return address not in (None, "", "local")
 
 
-def check_cluster_stores(address: str | None, storage_url: str, tracking_uri: str, storage_path: str | None) -> None:
-    """On a Ray cluster trials run on other machines: refuse stores that live in files of this one, before
-    anything is written. Raises `ConfigError`: one line naming the setting and what to set it to."""
-    if not is_cluster(address):
-        return
-    where = f"trials run on the nodes of the Ray cluster at {address}"
-    if url_scheme(tracking_uri) not in ("http", "https") and tracking_uri != "databricks":
-        raise ConfigError(
-            f"study.mlflow.tracking_uri: {mask_url(tracking_uri)} is no tracking server ({where}, which cannot reach "
-            "this machine's files or artifact folder); set it to an MLflow server, e.g. http://mlflow:5000"
-        )
-    if is_sqlite(storage_url):
-        raise ConfigError(
-            f"study.storage: {mask_url(storage_url)} is a file of this machine ({where}, and other workers of the "
-            "study must reach it); set it to a database server, e.g. postgresql://user:password@db:5432/optuna"
-        )
-    if not storage_path:
-        raise ConfigError(
-            f"study.ray.storage_path: not set ({where} and write checkpoints and exit outputs; study.runs_dir is a "
-            "folder of this machine); set it to a folder every node mounts at the same path, or to a URI such as "
-            "s3://bucket/eeopt-runs"
-        )
-    if not url_scheme(storage_path) and not Path(storage_path).is_absolute():
-        raise ConfigError(f"study.ray.storage_path: {storage_path!r} is a relative path; on a cluster give the "
-                          "absolute path every node mounts, or a URI such as s3://bucket/eeopt-runs")
-
-
-def check_sqlite_writers(tracking_uri: str, max_concurrent: int) -> None:
-    """Refuse more trials logging at once to a SQLite MLflow store than SQLite takes (`SQLITE_MAX_WRITERS`)."""
-    if is_sqlite(tracking_uri) and max_concurrent + 1 > SQLITE_MAX_WRITERS:
-        raise ConfigError(
-            f"study.resources.max_concurrent: {max_concurrent} trials logging at once to the SQLite MLflow store "
-            f"{mask_url(tracking_uri)} is more writers than SQLite takes ({SQLITE_MAX_WRITERS - 1} trials); use "
-            "an MLflow server on PostgreSQL (study.mlflow.tracking_uri: http://..., see README 'The team stack') "
-            "or a postgresql:// tracking URI"
-        )
-
-
 def join_location(root: str, *parts: str) -> str:
     """`root/part/...` for a folder or a URI (``s3://bucket/runs`` + ``tiny`` -> ``s3://bucket/runs/tiny``)."""
-    return "/".join([root.rstrip("/"), *parts]) if url_scheme(root) else str(Path(root, *parts))
+    return "/".join([root.rstrip("/"), *parts]) if is_uri(root) else str(Path(root, *parts))
 
 
 class TrialFolder:
@@ -80,7 +42,7 @@ class TrialFolder:
 
     def __init__(self, location: str):
         self.location = location
-        self.remote = bool(url_scheme(location))
+        self.remote = is_uri(location)
         if not self.remote:
             self.path = Path(location)
             return

@@ -25,11 +25,11 @@ from ray import tune  # noqa: E402
 
 from eeopt.config import RayConfig, ResourcesConfig  # noqa: E402
 from eeopt.errors import ConfigError  # noqa: E402
+from eeopt.stores import Stores, mask_secrets  # noqa: E402
 from eeopt.study.cluster import is_cluster, join_location  # noqa: E402
 from eeopt.study.progress import Reporter  # noqa: E402
 from eeopt.study.records import EPOCH_METRIC, TrialReport  # noqa: E402
 from eeopt.study.searcher import SearchPlan, StudySearcher, heartbeat_every  # noqa: E402
-from eeopt.study.storage import mask_secrets  # noqa: E402
 from eeopt.study.tracking import StudyRuns  # noqa: E402
 from eeopt.study.trials import TrialStore  # noqa: E402
 from eeopt.study.worker import run_trial_on_worker  # noqa: E402
@@ -54,19 +54,19 @@ class TuneOutcome:
         return "FAIL" if self.too_many_failures or self.storage_failed else "COMPLETE"
 
 
-def run_tune(plan: SearchPlan, store: TrialStore, runs: StudyRuns, reporter: Reporter, tracking_uri: str,
+def run_tune(plan: SearchPlan, store: TrialStore, runs: StudyRuns, reporter: Reporter, stores: Stores,
              objective_fn: Callable | None = None) -> TuneOutcome:
     """Run trials until the study holds `study.trials` finished ones, time or failures run out, or Ctrl-C, on the
     Ray that `ray_session` started or joined. Trials still running at the end (Ctrl-C) are requeued.
 
-    `tracking_uri` reaches the workers through Ray's object store, never through Tune's files (it may hold a
+    `stores` reach the workers through Ray's object store, never through Tune's files (their URLs may hold a
     password).
     """
     for name in ("ray.tune", "ray.train", "ray.air"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
     stopped: set[str] = set()
     searcher = StudySearcher(plan, store, runs, reporter, stopped)
-    tuner = _tuner(plan, searcher, _scheduler(plan.settings.pruner, stopped), objective_fn, tracking_uri)
+    tuner = _tuner(plan, searcher, _scheduler(plan.settings.pruner, stopped), objective_fn, stores)
     resources = plan.settings.resources
     reporter.line(f"study {store.name}: {store.counts().occupied} of {plan.settings.trials} trials done or running; "
                   f"running up to {resources.max_concurrent} at once")
@@ -220,11 +220,11 @@ class _UpkeepThread(threading.Thread):
 
 
 def _tuner(plan: SearchPlan, searcher: StudySearcher, scheduler, objective_fn: Callable | None,
-           tracking_uri: str) -> tune.Tuner:
+           stores: Stores) -> tune.Tuner:
     settings = plan.settings
     resources = settings.resources
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial_on_worker, objective_fn=objective_fn, tracking_uri=tracking_uri),
+        tune.with_parameters(run_trial_on_worker, objective_fn=objective_fn, stores=stores),
         {"cpu": resources.cpus_per_trial, "gpu": resources.gpus_per_trial},
     )
     return tune.Tuner(

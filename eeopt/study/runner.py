@@ -8,12 +8,12 @@ Interrupted trials (Ctrl-C) go back to the queue (Optuna WAITING) and are re-run
 process died are found by their missing heartbeat (silent for `study.heartbeat_grace` seconds) and marked failed,
 by the next run or by any live worker of the study, which then takes their slots; the MLflow runs a killed driver
 left open are closed as FAILED with the reason. With `study.ray.address` the trials run on a Ray cluster; stores
-its nodes could not reach are refused before anything starts (`cluster.check_cluster_stores`).
+its nodes could not reach are refused before anything starts (`eeopt.stores.Stores.check`).
 
 Layers of `eeopt/study/` (each imports only those below it): `runner` (this: a study file bound to its stores) ->
 `loop` (the Tune run) -> `searcher` (driver) | `worker` (Ray worker) -> `trials` (Optuna bookkeeping) | `space`
 (search space) | `tracking` (MLflow, with `mlflow_view`) | `progress` | `trial` (one trial without Ray) ->
-`records` | `storage`.
+`records`; every store call goes through `eeopt.stores`.
 """
 
 from __future__ import annotations
@@ -27,8 +27,9 @@ from typing import Any
 from eeopt.config import StudyConfig, load_config
 from eeopt.environment import environment
 from eeopt.errors import StorageError, StudyError
+from eeopt.stores import Stores, mask_url, translate_errors
+from eeopt.stores.urls import is_uri
 from eeopt.study import cluster
-from eeopt.study import storage as storage_mod
 from eeopt.study import tracking
 from eeopt.study.progress import Reporter
 from eeopt.study.sampling import create_sampler
@@ -71,18 +72,13 @@ class Study:
         self.path = Path(path) if path is not None else None
         self.study_dir = (self.path.parent if self.path is not None else Path.cwd()).resolve()
         self.name = self.settings.name
-        self.storage_url = (
-            storage_mod.resolve_sqlite(self.settings.storage, self.study_dir)
-            if self.settings.storage else storage_mod.default_storage_url(self.study_dir)
-        )
-        self.tracking_uri = (
-            storage_mod.resolve_sqlite(self.settings.mlflow.tracking_uri, self.study_dir)
-            if self.settings.mlflow.tracking_uri else storage_mod.default_tracking_uri(self.study_dir)
-        )
-        storage_mod.check_tracking_uri(self.tracking_uri)
-        # Beside the study file for a local store; a tracking server keeps (proxies) the artifacts itself.
-        self.artifact_root = (None if storage_mod.url_scheme(self.tracking_uri) in ("http", "https", "databricks")
-                              else storage_mod.default_artifact_root(self.study_dir))
+        #: The Optuna storage, MLflow tracking store and artifact root (beside the study file for a local store; a
+        #: tracking server keeps its own), and the retry policy of every call to them.
+        self.stores = Stores.for_study(self.settings.storage, self.settings.mlflow.tracking_uri, self.study_dir,
+                                       retry_for=self.settings.store_retry_s)
+        self.storage_url = self.stores.storage_url
+        self.tracking_uri = self.stores.tracking_uri
+        self.artifact_root = self.stores.artifact_root
         self.experiment_name = self.settings.mlflow.experiment or self.name
         self.objectives = list(self.settings.objectives)
         self.directions = [self.settings.objectives[name] for name in self.objectives]
@@ -110,7 +106,7 @@ class Study:
         s = self.settings
         return TrialStore(self.storage_url, self.name, directions=self.directions, objectives=self.objectives,
                           sampler=create_sampler(s.sampler, s.seed, s.trials), create=create,
-                          grace=s.heartbeat_grace)
+                          grace=s.heartbeat_grace, retry_for=self.stores.policy.retry_for)
 
     def optuna_study(self, create: bool = True):
         """The `optuna.Study` in the configured storage (created when `create` and missing)."""
@@ -162,7 +158,7 @@ class Study:
             )
             state, outcome = "KILLED", None
             try:
-                outcome = run_tune(plan, store, runs, reporter, self.tracking_uri,
+                outcome = run_tune(plan, store, runs, reporter, self.stores,
                                    objective_fn=objective if callable(objective) else None)
                 state = outcome.state
             finally:
@@ -185,10 +181,8 @@ class Study:
             ConfigError, StorageError.
         """
         s = self.settings
-        cluster.check_cluster_stores(s.ray.address, self.storage_url, self.tracking_uri, s.ray.storage_path)
-        cluster.check_sqlite_writers(self.tracking_uri, s.resources.max_concurrent)
-        storage_mod.check_store_answers(self.storage_url, "Optuna storage")
-        storage_mod.check_store_answers(self.tracking_uri, "MLflow tracking store")
+        self.stores.check(cluster_address=s.ray.address, storage_path=s.ray.storage_path,
+                          max_concurrent=s.resources.max_concurrent)
 
     def _start_runs(self, store: TrialStore, reporter: Reporter) -> tracking.StudyRuns:
         """Open this invocation's MLflow parent run (the study's fixed config as its params); mark failed the
@@ -196,11 +190,11 @@ class Study:
         close the runs of killed drivers; say which trials still look alive elsewhere (this run waits for them)."""
         runs = tracking.StudyRuns.start(
             self.tracking_uri, self.experiment_name, self.artifact_root, self.name,
-            {"eeopt.storage": storage_mod.mask_url(self.storage_url) or "",
+            {"eeopt.storage": self.stores.masked_storage,
              "eeopt.study_file": str(self.path) if self.path else "",
              tracking.TAG_COST: self.config.policy.cost_unit,
              **environment(deterministic=self.config.training.deterministic)},
-            objectives=dict(zip(self.objectives, self.directions)),
+            objectives=dict(zip(self.objectives, self.directions)), policy=self.stores.policy,
         )
         for dead in store.fail_dead_trials():
             if dead.mlflow_run_id:
@@ -214,7 +208,7 @@ class Study:
             reporter.line(f"{which} RUNNING elsewhere: another worker's, or a killed run's (failed once silent for "
                           f"{self.settings.heartbeat_grace:g} s, study.heartbeat_grace); this run waits for "
                           f"{'it' if len(elsewhere) == 1 else 'them'} before it stops")
-        tracking.log_params(runs.client, runs.parent_run_id, tracking.params_from_config(
+        runs.parent.log_params(tracking.params_from_config(
             self.config.model_dump(mode="json", exclude={"search_space"})))
         return runs
 
@@ -244,8 +238,8 @@ class Study:
             target=self.settings.trials,
             interrupted=interrupted,
             best=[self._row(t) for t in store.best_trials()],
-            storage=storage_mod.mask_url(self.storage_url),
-            tracking_uri=storage_mod.mask_url(self.tracking_uri),
+            storage=self.stores.masked_storage,
+            tracking_uri=self.stores.masked_tracking,
         )
 
     def export(self) -> list[dict[str, Any]]:
@@ -258,15 +252,13 @@ class Study:
         run_ids = [t.user_attrs.get(ATTR_MLFLOW_RUN) for t in trials]
         mlflow_client = None
         if any(run_ids):
-            path = storage_mod.sqlite_path(self.tracking_uri)
-            if path is not None and not path.is_file():
-                raise StorageError(f"no MLflow tracking store at {storage_mod.mask_url(self.tracking_uri)}")
-            mlflow_client = tracking.client(self.tracking_uri)
+            self.stores.require_tracking()
+            mlflow_client = self.stores.mlflow_client()
         rows = []
         for trial, run_id in zip(trials, run_ids):
             row = self._row(trial)
             if run_id:
-                with storage_mod.translate_errors(self.tracking_uri, what="MLflow tracking store"):
+                with translate_errors(self.tracking_uri, what="MLflow tracking store"):
                     run = mlflow_client.get_run(run_id)
                     metrics = tracking.trial_metrics(mlflow_client, run)  # every metric, not the run's selection
                 row.update({k: v for k, v in sorted(metrics.items()) if k.startswith(("val/", "test/"))})
@@ -330,7 +322,7 @@ class Study:
         where the trials' location is a local folder."""
         from eeopt.study.trial import POLICY_DIR, policy_path
 
-        if "://" in self.trials_location:
+        if is_uri(self.trials_location):
             return None, set()
         folder = Path(self._trial_folder(number))
         path = policy_path(folder, percent)
@@ -347,11 +339,10 @@ class Study:
 
         if not run_id:
             return None, set()
-        path = storage_mod.sqlite_path(self.tracking_uri)
-        if path is not None and not path.is_file():
+        if not self.stores.tracking_exists():
             return None, set()
-        mlflow_client = tracking.client(self.tracking_uri)
-        with storage_mod.translate_errors(self.tracking_uri, what="MLflow tracking store"):
+        mlflow_client = self.stores.mlflow_client()
+        with translate_errors(self.tracking_uri, what="MLflow tracking store"):
             names = [Path(f.path).name for f in mlflow_client.list_artifacts(run_id, POLICY_DIR)]
             have = {int(n[len("budget_"):-len(".json")]) for n in names
                     if n.startswith("budget_") and n.endswith(".json") and n[len("budget_"):-len(".json")].isdigit()}
@@ -383,8 +374,8 @@ class Study:
         """Commands that open the study's stores (passwords masked: fill them in from your own config)."""
         target = self.path or "STUDY.yaml"
         return [
-            f"mlflow ui --backend-store-uri {storage_mod.mask_url(self.tracking_uri)}   (or: eeopt ui {target})",
-            f"optuna-dashboard {storage_mod.mask_url(self.storage_url)}   (or: eeopt dashboard {target})",
+            f"mlflow ui --backend-store-uri {mask_url(self.tracking_uri)}   (or: eeopt ui {target})",
+            f"optuna-dashboard {mask_url(self.storage_url)}   (or: eeopt dashboard {target})",
         ]
 
 

@@ -27,7 +27,6 @@ from eeopt.errors import StorageError
 from eeopt.study.progress import Reporter, StudyHeader
 from eeopt.study.records import EpochReport, ProgressReport, TrialReport, TrialSpec
 from eeopt.study.space import SearchSpace
-from eeopt.study.storage import RETRY_FOR
 from eeopt.study.tracking import StudyRuns
 from eeopt.study.trials import (
     ATTR_MLFLOW_RUN, ATTR_MLFLOW_URL, ATTR_RAY_TRIAL, DEAD_TRIAL_REASON, TrialStore, TrialTicket,
@@ -196,7 +195,7 @@ class StudySearcher(Searcher):
             self.reporter.line(f"{exc}; trying again  {self.reporter.status()}")
         self.last_error = str(exc)
         self._next_look = now + LOOK_EVERY
-        if now - self._trouble_since > 2 * RETRY_FOR:
+        if now - self._trouble_since > 2 * self.store.retry_for:
             self.stop_reason = "storage"
 
     # -------------------------------------------------------------------------------------------- results

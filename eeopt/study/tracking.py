@@ -18,14 +18,14 @@ import dataclasses
 import logging
 import math
 import time
-import urllib.parse
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from eeopt.stores import RetryPolicy, TrialRun, mask_url, tracking_store
+from eeopt.stores.tracking_store import NOTE_TAG, client
+from eeopt.stores.urls import is_tracking_server, without_credentials
 from eeopt.study import mlflow_view
-from eeopt.study.locks import creation_lock
-from eeopt.study.storage import mask_secrets, mask_url, retrying, translate_errors, use_wal
 
 log = logging.getLogger("eeopt.study")
 MAX_PARAM_LENGTH = 500
@@ -33,59 +33,12 @@ MAX_PARAM_LENGTH = 500
 DEFAULT_UI = "http://127.0.0.1:5000"
 #: The image keys of a trial's plots (`eeopt.plots.TRIAL_PLOTS` under `plots/`).
 PLOT_KEY_PREFIX = "plots/"
-_BATCH = 900  # MLflow accepts up to 1000 metrics per batch
-#: MLflow settings for a store shared by many processes (each may be overridden in the environment): small
-#: database pools, and HTTP retries that ride out a server restart (about 30 s) without hanging for minutes.
-MLFLOW_SHARED_STORE_ENV = {
-    "MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": "2",
-    "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": "3",
-    "MLFLOW_SQLALCHEMYSTORE_POOL_RECYCLE": "300",
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "5",
-    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
-    # MLflow prints "View run ... at: <tracking URI>" for every closed run: noise in the progress lines, and the
-    # URI may carry credentials.
-    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
-    # a tqdm bar per downloaded file (each exit-outputs file `study analyze` reads): noise among eeopt's own lines
-    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
-}
 #: The error of a run whose driver died (no heartbeat on the parent run for `study.heartbeat_grace` seconds).
 DEAD_DRIVER_REASON = "its driver stopped sending heartbeats (killed?)"
 TAG_HEARTBEAT = "eeopt.heartbeat"
 #: A trial run's tag naming the cost unit of its efficiency metrics and objectives: "flops" or "latency_ms" (its
 #: per-exit costs are logged as `cost/{unit}/exit{k}` for every unit it knows, `eeopt.names.cost_key`).
 TAG_COST = "eeopt.cost"
-
-
-def client(tracking_uri: str):
-    """An `MlflowClient` for `tracking_uri` (imports mlflow lazily)."""
-    import logging
-    import os
-
-    import mlflow
-
-    for key, value in MLFLOW_SHARED_STORE_ENV.items():
-        os.environ.setdefault(key, value)
-    logging.getLogger("alembic").setLevel(logging.WARNING)
-    logging.getLogger("mlflow").setLevel(logging.WARNING)
-    # It logs a whole traceback for each database error it then raises; eeopt reports each in one line.
-    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
-    return mlflow.MlflowClient(tracking_uri=tracking_uri)
-
-
-def prepare_store(tracking_uri: str) -> None:
-    """Create and migrate an MLflow store once, however many processes start together on a new database: under
-    `creation_lock` (a lock file for SQLite, in WAL mode; an advisory lock for PostgreSQL), since MLflow's own
-    first-use creation races ("duplicate column name", "duplicate key value violates unique constraint").
-
-    Raises:
-        StorageError: the tracking store cannot be used (the URI masked).
-    """
-    what = "MLflow tracking store"
-    with creation_lock(tracking_uri, what=what), translate_errors(tracking_uri, what=what):
-        if tracking_uri.startswith("sqlite:"):
-            use_wal(tracking_uri)
-        client(tracking_uri).search_experiments(max_results=1)
 
 
 def ensure_experiment(mlflow_client, name: str, artifact_location: str | None = None) -> str:
@@ -107,35 +60,6 @@ def params_from_config(config: Mapping[str, Any], sampled: Mapping[str, Any] | N
     for key, value in (sampled or {}).items():
         params[f"sampled.{key}"] = str(value)[:MAX_PARAM_LENGTH]
     return params
-
-
-def log_params(mlflow_client, run_id: str, params: Mapping[str, str]) -> None:
-    from mlflow.entities import Param
-
-    items = [Param(k, v) for k, v in params.items()]
-    for start in range(0, len(items), 100):
-        mlflow_client.log_batch(run_id, params=items[start : start + 100], synchronous=True)
-
-
-def set_tags(mlflow_client, run_id: str, tags: Mapping[str, str]) -> None:
-    """Set several tags of a run in one request."""
-    from mlflow.entities import RunTag
-
-    mlflow_client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()], synchronous=True)
-
-
-def log_metrics(mlflow_client, run_id: str, metrics: Mapping[str, float], step: int | None = None) -> None:
-    """Log finite and NaN metrics (MLflow stores NaN); skip None and infinities."""
-    from mlflow.entities import Metric
-
-    now = int(time.time() * 1000)
-    items = [
-        Metric(key, float(value), now, step or 0)
-        for key, value in metrics.items()
-        if value is not None and not (isinstance(value, float) and math.isinf(value))
-    ]
-    for start in range(0, len(items), _BATCH):
-        mlflow_client.log_batch(run_id, metrics=items[start : start + _BATCH], synchronous=True)
 
 
 #: Of each compared calibrator (`calib/{name}/`) and other score (`score/{name}/`), a trial's MLflow run keeps these
@@ -191,72 +115,44 @@ def trial_note(objectives: Mapping[str, float], headline: Mapping[str, float], a
             f"each compared one; every metric is in the artifacts {where}. Plots: `plots/`.")
 
 
-def log_artifacts(mlflow_client, run_id: str, paths: Iterable[Path], artifact_path: str | None = None) -> None:
-    for path in paths:
-        if Path(path).exists():
-            mlflow_client.log_artifact(run_id, str(path), artifact_path=artifact_path)
-
-
-def log_images(mlflow_client, run_id: str, images: Mapping[str, Path], step: int = 0) -> None:
-    """Each PNG as an MLflow image under `plots/{name}`, so the runs page's image grid compares it across runs."""
-    from PIL import Image
-
-    for name, path in images.items():
-        with Image.open(path) as img:
-            mlflow_client.log_image(run_id, img.convert("RGB"), key=f"{PLOT_KEY_PREFIX}{name}", step=step,
-                                    synchronous=True)
-
-
 def ui_base(tracking_uri: str) -> str:
     """The MLflow UI's address for a tracking URI: a tracking server serves its own, a local store `DEFAULT_UI`.
 
     Without the URI's user and password: the address goes into links that eeopt stores (Optuna user attributes,
     dashboard notes, run descriptions), and a browser asks for the credentials itself."""
-    if not tracking_uri.startswith(("http://", "https://")):
+    if not is_tracking_server(tracking_uri):
         return DEFAULT_UI
-    parts = urllib.parse.urlsplit(tracking_uri.rstrip("/"))
-    host = parts.hostname or ""
-    netloc = (f"[{host}]" if ":" in host else host) + (f":{parts.port}" if parts.port else "")
-    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    return without_credentials(tracking_uri.rstrip("/"))
 
 
-def start_parent_run(mlflow_client, experiment_id: str, study_name: str, tags: Mapping[str, str]) -> str:
-    run = mlflow_client.create_run(
-        experiment_id, run_name=f"{study_name}-{time.strftime('%Y%m%d-%H%M%S')}",
-        tags={"eeopt.study": study_name, "eeopt.role": "study", **tags},
-    )
-    return run.info.run_id
+STATUS_OF_STATE = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED", "KILLED": "KILLED"}
 
 
-def start_child_run(mlflow_client, experiment_id: str, parent_run_id: str, study_name: str, trial_number: int,
-                    tags: Mapping[str, str] | None = None) -> str:
-    run = mlflow_client.create_run(
-        experiment_id,
-        run_name=f"trial-{trial_number}",
-        tags={
-            "mlflow.parentRunId": parent_run_id,
-            "eeopt.study": study_name,
-            "eeopt.role": "trial",
-            "optuna.trial_number": str(trial_number),
-            "eeopt.state": "RUNNING",
-            **(tags or {}),
-        },
-    )
-    return run.info.run_id
+def create_run_once(mlflow_client, experiment_id: str, run_name: str, tags: Mapping[str, str]):
+    """A function that creates the run and, called again (a retry after a lost answer), finds the run its first
+    call created instead of creating a second one (by a unique tag `eeopt.create_id`)."""
+    import uuid
 
+    create_id = uuid.uuid4().hex
+    tries = [0]
 
-def finish_run(mlflow_client, run_id: str, state: str, error: str | None = None) -> None:
-    """Close a run: `state` is COMPLETE, PRUNED, FAIL or KILLED (the Optuna view); MLflow's status follows."""
-    status = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED", "KILLED": "KILLED"}[state]
-    mlflow_client.set_tag(run_id, "eeopt.state", state)
-    if error:
-        mlflow_client.set_tag(run_id, "eeopt.error", mask_secrets(error)[:4000])
-    mlflow_client.set_terminated(run_id, status=status)
+    def create() -> str:
+        tries[0] += 1
+        if tries[0] > 1:
+            found = mlflow_client.search_runs([experiment_id], filter_string=f"tags.`eeopt.create_id` = '{create_id}'",
+                                              max_results=1)
+            if found:
+                return found[0].info.run_id
+        run = mlflow_client.create_run(experiment_id, run_name=run_name, tags={**tags, "eeopt.create_id": create_id})
+        return run.info.run_id
+
+    return create
 
 
 @dataclasses.dataclass(frozen=True)
 class StudyRuns:
-    """The MLflow side of one `eeopt study run`: its client, experiment and parent run; one child run per trial."""
+    """The MLflow side of one `eeopt study run`: its experiment and parent run; one child run per trial. Every
+    write goes through `TrialRun`s under the study's `RetryPolicy`."""
 
     client: Any
     experiment_id: str
@@ -266,44 +162,59 @@ class StudyRuns:
     objectives: dict[str, str] = dataclasses.field(default_factory=dict)  # {key: direction}, in order
     _view_keys: set = dataclasses.field(default_factory=set)  # the metric keys of the view last written
     tracking_uri: str = ""
+    policy: RetryPolicy = RetryPolicy()
 
     @classmethod
     def start(cls, tracking_uri: str, experiment: str, artifact_root: str | None, study_name: str,
-              tags: Mapping[str, str], objectives: Mapping[str, str] | None = None) -> StudyRuns:
+              tags: Mapping[str, str], objectives: Mapping[str, str] | None = None,
+              policy: RetryPolicy = RetryPolicy()) -> StudyRuns:
         """Create (or find) the experiment and open the parent run (with a first heartbeat); write the
         experiment's runs-page view.
 
-        Several workers starting together may race to create the store or the experiment: a SQLite store is
-        created under a lock (`prepare_store`; SQLite and PostgreSQL), the experiment is looked up again when another
-        created it first.
+        Several workers starting together may race to create the store or the experiment: the store is created
+        under a lock (`tracking_store.prepare`), the experiment is looked up again when another created it first.
 
         Raises:
             StorageError: the tracking store cannot be used (the URI masked).
         """
-        prepare_store(tracking_uri)
+        tracking_store.prepare(tracking_uri, policy)
         mlflow_client = client(tracking_uri)
-        with translate_errors(tracking_uri, what="MLflow tracking store"):
+
+        def experiment_id() -> str:
             for attempt in range(5):
                 try:
-                    experiment_id = ensure_experiment(mlflow_client, experiment, artifact_root)
-                    break
-                except Exception as exc:  # noqa: BLE001 - only the creation race is retried
+                    return ensure_experiment(mlflow_client, experiment, artifact_root)
+                except Exception as exc:  # noqa: BLE001 - only the creation race is retried here
                     if attempt == 4 or not any(w in str(exc) for w in ("already exists", "UNIQUE", "duplicate")):
                         raise
                     time.sleep(0.2 * (attempt + 1))
-            parent = start_parent_run(mlflow_client, experiment_id, study_name,
-                                      {**tags, TAG_HEARTBEAT: f"{time.time():.0f}"})
-        runs = cls(mlflow_client, experiment_id, parent, study_name, ui_base(tracking_uri), dict(objectives or {}),
-                   tracking_uri=tracking_uri)
-        if mlflow_view.VIEW_TAG not in mlflow_client.get_experiment(experiment_id).tags:
+            raise AssertionError("unreachable")
+
+        what = tracking_store.WHAT
+        exp = policy.call(experiment_id, tracking_uri, what)
+        parent = policy.call(create_run_once(
+            mlflow_client, exp, f"{study_name}-{time.strftime('%Y%m%d-%H%M%S')}",
+            {"eeopt.study": study_name, "eeopt.role": "study", **tags, TAG_HEARTBEAT: f"{time.time():.0f}"}),
+            tracking_uri, what)
+        runs = cls(mlflow_client, exp, parent, study_name, ui_base(tracking_uri), dict(objectives or {}),
+                   tracking_uri=tracking_uri, policy=policy)
+        if mlflow_view.VIEW_TAG not in policy.call(lambda: mlflow_client.get_experiment(exp).tags, tracking_uri, what):
             runs._write_view(set(runs.objectives), params=(), images=())  # widened once a trial has finished
         return runs
+
+    def run(self, run_id: str) -> TrialRun:
+        """The handle of one of this study's runs (a trial's, or the parent's)."""
+        return TrialRun(self.tracking_uri, run_id, self.policy, self.client)
+
+    @property
+    def parent(self) -> TrialRun:
+        return self.run(self.parent_run_id)
 
     def run_url(self, run_id: str) -> str:
         """The run's link for the trial's Optuna note and attributes: its page on a tracking server's UI, or, for a
         local store (whose UI `eeopt ui` serves on a port of its choosing), the path on optuna-dashboard that
         redirects there (`mlflow_view.dashboard_run_path`)."""
-        if self.tracking_uri.startswith(("http://", "https://")):
+        if is_tracking_server(self.tracking_uri):
             return mlflow_view.run_url(self.ui_base, self.experiment_id, run_id)
         return mlflow_view.dashboard_run_path(self.experiment_id, run_id)
 
@@ -312,13 +223,12 @@ class StudyRuns:
         best trial has. Display only: a failure is logged as a warning, never raised."""
         try:
             metrics, tags, note, best_run = summarize(store, self.objectives, self.experiment_id)
-            log_metrics(self.client, self.parent_run_id, metrics)
-            for key, value in tags.items():
-                self.client.set_tag(self.parent_run_id, key, value)
-            set_note_section(self.client, self.parent_run_id, "summary", note)
+            self.parent.log_metrics(metrics)
+            self.parent.set_tags(tags)
+            self.parent.set_note_section("summary", note)
             self._colour_and_describe(store)
             if best_run is not None:
-                run = self.client.get_run(best_run)
+                run = self._call(lambda: self.client.get_run(best_run))
                 keys = set(run.data.metrics) | set(metrics)
                 if not keys <= self._view_keys:
                     from eeopt.plots import TRIAL_PLOTS
@@ -339,40 +249,42 @@ class StudyRuns:
         values = {t.user_attrs["mlflow_run_id"]: t.values[0] for t in store.trials((TrialState.COMPLETE,))
                   if t.values and t.user_attrs.get("mlflow_run_id")}
         for run_id, colour in mlflow_view.rank_colours(values, maximize).items():
-            self.client.set_tag(run_id, "mlflow.runColor", colour)
+            self.run(run_id).set_tags({"mlflow.runColor": colour})
         link = mlflow_view.run_url("", self.experiment_id, self.parent_run_id)  # root-relative: any host and port
-        self.client.set_experiment_tag(self.experiment_id, NOTE_TAG, (
-            f"Study **{self.study_name}**: the runs below are its trials (coloured by rank of "
-            f"{next(iter(self.objectives), 'the objective')}, the best first). The study's own run, with the best "
-            f"trial's numbers and the summary: [{self.study_name} (study run)]({link})."))
+        note = (f"Study **{self.study_name}**: the runs below are its trials (coloured by rank of "
+                f"{next(iter(self.objectives), 'the objective')}, the best first). The study's own run, with the "
+                f"best trial's numbers and the summary: [{self.study_name} (study run)]({link}).")
+        self._call(lambda: self.client.set_experiment_tag(self.experiment_id, NOTE_TAG, note))
 
     def _write_view(self, keys: set[str], params, images) -> None:
-        state = mlflow_view.view_state(keys, self.objectives, params, images)
-        self.client.set_experiment_tag(self.experiment_id, mlflow_view.VIEW_TAG, mlflow_view.fit_view(state))
+        state = mlflow_view.fit_view(mlflow_view.view_state(keys, self.objectives, params, images))
+        self._call(lambda: self.client.set_experiment_tag(self.experiment_id, mlflow_view.VIEW_TAG, state))
         self._view_keys.clear()
         self._view_keys.update(keys)
 
     def _call(self, fn):
-        """`fn()`, retried while the tracking store's database does not answer (`storage.retrying`); other errors
-        as one-line `StorageError`s."""
-        return retrying(fn, self.tracking_uri, what="MLflow tracking store")
+        """`fn()` under the study's retry policy; errors as one-line `StorageError`s."""
+        return self.policy.call(fn, self.tracking_uri, tracking_store.WHAT)
 
     def start_trial(self, trial_number: int, tags: Mapping[str, str] | None = None) -> str:
         """Open the child run of a trial; returns its run id. Raises `StorageError`."""
-        return self._call(lambda: start_child_run(self.client, self.experiment_id, self.parent_run_id,
-                                                  self.study_name, trial_number, tags=tags))
+        return self._call(create_run_once(self.client, self.experiment_id, f"trial-{trial_number}", {
+            "mlflow.parentRunId": self.parent_run_id, "eeopt.study": self.study_name, "eeopt.role": "trial",
+            "optuna.trial_number": str(trial_number), "eeopt.state": "RUNNING", **(tags or {})}))
 
     def finish_trial(self, run_id: str, state: str, error: str | None = None) -> None:
-        """Close a trial's run (see `finish_run`). Raises `StorageError`."""
-        self._call(lambda: finish_run(self.client, run_id, state, error))
+        """Close a run: `state` is COMPLETE, PRUNED, FAIL or KILLED (the Optuna view); MLflow's status follows.
+        Raises `StorageError`."""
+        self.run(run_id).terminate(STATUS_OF_STATE[state], {"eeopt.state": state,
+                                                            **({"eeopt.error": error} if error else {})})
 
     def finish(self, state: str) -> None:
         """Close the parent run: COMPLETE, FAIL or KILLED. Raises `StorageError`."""
-        self._call(lambda: finish_run(self.client, self.parent_run_id, state))
+        self.finish_trial(self.parent_run_id, state)
 
     def beat(self) -> None:
         """Tell the store this driver is alive (the parent run's `eeopt.heartbeat` tag). Raises `StorageError`."""
-        self._call(lambda: self.client.set_tag(self.parent_run_id, TAG_HEARTBEAT, f"{time.time():.0f}"))
+        self.parent.set_tags({TAG_HEARTBEAT: f"{time.time():.0f}"})
 
     def close_dead_runs(self, grace: float) -> int:
         """Close as FAILED the runs that killed drivers of this study left RUNNING: parent runs whose heartbeat is
@@ -394,20 +306,6 @@ class StudyRuns:
                 self.finish_trial(run.info.run_id, "FAIL", DEAD_DRIVER_REASON)
                 closed += 1
         return closed
-
-
-NOTE_TAG = "mlflow.note.content"
-_SECTION = "<!-- eeopt:{name} -->"
-
-
-def set_note_section(mlflow_client, run_id: str, name: str, markdown: str) -> None:
-    """Put `markdown` in the run's description (MLflow's note, Markdown) as section `name`, replacing an earlier
-    version of that section and keeping the rest (the study summary and the analysis live side by side)."""
-    note = mlflow_client.get_run(run_id).data.tags.get(NOTE_TAG, "")
-    start, end = _SECTION.format(name=name), _SECTION.format(name=f"/{name}")
-    if start in note and end in note:
-        note = note[: note.index(start)] + note[note.index(end) + len(end):]
-    mlflow_client.set_tag(run_id, NOTE_TAG, f"{note.strip()}\n\n{start}\n{markdown.strip()}\n{end}".strip())
 
 
 def summarize(store, objectives: Mapping[str, str], experiment_id: str):

@@ -9,7 +9,7 @@ States: a trial is RUNNING from `ask` to `complete` / `fail` / `prune`; `requeue
 next `ask` (of any worker on the storage) takes it first with the same number and params. "Occupied" trials
 (COMPLETE, PRUNED, RUNNING) count against the study's total, so reruns and workers share it.
 
-Every storage call is retried while the database does not answer (`storage.retrying`), so a database restart
+Every storage call is retried while the database does not answer (`eeopt.stores.retrying`), so a database restart
 delays a study instead of ending it. A trial that another worker already finished (it failed it as dead while
 this process was silent) is reported, not raised: `complete`, `fail` and `prune` return False.
 
@@ -19,6 +19,7 @@ every method leans on the same retry, ticket and state rules; split, each half w
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import re
 import time
@@ -28,8 +29,9 @@ from datetime import datetime
 from typing import Any
 
 from eeopt.errors import ConfigError, StorageError, StudyError
-from eeopt.study import storage as storage_mod
-from eeopt.study.locks import claim_lock
+from eeopt.stores import RETRY_FOR, databases, mask_secrets, mask_url, retrying, translate_errors
+from eeopt.stores.locks import claim_lock, creation_lock
+from eeopt.stores.urls import is_sqlite
 
 #: Optuna trial user attributes eeopt writes.
 ATTR_MLFLOW_RUN = "mlflow_run_id"
@@ -114,8 +116,8 @@ class TrialStore:
     """
 
     def __init__(self, url: str, name: str, *, directions: Sequence[str] = (), objectives: Sequence[str] = (),
-                 sampler=None, create: bool = True, grace: float = storage_mod.HEARTBEAT_GRACE,
-                 retry_for: float = storage_mod.RETRY_FOR):
+                 sampler=None, create: bool = True, grace: float = databases.HEARTBEAT_GRACE,
+                 retry_for: float = RETRY_FOR):
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -123,8 +125,8 @@ class TrialStore:
         self.name = name
         self.grace = grace
         self.retry_for = retry_for
-        if not create and not storage_mod.has_optuna_schema(url):
-            raise StudyError(f"no study named {name!r}: no Optuna storage at {storage_mod.mask_url(url)} "
+        if not create and not databases.has_optuna_schema(url):
+            raise StudyError(f"no study named {name!r}: no Optuna storage at {mask_url(url)} "
                              "(run the study first)")
         self.storage, self.study = self._open(sampler, list(directions), create)
         self._study_id = self._do(lambda: self.storage.get_study_id_from_name(name))
@@ -133,7 +135,7 @@ class TrialStore:
 
     @property
     def is_sqlite(self) -> bool:
-        return storage_mod.is_sqlite(self.url)
+        return is_sqlite(self.url)
 
     # -------------------------------------------------------------------------------------------- opening
     def _open(self, sampler, directions: list[str], create: bool):
@@ -142,15 +144,19 @@ class TrialStore:
 
         for attempt in range(5):
             try:
-                storage = storage_mod.retrying(
-                    lambda: storage_mod.open_storage(self.url, create=create, grace=self.grace), self.url)
+                # Workers starting together on a new database server create its tables once, under the creation
+                # lock (SQLite serialises them itself; the race on the study's row is retried below).
+                with (creation_lock(self.url, what="Optuna storage", retry_for=self.retry_for)
+                      if create and not is_sqlite(self.url) else contextlib.nullcontext()):
+                    storage = retrying(lambda: databases.open_storage(self.url, create=create, grace=self.grace),
+                                       self.url, retry_for=self.retry_for)
                 with self._errors():
                     if not create:
                         return storage, optuna.load_study(study_name=self.name, storage=storage, sampler=sampler)
                     return storage, optuna.create_study(study_name=self.name, storage=storage, sampler=sampler,
                                                         directions=directions, load_if_exists=True)
             except KeyError:
-                raise StudyError(f"no study named {self.name!r} in {storage_mod.mask_url(self.url)} "
+                raise StudyError(f"no study named {self.name!r} in {mask_url(self.url)} "
                                  "(run it first)") from None
             except StorageError as exc:
                 # Both create the schema or the study ("duplicate key"); the loser finds it a moment later.
@@ -162,7 +168,7 @@ class TrialStore:
     def _check_objectives(self, directions: list[str], objectives: list[str], record: bool) -> None:
         """The study's directions and objective names are this file's; `record` keeps the names on a study that
         has none yet."""
-        where = f"study {self.name!r} in {storage_mod.mask_url(self.url)}"
+        where = f"study {self.name!r} in {mask_url(self.url)}"
         existing = [d.name.lower() for d in self.study.directions]
         if existing != directions:
             raise ConfigError(f"study.objectives: {where} was created with directions {existing}, this file asks "
@@ -180,11 +186,11 @@ class TrialStore:
                 self.study.set_metric_names(objectives)
 
     def _errors(self):
-        return storage_mod.translate_errors(self.url)
+        return translate_errors(self.url)
 
     def _do(self, call):
-        """`call()`, retried while the database does not answer (`storage.retrying`)."""
-        return storage_mod.retrying(call, self.url, retry_for=self.retry_for)
+        """`call()`, retried while the database does not answer (`eeopt.stores.retrying`)."""
+        return retrying(call, self.url, retry_for=self.retry_for)
 
     # -------------------------------------------------------------------------------------------- trials
     def ask(self, distributions: Mapping[str, Any]) -> TrialTicket:
@@ -271,7 +277,7 @@ class TrialStore:
         """Mark a trial FAIL; `error` is kept as the `eeopt_error` user attribute (passwords masked)."""
         from optuna.trial import TrialState
 
-        attrs = {ATTR_ERROR: storage_mod.mask_secrets(error)[:MAX_ERROR_LENGTH]} if error else None
+        attrs = {ATTR_ERROR: mask_secrets(error)[:MAX_ERROR_LENGTH]} if error else None
         return self._finish(ticket, TrialState.FAIL, None, attrs)
 
     def prune(self, ticket: TrialTicket) -> bool:
@@ -393,9 +399,9 @@ def read_studies(url: str) -> list[StoredStudy]:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = storage_mod.open_storage(url, heartbeat=False, create=False)
+    storage = databases.open_storage(url, heartbeat=False, create=False)
     out = []
-    with storage_mod.translate_errors(url):
+    with translate_errors(url):
         for s in optuna.get_all_study_summaries(storage, include_best_trial=False):
             trials = storage.get_all_trials(storage.get_study_id_from_name(s.study_name), deepcopy=False)
             out.append(StoredStudy(

@@ -17,12 +17,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from eeopt.config import TrainConfig
+from eeopt.stores import TrialRun, mask_secrets
 from eeopt.names import train_key
 from eeopt.study import tracking
 from eeopt.study.cluster import node_tags, trial_folder
 from eeopt.study.progress import batch_report_due
 from eeopt.study.records import HEADLINE_METRICS, EpochReport, ProgressReport, TrialReport, TrialSpec
-from eeopt.study.storage import mask_secrets
 from eeopt.study.trial import LATENCY_FILE, METRICS_TABLE, POLICY_DIR, run_trial
 from eeopt.environment import environment
 from eeopt.training.runtime import resolve_device
@@ -32,37 +32,37 @@ TRIAL_ARTIFACTS = ("val.npz", "test.npz", "config.yaml", "pareto.json", "metrics
                    "model.pt", LATENCY_FILE)
 
 
-def run_trial_on_worker(config: dict[str, Any], objective_fn=None, tracking_uri: str = "") -> None:
+def run_trial_on_worker(config: dict[str, Any], objective_fn=None, stores=None) -> None:
     """What a Ray worker runs for one trial; `config` carries a `TrialSpec`, `objective_fn` a custom objective
-    given as a callable to `Study.run` (a 'module:function' objective travels in the spec), `tracking_uri` the
-    study's MLflow store (through `tune.with_parameters`: it may hold a password, the spec is written to files)."""
+    given as a callable to `Study.run` (a 'module:function' objective travels in the spec), `stores` the study's
+    `eeopt.stores.Stores` (through `tune.with_parameters`: its URLs may hold a password, the spec is written to
+    files). Every MLflow write goes through the trial's `TrialRun`, under the study's retry policy: an outage of
+    the tracking store delays the trial, it does not fail it."""
     from ray import tune
 
     last_acc = [math.nan]
     try:
         spec = TrialSpec.from_config(config)
         with trial_folder(spec.output_dir) as folder:
-            report = _run(spec, tracking_uri, folder, objective_fn, last_acc)
+            report = _run(spec, stores.run(spec.mlflow_run_id), folder, objective_fn, last_acc)
     except Exception as exc:  # noqa: BLE001 - every failure is recorded on the trial, the study goes on
         report = TrialReport.fail(mask_secrets(f"{type(exc).__name__}: {exc}"), last_acc[0])
     tune.report(report.to_result())
 
 
-def _run(spec: TrialSpec, tracking_uri: str, folder, objective_fn, last_acc: list[float]) -> TrialReport:
+def _run(spec: TrialSpec, run: TrialRun, folder, objective_fn, last_acc: list[float]) -> TrialReport:
     from ray import tune
 
-    client = tracking.client(tracking_uri)
-    run_id = spec.mlflow_run_id
     cfg = pin_to_trial_resources(TrainConfig.model_validate(spec.train_config), _trial_resources())
-    tracking.set_tags(client, run_id, {**node_tags(), tracking.TAG_COST: cfg.policy.cost_unit,
-                                       **environment(resolve_device(cfg.training.device), cfg.training.deterministic)})
-    tracking.log_params(client, run_id, tracking.params_from_config(spec.train_config, spec.sampled))
+    run.set_tags({**node_tags(), tracking.TAG_COST: cfg.policy.cost_unit,
+                  **environment(resolve_device(cfg.training.device), cfg.training.deterministic)})
+    run.log_params(tracking.params_from_config(spec.train_config, spec.sampled))
     progress = _ProgressSender(cfg, resumed=(folder.path / "checkpoint.pt").exists())
 
     def on_epoch(epoch: int, row: dict[str, Any]) -> None:
         numeric = {train_key(k): float(v) for k, v in row.items()
                    if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "epoch"}
-        tracking.log_metrics(client, run_id, numeric, step=epoch)
+        run.log_metrics(numeric, step=epoch)
         accs = [v for k, v in sorted(row.items(), key=lambda kv: _exit_index(kv[0])) if k.startswith("val_acc_exit")]
         last_acc[0] = float(accs[-1]) if accs else math.nan
         folder.sync()  # the epoch's checkpoint reaches the study's storage before Tune hears of the epoch
@@ -72,13 +72,13 @@ def _run(spec: TrialSpec, tracking_uri: str, folder, objective_fn, last_acc: lis
     result, values = run_trial(
         cfg, output_dir=folder.path, on_epoch=on_epoch, objectives=list(spec.objectives),
         objective=objective_fn or spec.objective_ref, on_batch=progress.batch_done,
-        source={"model_dir": spec.output_dir, "trial": spec.trial_number, "run_id": run_id},
+        source={"model_dir": spec.output_dir, "trial": spec.trial_number, "run_id": run.run_id},
     )
-    tracking.log_metrics(client, run_id, tracking.run_metrics(result.metrics))  # every metric: metrics.json
-    _log_trial_artifacts(client, run_id, result)
+    run.log_metrics(tracking.run_metrics(result.metrics))  # every metric: metrics.json
+    _log_trial_artifacts(run, result)
     k = result.test.num_exits
     headline = {name: result.metrics[name] for name in (*HEADLINE_METRICS, f"test/exit{k}/accuracy")}
-    tracking.set_note_section(client, run_id, "summary", tracking.trial_note(
+    run.set_note_section("summary", tracking.trial_note(
         dict(zip(spec.objectives, values)), headline, (METRICS_TABLE, "metrics.json")))
     return TrialReport.complete(values, headline, last_acc[0])
 
@@ -143,14 +143,14 @@ def _exit_index(key: str) -> int:
     return int(digits) if digits else -1
 
 
-def _log_trial_artifacts(client, run_id: str, result) -> None:
+def _log_trial_artifacts(run: TrialRun, result) -> None:
     out = result.output_dir
     if out is None:
         return
-    tracking.log_artifacts(client, run_id, [out / name for name in TRIAL_ARTIFACTS])
-    tracking.log_artifacts(client, run_id, sorted(result.policies.values()), artifact_path=POLICY_DIR)
+    run.log_artifacts([out / name for name in TRIAL_ARTIFACTS])
+    run.log_artifacts(sorted(result.policies.values()), artifact_path=POLICY_DIR)
     from eeopt.plots import save_trial_plots
 
     plots = save_trial_plots(result, out / "plots")
-    tracking.log_artifacts(client, run_id, plots.values(), artifact_path="plots")
-    tracking.log_images(client, run_id, plots)
+    run.log_artifacts(plots.values(), artifact_path="plots")
+    run.log_images(plots, prefix=tracking.PLOT_KEY_PREFIX)

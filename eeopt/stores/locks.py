@@ -9,7 +9,9 @@ import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from eeopt.study.storage import RETRY_FOR, engine_kwargs, normalize_url, retrying, sqlite_path, url_scheme
+from eeopt.stores.databases import engine_kwargs
+from eeopt.stores.retry import RETRY_FOR, retrying
+from eeopt.stores.urls import is_postgresql, normalize_url, sqlite_path
 
 #: The first key of the PostgreSQL advisory lock that serialises trial claims (the second is the study's id).
 CLAIM_LOCK_CLASS = 0x0EE0
@@ -35,7 +37,7 @@ def creation_lock(url: str, what: str = "storage", retry_for: float = RETRY_FOR)
         with _file_lock(path.with_name(path.name + ".lock")):
             yield
         return
-    if url_scheme(url) != "postgresql":
+    if not is_postgresql(url):
         yield
         return
     import sqlalchemy
@@ -87,7 +89,7 @@ def _advisory_lock(engine, url: str, lock_class: int, key: int, retry_for: float
                    what: str = "storage") -> Iterator[None]:
     """A PostgreSQL session advisory lock on keys (`lock_class`, `key`), held on a connection of `engine`'s own
     until the block ends; the server drops it with the connection if the process dies. Taking it (a connect, then
-    a wait for the holder) is retried while the database does not answer (`storage.retrying`)."""
+    a wait for the holder) is retried while the database does not answer (`retry.retrying`)."""
     import sqlalchemy
 
     keys = {"c": lock_class, "k": key}

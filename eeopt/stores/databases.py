@@ -1,41 +1,28 @@
-"""Where a study keeps its state: Optuna storage URLs, MLflow tracking URIs, the checks that a store is there and
-answers, and the one place that translates database errors into `StorageError`.
-
-Defaults need no server: ``sqlite:///eeopt.db`` and a SQLite-backed MLflow store (``mlflow.db`` plus an
-``mlartifacts/`` folder), both beside the study file. Any SQLAlchemy URL works for Optuna (PostgreSQL for teams and
-parallel workers); any MLflow tracking URI for MLflow. The rest of eeopt never asks which database it talks to.
+"""Databases as stores: Optuna storages (any SQLAlchemy URL) and the checks, made before anything is written,
+that a store is there and answers.
 
 Nothing here writes unless its name says so: `has_optuna_schema` and `check_store_answers` only look (an inspector
 and a connect with a short timeout), so read-only commands and the checks before a run leave no file behind.
 
-Several processes may share a store: connection pools are small and bounded, SQLite files run in WAL mode with a
-busy timeout, the first creation of an MLflow store is serialised (`locks.creation_lock`: a lock file on SQLite,
-an advisory lock on PostgreSQL), and `retrying` rides out a database that restarts or fails over.
+Several processes may share a store: connection pools are small and bounded, and SQLite files run in WAL mode with
+a busy timeout.
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
-import re
-import time
 import warnings
-from collections.abc import Callable
 from pathlib import Path
-from typing import Iterator, TypeVar
 
 from eeopt.errors import ConfigError, StorageError
-
-log = logging.getLogger("eeopt.study")
-T = TypeVar("T")
+from eeopt.stores.retry import translate_errors
+from eeopt.stores.urls import TRACKING_SCHEMES, is_sqlite, mask_url, normalize_url, sqlite_path, url_scheme
 
 #: Seconds between heartbeats of running trials, and how long a silent trial lives before it is marked failed
 #: (the default of `study.heartbeat_grace`).
 HEARTBEAT_INTERVAL = 30
 HEARTBEAT_GRACE = 120
-#: Seconds a store operation keeps being retried while its database does not answer (a restart, a failover).
-RETRY_FOR = 60.0
 #: Connections one process keeps to a database server (Optuna's engine): `POOL_SIZE` plus up to `POOL_OVERFLOW`.
 POOL_SIZE, POOL_OVERFLOW = 2, 3
 #: Processes that may write to one SQLite file at once (trials logging to a SQLite MLflow store, plus the driver)
@@ -43,71 +30,8 @@ POOL_SIZE, POOL_OVERFLOW = 2, 3
 SQLITE_MAX_WRITERS = 8
 #: Seconds a store may take to answer a connect (or an MLflow server its `/health`) before it counts as unreachable.
 CONNECT_TIMEOUT = 5
-#: The URI schemes MLflow takes for a tracking store (a driver may follow a `+`: ``postgresql+psycopg://``).
-TRACKING_SCHEMES = ("file", "sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks")
 #: Tables every Optuna storage has; a database without them is no Optuna storage (yet).
 OPTUNA_TABLES = frozenset({"studies", "trials", "version_info"})
-
-
-def default_storage_url(study_dir: Path) -> str:
-    return f"sqlite:///{(study_dir / 'eeopt.db').resolve()}"
-
-
-def default_tracking_uri(study_dir: Path) -> str:
-    return f"sqlite:///{(study_dir / 'mlflow.db').resolve()}"
-
-
-def default_artifact_root(study_dir: Path) -> str:
-    return (study_dir / "mlartifacts").resolve().as_uri()
-
-
-def resolve_sqlite(url: str, base: Path) -> str:
-    """Make a relative SQLite path (``sqlite:///eeopt.db``) relative to `base` (the study file's folder)."""
-    match = re.fullmatch(r"sqlite:///(?!/)(.+)", url)
-    if match and match.group(1) != ":memory:":
-        return f"sqlite:///{(base / match.group(1)).resolve()}"
-    return url
-
-
-def normalize_url(url: str) -> str:
-    """Pin the PostgreSQL driver eeopt installs (psycopg 3): ``postgresql://`` -> ``postgresql+psycopg://``.
-
-    SQLAlchemy 2.0 maps a bare ``postgresql://`` to psycopg2 and 2.1 to psycopg; naming it works with both.
-    """
-    return re.sub(r"^postgres(ql)?://", "postgresql+psycopg://", url)
-
-
-def url_scheme(url: str) -> str:
-    """The scheme without its driver: ``postgresql+psycopg://h/db`` -> ``postgresql``; ``''`` for a bare path."""
-    match = re.match(r"([A-Za-z][A-Za-z0-9.\-]*)(\+[A-Za-z0-9_]+)?:", url)
-    return match.group(1).lower() if match else ""
-
-
-def is_sqlite(url: str) -> bool:
-    return url_scheme(url) == "sqlite"
-
-
-def sqlite_path(url: str) -> Path | None:
-    """The file of a SQLite URL (None for other databases and for ``:memory:``)."""
-    if not is_sqlite(url):
-        return None
-    path = url.split(":///", 1)[-1] if ":///" in url else ""
-    return Path(path) if path and path != ":memory:" else None
-
-
-def mask_url(url: str | None) -> str | None:
-    """Hide the password in a URL (``postgresql://user:***@host/db``) so it can be logged or printed."""
-    if url is None:
-        return None
-    return mask_secrets(url)
-
-
-def mask_secrets(text: str) -> str:
-    """Hide every password in `text`: in URLs (``//user:***@host``) and libpq settings (``password=***``).
-
-    Used on everything eeopt writes or prints that may quote a URL: error texts, tags, log lines."""
-    text = re.sub(r"(//[^/\s:@]+:)[^@\s/]*@", r"\1***@", text)
-    return re.sub(r"(?i)\b(password\s*=\s*)('[^']*'|[^\s&]+)", r"\1***", text)
 
 
 def engine_kwargs(url: str, timeout: float = CONNECT_TIMEOUT) -> dict:
@@ -160,46 +84,6 @@ def open_storage(url: str, *, heartbeat: bool = True, create: bool = True, grace
         )
 
 
-def is_transient(exc: BaseException | None) -> bool:
-    """Whether `exc`, or an error it was raised from (a `StorageError`'s translated error, Optuna's
-    `StorageInternalError`), is a lost, refused or busy connection worth retrying; not a bad query, a missing table
-    or a conflict."""
-    import sqlalchemy.exc
-
-    seen = 0
-    while exc is not None and seen < 5:
-        if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated:
-            return True
-        if isinstance(exc, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)):
-            return not re.search(r"no such (table|column)|does not exist|syntax error", str(exc))
-        if isinstance(exc, (sqlalchemy.exc.TimeoutError, ConnectionError, TimeoutError)):
-            return True
-        exc, seen = exc.__cause__, seen + 1
-    return False
-
-
-def retrying(call: Callable[[], T], url: str, what: str = "storage", retry_for: float = RETRY_FOR) -> T:
-    """`call()`, retried with backoff while its database does not answer, for up to `retry_for` seconds.
-
-    Raises:
-        StorageError: a non-transient error at once, or the last transient one when time runs out (masked).
-    """
-    deadline = time.monotonic() + retry_for
-    delay, warned = 0.5, False
-    while True:
-        try:
-            with translate_errors(url, what=what):
-                return call()
-        except StorageError as exc:
-            if not is_transient(exc) or time.monotonic() + delay > deadline:
-                raise
-            if not warned:
-                log.warning("%s; retrying for up to %.0f s", exc, retry_for)
-                warned = True
-            time.sleep(delay)
-            delay = min(2 * delay, 5.0)
-
-
 def has_optuna_schema(url: str) -> bool:
     """Whether `url` holds Optuna's tables. Creates nothing: a missing SQLite file is not opened (that would create
     it), a server database is only inspected.
@@ -225,10 +109,16 @@ def require_optuna_schema(url: str) -> None:
 def check_tracking_uri(uri: str) -> None:
     """Raise `ConfigError` unless MLflow takes `uri` as a tracking store (scheme in `TRACKING_SCHEMES`, or the
     bare ``databricks``)."""
-    if url_scheme(uri) not in TRACKING_SCHEMES and uri != "databricks":
+    if url_scheme(uri) not in TRACKING_SCHEMES:
         raise ConfigError(
             f"study.mlflow.tracking_uri: {mask_url(uri)!r} is not an MLflow tracking URI (expected a scheme among "
             f"{', '.join(TRACKING_SCHEMES)}; e.g. sqlite:///mlflow.db or http://mlflow:5000)"
+        )
+    if url_scheme(uri) == "file" and os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() not in ("1", "true"):
+        # MLflow 3 refuses its retired file store at first use, which would be after Ray started and trials ran.
+        raise ConfigError(
+            f"study.mlflow.tracking_uri: {mask_url(uri)!r} is MLflow's file store, which MLflow 3 no longer writes "
+            "unless MLFLOW_ALLOW_FILE_STORE=true is set; use sqlite:///mlflow.db (the default) or a tracking server"
         )
 
 
@@ -341,34 +231,3 @@ def _engine(url: str):
         engine.dispose()
 
 
-@contextlib.contextmanager
-def translate_errors(url: str | None, what: str = "storage") -> Iterator[None]:
-    """Turn SQLAlchemy / driver / network / MLflow errors into one-line `StorageError`s naming `what` and the
-    masked URL; any password the error quotes is masked too."""
-    try:
-        yield
-    except StorageError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - the point is to translate every backend error
-        import sqlite3
-
-        import sqlalchemy.exc
-
-        mlflow_error = _is_error_of(exc, "MlflowException", "mlflow")
-        if _is_error_of(exc, "StorageInternalError", "optuna") and exc.__cause__ is not None:
-            cause = exc.__cause__  # Optuna's text ("invalid data in the commit") hides a lost connection
-        elif mlflow_error or isinstance(
-            exc, (sqlalchemy.exc.SQLAlchemyError, sqlite3.Error, OSError, ImportError, ValueError)
-        ):
-            cause = exc
-        else:
-            raise
-        text = getattr(cause, "message", None) if mlflow_error else getattr(cause, "orig", None)
-        lines = str(text or cause).strip().splitlines()
-        detail = mask_secrets(lines[0][:500]) if lines else type(cause).__name__
-        raise StorageError(f"{what} {mask_url(url)}: {detail}") from exc
-
-
-def _is_error_of(exc: BaseException, name: str, package: str) -> bool:
-    """`exc` is (a subclass of) `package`'s exception `name`, checked without importing `package`."""
-    return any(c.__name__ == name and c.__module__.startswith(package) for c in type(exc).__mro__)
