@@ -48,10 +48,10 @@ def main() -> None:
         # Plain loop: the same trainings and evaluations, in this process.
         cfg = TrainConfig.model_validate(TRIAL)
         progress(f"plain loop: 1 warm-up trial, then {n} trials")
-        run_trial(cfg)  # warm-up: imports and first-call costs stay out of the comparison
+        run_trial(cfg, plots=False)  # warm-up: imports and first-call costs stay out of the comparison
         started = time.perf_counter()
         for i in range(n):
-            run_trial(cfg.model_copy(update={"seed": i}), output_dir=folder / f"loop-{i}")
+            run_trial(cfg.model_copy(update={"seed": i}), output_dir=folder / f"loop-{i}", plots=False)
         loop_s = time.perf_counter() - started
         progress(f"plain loop: {loop_s:.1f} s; starting Ray")
 

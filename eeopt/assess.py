@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from eeopt.evaluation import EvaluationReport, evaluate
-from eeopt.names import with_split, with_variant
+from eeopt.names import on_split, with_split, with_variant
 from eeopt.outputs import ExitOutputs, check_compatible
 from eeopt.prepared import PreparedSplit, fit_calibrator, prepare
 from eeopt.search import PolicySearch, search_policies
@@ -107,7 +107,5 @@ def _under(kind: str, name: str, split_metrics: dict[str, float]) -> dict[str, f
     """`val/exit1/ece` -> `val/{kind}/{name}/exit1/ece`: the variant goes after the split."""
     out = {}
     for split in ("val", "test"):
-        prefix = f"{split}/"
-        part = {k[len(prefix):]: v for k, v in split_metrics.items() if k.startswith(prefix)}
-        out.update(with_split(split, with_variant(kind, name, part)))
+        out.update(with_split(split, with_variant(kind, name, on_split(split, split_metrics))))
     return out

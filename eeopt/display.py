@@ -153,7 +153,7 @@ def print_report(report, outputs=None) -> None:
     """Per-exit metrics (rows, grouped: calibration, failure prediction) by exit (columns) with their mean, the
     direction that is better marked, then the global sweep's efficiency and the patience baseline. With many
     exits, the exit columns continue in a second table."""
-    from eeopt.names import metric_of
+    from eeopt.names import exit_key, mean_key, metric_of
 
     out = console()
     title = f"score={report.score}  calibration={report.calibration}"
@@ -169,7 +169,7 @@ def print_report(report, outputs=None) -> None:
         sections.add(0)
     group = None
     for name, row in report.exit_rows().items():
-        metric = metric_of(f"exit1/{name}")
+        metric = metric_of(exit_key(1, name))
         if metric.group != group and group is not None:
             sections.add(len(labels) - 1)
         if metric.group != group and _GROUP_TITLES[metric.group]:
@@ -177,7 +177,7 @@ def print_report(report, outputs=None) -> None:
             values.append([""] * (report.num_exits + 1))
         group = metric.group
         labels.append(f"{name} {'↑' if metric.higher_is_better else '↓'}")
-        values.append([fmt(v) for v in row] + [fmt(report.metrics.get(f"mean/{name}"))])
+        values.append([fmt(v) for v in row] + [fmt(report.metrics.get(mean_key(name)))])
     columns = [Column("metric", labels, justify="left", key=True)]
     columns += [Column(f"exit{k + 1}", [v[k] for v in values]) for k in range(report.num_exits)]
     columns.append(Column("mean", [v[-1] for v in values], style="bold"))
@@ -196,13 +196,13 @@ def _print_efficiency(report, last: float | None, out: Console) -> None:
     """The global threshold's efficiency, one row per budget: the accuracy (`sweep/acc_at_{b}`) and mean cost
     (`sweep/mean_cost_at_{b}`) of the threshold chosen on the fit split, measured on the evaluated one; then the
     area under the accuracy-cost curve."""
-    from eeopt.names import BUDGETS
+    from eeopt.names import BUDGETS, efficiency_key
 
-    m = report.metrics
-    rows = [(f"acc_at_{b} ({b} %)", fmt(m.get(f"sweep/acc_at_{b}")),
-             _share(m.get(f"sweep/mean_cost_at_{b}"), last) if last else fmt(m.get(f"sweep/mean_cost_at_{b}")))
-            for b in BUDGETS]
-    rows.append(("[bold]acc_cost_auc[/bold] (over all budgets)", f"[bold]{fmt(m.get('sweep/acc_cost_auc'))}[/bold]", ""))
+    m = {key: report.metrics.get(efficiency_key(key, "sweep"))
+         for key in ("acc_cost_auc", *(f"{what}_at_{b}" for b in BUDGETS for what in ("acc", "mean_cost")))}
+    rows = [(f"acc_at_{b} ({b} %)", fmt(m[f"acc_at_{b}"]),
+             _share(m[f"mean_cost_at_{b}"], last) if last else fmt(m[f"mean_cost_at_{b}"])) for b in BUDGETS]
+    rows.append(("[bold]acc_cost_auc[/bold] (over all budgets)", f"[bold]{fmt(m['acc_cost_auc'])}[/bold]", ""))
     columns = [Column("budget (% of the\nlast exit's cost)", [r[0] for r in rows], justify="left", key=True),
                Column("accuracy ↑", [r[1] for r in rows]), Column("mean cost ↓", [r[2] for r in rows])]
     print_fitted(columns, title=f"efficiency: one global threshold per budget, chosen on {report.thresholds_from} "
@@ -216,14 +216,14 @@ _COMPARED = ("mean/ece", "mean/nll", "mean/auroc", "mean/aurc", "mean/eefp", "me
 
 def _print_compared(metrics: dict[str, float], out: Console) -> None:
     """One row per compared calibrator (`calib/{name}/...` keys): the headline proxies and the sweep's efficiency."""
-    names = list(dict.fromkeys(k.split("/")[1] for k in metrics if k.startswith("calib/")))
+    from eeopt.names import metric_of, variant_key, variant_names
+
+    names = variant_names("calib", metrics)
     if not names:
         return
-    from eeopt.names import metric_of
-
     columns = [Column("calibrator", names, justify="left", key=True)]
     columns += [Column(header(key, _arrow(key), _FAMILY_HEADERS[metric_of(key).group]),
-                       [fmt(metrics.get(f"calib/{name}/{key}")) for name in names]) for key in _COMPARED]
+                       [fmt(metrics.get(variant_key(key, "calib", name))) for name in names]) for key in _COMPARED]
     print_fitted(columns, title="calibrators compared (each fitted on the fit split; keys under calib/NAME/)",
                  out=out)
 

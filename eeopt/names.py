@@ -160,6 +160,27 @@ def with_variant(kind: str, name: str, metrics: dict[str, float]) -> dict[str, f
     return {variant_key(key, kind, name): value for key, value in metrics.items()}
 
 
+def on_split(split: str, metrics: dict[str, float]) -> dict[str, float]:
+    """The keys of `metrics` on `split`, without the split (`val/exit1/ece` -> `exit1/ece`): `with_split` undone."""
+    prefix = split_key(split, "")
+    return {key[len(prefix):]: value for key, value in metrics.items() if key.startswith(prefix)}
+
+
+def of_variant(kind: str, name: str, metrics: dict[str, float]) -> dict[str, float]:
+    """The keys of `metrics` under variant `kind`/`name`, without it (`calib/iso/mean/ece` -> `mean/ece`):
+    `with_variant` undone."""
+    prefix = variant_key("", kind, name)
+    return {key[len(prefix):]: value for key, value in metrics.items() if key.startswith(prefix)}
+
+
+def variant_names(kind: str, metrics: dict[str, float]) -> list[str]:
+    """The names of the `kind` variants (`calib` or `score`) among the keys of `metrics` (without a split), in
+    order of first appearance."""
+    if kind not in VARIANTS:
+        raise ValueError(f"variant kind must be one of {VARIANTS}, got {kind!r}")
+    return list(dict.fromkeys(key.split("/")[1] for key in metrics if key.startswith(f"{kind}/")))
+
+
 class Key(NamedTuple):
     """A parsed key. `scope` is 'exit', 'mean', 'efficiency' or 'cost'; `exit` counts from 1 (None unless scope is
     exit or cost); `method` is 'search', 'sweep', 'certified' or 'uncontrolled' for efficiency keys (None

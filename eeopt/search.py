@@ -113,20 +113,27 @@ def search_thresholds(
     return _result(score, thresholds, fit_scores, fit_correct, costs, report_scores, report_correct, trials)
 
 
+def threshold_sampler(name: str, seed: int, trials: int, batch_size: int):
+    """The Optuna sampler of a per-exit threshold search by name (`policy.sampler`): "nsga2" or "tpe" (the one home
+    of that choice; a study's own sampler is `eeopt.study.sampling.create_sampler`). Quiets Optuna's logging."""
+    import optuna
+
+    optuna.logging.set_verbosity(logging.WARNING)
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(population_size=batch_size, seed=seed)
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=min(batch_size, trials))
+    raise ValueError(f"unknown sampler {name!r} (nsga2 or tpe)")
+
+
 def _optuna_front(fit_scores, fit_correct, costs, sorted_scores, trials, sampler, seed, batch_size) -> np.ndarray:
     """Quantile parameters [P, K-1] of the Pareto-optimal Optuna trials (an in-memory study, asked in batches)."""
     import optuna
 
     k = fit_scores.shape[0]
     names = [f"q_exit{i + 1}" for i in range(k - 1)]
-    optuna.logging.set_verbosity(logging.WARNING)
-    if sampler == "nsga2":
-        opt_sampler = optuna.samplers.NSGAIISampler(population_size=batch_size, seed=seed)
-    elif sampler == "tpe":
-        opt_sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=min(batch_size, trials))
-    else:
-        raise ValueError(f"unknown sampler {sampler!r} (nsga2 or tpe)")
-    study = optuna.create_study(directions=["maximize", "minimize"], sampler=opt_sampler)
+    study = optuna.create_study(directions=["maximize", "minimize"],
+                                sampler=threshold_sampler(sampler, seed, trials, batch_size))
     # Seed with shared-threshold policies over the val score range: the search starts where the global sweep is.
     for level in np.linspace(0.0, 1.0, min(11, trials)):
         tvalue = np.quantile(fit_scores[:-1], level)

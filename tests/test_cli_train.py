@@ -18,8 +18,9 @@ def test_train_then_evaluate(tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["train", str(QUICKSTART), "--output-dir", str(out), "--set", "training.epochs=4", "--quiet"]) == 0
     for name in ("model.pt", "val.npz", "test.npz", "config.yaml", "history.json", "plots/accuracy_vs_cost.png",
-                 "plots/reliability.png", "plots/risk_coverage.png", "plots/per_exit_metrics.png"):
-        assert (out / name).is_file(), name  # the plots of a study trial too
+                 "plots/reliability.png", "plots/risk_coverage.png", "plots/per_exit_metrics.png", "metrics.json",
+                 "metrics_table.csv", "pareto.json"):
+        assert (out / name).is_file(), name  # what a study trial writes: the same pipeline (`eeopt.pipeline`)
     env = json.loads((out / "environment.json").read_text())  # what reproducing the run needs
     import torch
 

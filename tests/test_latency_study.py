@@ -146,12 +146,12 @@ def test_latency_study_optimises_measured_latency(tmp_path):
 def test_flops_trial_measures_no_latency_unless_asked(tmp_path):
     """Without Ray: `cost: flops` keeps the FLOPs everywhere and measures nothing; `measure_latency` adds the
     latency to the logged costs while the efficiency metrics stay in FLOPs."""
-    from eeopt.study.trial import run_trial
+    from eeopt.pipeline import run_trial
 
     base = {key: STUDY[key] for key in ("seed", "data", "model")}
     cfg = TrainConfig.model_validate({**base, "training": {"epochs": 1, "batch_size": 64, "threads": 1},
                                       "policy": {"trials": 20}})
-    result, _ = run_trial(cfg, output_dir=tmp_path / "flops")
+    result, _ = run_trial(cfg, output_dir=tmp_path / "flops", plots=False)
     assert result.cost_unit == "flops" and result.latency is None and set(result.costs) == {"flops"}
     assert sorted(k for k in result.metrics if k.startswith("cost/")) == [cost_key("flops", e) for e in (1, 2, 3)]
     assert ExitOutputs.load(tmp_path / "flops" / "test.npz").latency_ms is None
@@ -160,7 +160,7 @@ def test_flops_trial_measures_no_latency_unless_asked(tmp_path):
 
     measured = cfg.model_copy(update={"policy": cfg.policy.model_copy(update={
         "measure_latency": True, "latency_repeats": 2})})
-    both, _ = run_trial(measured, output_dir=tmp_path / "both")
+    both, _ = run_trial(measured, output_dir=tmp_path / "both", plots=False)
     assert set(both.costs) == set(COST_UNITS) and both.cost_unit == "flops"
     assert both.metrics["val/mean_cost"] == result.metrics["val/mean_cost"]  # same training, same FLOPs metrics
     saved = ExitOutputs.load(tmp_path / "both" / "val.npz")

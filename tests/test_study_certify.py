@@ -1,4 +1,4 @@
-"""`policy.risk_control` in a study trial, run in-process (`eeopt.study.trial.run_trial`, the function a study's
+"""`policy.risk_control` in a study trial, run in-process (`eeopt.pipeline.run_trial`, the function a study's
 Ray worker calls; the worker then logs `result.metrics` and `result.policies` to MLflow unchanged): the certified
 policy's test risk equals the risk recomputed from the trial's test.npz and policies/certified.json, and `eeopt
 predict --split test` on the trial's folder realises it."""
@@ -16,7 +16,7 @@ from eeopt.errors import ConfigError
 from eeopt.outputs import ExitOutputs
 from eeopt.policy_file import PolicyFile
 from eeopt.risk_control import exit_losses
-from eeopt.study.trial import check_objective_names, run_trial
+from eeopt.pipeline import check_objective_names, run_trial
 
 CFG = {
     "data": {"name": "digits", "train_subset": 600},

@@ -9,7 +9,7 @@ import pytest
 from eeopt.config import TrainConfig
 from eeopt.errors import ConfigError
 from eeopt.evaluation import evaluate_exits
-from eeopt.study.trial import check_objective_names, evaluate_trial, objective_values, run_trial
+from eeopt.pipeline import check_objective_names, evaluate_trial, objective_values, run_trial
 from eeopt.synthetic import synthetic_exit_outputs
 
 CFG = TrainConfig.model_validate({
@@ -51,6 +51,10 @@ def test_run_trial_with_named_and_custom_objectives(tmp_path):
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["val/acc_cost_auc"] == pytest.approx(values[0])
     assert (tmp_path / "pareto.json").is_file() and (tmp_path / "test.npz").is_file()
+    from eeopt.plots import TRIAL_PLOTS
+
+    assert list(result.plots) == list(TRIAL_PLOTS) and all(p.parent == tmp_path / "plots" and p.stat().st_size
+                                                           for p in result.plots.values())
 
     from custom_objective import accuracy_per_cost
 

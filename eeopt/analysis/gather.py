@@ -15,6 +15,7 @@ import numpy as np
 
 from eeopt.analysis.points import Point
 from eeopt.errors import AnalysisError
+from eeopt.names import of_variant, on_split, variant_names
 
 
 def points_from_metrics(trial: int | str, run_id: str | None, metrics: dict[str, float], split: str,
@@ -25,16 +26,14 @@ def points_from_metrics(trial: int | str, run_id: str | None, metrics: dict[str,
     `{split}/...` keys. The score variant of a calibrator point (`score/learned/...`) is taken from the trial's
     plain keys when that calibrator is the primary one (the learned score is assessed under it).
     """
-    prefix = f"{split}/"
-    own = {k[len(prefix):]: v for k, v in metrics.items() if k.startswith(prefix)}
-    names = list(dict.fromkeys(k.split("/")[1] for k in own if k.startswith("calib/")))
+    own = on_split(split, metrics)
+    names = variant_names("calib", own)
     if not names:
         plain = {k: v for k, v in own.items() if not k.startswith("calib/")}
         return [Point(trial, primary, run_id, plain)] if plain else []
     points = []
     for name in names:
-        inner = f"calib/{name}/"
-        values = {k[len(inner):]: v for k, v in own.items() if k.startswith(inner)}
+        values = of_variant("calib", name, own)
         if name == primary:
             values.update({k: v for k, v in own.items() if k.startswith("score/")})
         points.append(Point(trial, name, run_id, values))

@@ -165,7 +165,7 @@ def _export_certified(study, trial: Optional[int], policy: Path) -> None:
     that trial's budget policy files, in its folder or among its MLflow run's artifacts."""
     from eeopt.errors import StudyError
     from eeopt.policy_file import PolicyFile
-    from eeopt.study.trial import CERTIFIED_POLICY, POLICY_DIR
+    from eeopt.pipeline import CERTIFIED_POLICY, POLICY_DIR
 
     error = None
     for share in (0.5, 0.75, 0.25):  # any budget file names the trial's folder and MLflow run

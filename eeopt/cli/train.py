@@ -64,7 +64,8 @@ def train_cmd(
     plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Write OUTPUT_DIR/plots/ (the plots of a study "
                                         "trial: calibration and policy.score from the config, fitted on val).")] = True,
 ) -> None:
-    """Train one multi-exit model with fixed hyperparameters; write its exit outputs for `eeopt exits`."""
+    """Train one multi-exit model with fixed hyperparameters and assess it as a study trial is (the same pipeline):
+    write its exit outputs for `eeopt exits`, its metrics, policy files and plots."""
     from eeopt.config import load_train_config
     from eeopt.training.checks import check_train_config
 
@@ -73,20 +74,15 @@ def train_cmd(
     check_output_path(output_dir, what="--output-dir", inputs=(config,), folder=True)  # before any training
     cfg = load_train_config(config, overrides or [])
     check_train_config(cfg, source=str(config))
-    from eeopt.training import train
+    from eeopt.pipeline import run_trial
 
-    result = train(cfg, output_dir, progress=not quiet)
+    result, _ = run_trial(cfg, output_dir=output_dir, progress=not quiet, plots=plots)
     acc = ", ".join(f"{a:.3f}" for a in result.test.accuracy)
     typer.echo(f"test accuracy per exit: {acc}")
-    typer.echo(f"wrote {output_dir / 'model.pt'}, {output_dir / 'val.npz'}, {output_dir / 'test.npz'}")
-    if plots:
-        from eeopt.assess import assess_model
-        from eeopt.plots import save_variant_plots
-
-        variant = assess_model(result.val, result.test, calibration=cfg.calibration.method, score=cfg.policy.score,
-                               trials=cfg.policy.trials, sampler=cfg.policy.sampler, seed=cfg.policy.seed).primary
-        written = save_variant_plots(variant, output_dir / "plots")
-        typer.echo(f"plots: {', '.join(str(p) for p in written.values())}")
+    typer.echo(f"wrote {output_dir / 'model.pt'}, {output_dir / 'val.npz'}, {output_dir / 'test.npz'}, "
+               f"{output_dir / 'metrics.json'}, {output_dir / 'policies'}/")
+    if result.plots:
+        typer.echo(f"plots: {', '.join(str(p) for p in result.plots.values())}")
     typer.echo(f"next: eeopt exits evaluate {output_dir / 'test.npz'} --fit-on {output_dir / 'val.npz'}")
 
 

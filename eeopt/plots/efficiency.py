@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from eeopt.names import exit_key
 from eeopt.plots.base import EXIT, LAST, SEARCH, SWEEP, figure, setting
 
 if TYPE_CHECKING:
@@ -95,7 +96,7 @@ def _points(report, search, costs: np.ndarray) -> dict[str, tuple]:
     chosen = ([(c.report_mean_cost, c.report_accuracy, c.budget) for c in search.result.efficiency.choices
                if c.index >= 0] if search is not None else [])
     k = len(costs)
-    acc = np.array([report.metrics.get(f"exit{i}/accuracy", np.nan) for i in range(1, k + 1)], dtype=float)
+    acc = np.array([report.metrics.get(exit_key(i, "accuracy"), np.nan) for i in range(1, k + 1)], dtype=float)
     as_arrays = (lambda rows: tuple(np.array(rows, dtype=float).T) if rows else (np.array([]),) * 3)
     return {"sweep": as_arrays([(100 * x / last, 100 * y, b) for x, y, b in sweep]),
             "search": as_arrays([(100 * x / last, 100 * y, b) for x, y, b in chosen]),

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from eeopt.names import exit_key
 from eeopt.plots.base import EXIT, LAST, SEARCH, figure, grid_shape, setting
 
 if TYPE_CHECKING:
@@ -110,8 +111,8 @@ def plot_risk_coverage(path: Path, split: PreparedSplit, report: EvaluationRepor
         for i in range(out.num_exits):
             colour = palette(i / max(out.num_exits - 1, 1) * 0.9)
             rc = risk_coverage(split.scores[i], split.correct[i])
-            error = 1.0 - float(report.metrics.get(f"exit{i + 1}/accuracy", np.nan))
-            aurc, eaurc = (report.metrics.get(f"exit{i + 1}/{m}", np.nan) for m in ("aurc", "eaurc"))
+            error = 1.0 - float(report.metrics.get(exit_key(i + 1, "accuracy"), np.nan))
+            aurc, eaurc = (report.metrics.get(exit_key(i + 1, m), np.nan) for m in ("aurc", "eaurc"))
             ax.plot(100 * rc.coverage, 100 * rc.risk, color=colour, lw=1.6,
                     label=f"exit {i + 1}: AURC {aurc:.3f}, E-AURC {eaurc:.3f}")
             ax.plot(100 * rc.coverage, 100 * np.maximum(0.0, 1.0 - (1.0 - error) / rc.coverage), color=colour,
@@ -146,7 +147,7 @@ def plot_per_exit(path: Path, report: EvaluationReport, costs: np.ndarray | None
             for rep, style, which in ((fit_report, "--", fit_split), (report, "-", split)):
                 if rep is None:
                     continue
-                values = np.array([rep.metrics.get(f"exit{i}/{name}", np.nan) for i in exits], dtype=float)
+                values = np.array([rep.metrics.get(exit_key(i, name), np.nan) for i in exits], dtype=float)
                 ax.plot(exits, values, ls=style, marker="o", ms=4, color=SEARCH, alpha=1.0 if style == "-" else 0.6,
                         label=which)
             ax.set_title(label, fontsize=10)

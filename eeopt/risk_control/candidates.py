@@ -200,12 +200,10 @@ def _loss_front(scores, losses, costs, trials: int, sampler: str, seed: int, bat
     """The (mean cost, mean loss) front [P, K-1], safest first, of an Optuna search over per-exit score quantiles
     (`eeopt.search.quantile_thresholds`, asked in batches) for losses that are not 0-1, with the shared-threshold
     candidates, "every sample at the first exit" and "every sample at the last exit" among the candidates."""
-    import logging
-
     import optuna
 
     from eeopt.metrics.efficiency import frontier_indices
-    from eeopt.search import quantile_thresholds
+    from eeopt.search import quantile_thresholds, threshold_sampler
 
     k, n = scores.shape
     samples = np.arange(n)[None, :]
@@ -218,10 +216,8 @@ def _loss_front(scores, losses, costs, trials: int, sampler: str, seed: int, bat
     fixed = np.concatenate([shared, np.full((1, k - 1), -np.inf)])
     if k < 2:
         return fixed[:1]
-    optuna.logging.set_verbosity(logging.WARNING)
-    opt_sampler = (optuna.samplers.NSGAIISampler(population_size=batch_size, seed=seed) if sampler == "nsga2" else
-                   optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=min(batch_size, trials)))
-    study = optuna.create_study(directions=["minimize", "minimize"], sampler=opt_sampler)
+    study = optuna.create_study(directions=["minimize", "minimize"],
+                                sampler=threshold_sampler(sampler, seed, trials, batch_size))
     names = [f"q_exit{i + 1}" for i in range(k - 1)]
     distributions = {name: optuna.distributions.FloatDistribution(0.0, 1.0) for name in names}
     sorted_scores = np.sort(scores[:-1], axis=1)

@@ -60,13 +60,16 @@ def run_tune(plan: SearchPlan, store: TrialStore, runs: StudyRuns, reporter: Rep
     Ray that `ray_session` started or joined. Trials still running at the end (Ctrl-C) are requeued.
 
     `stores` reach the workers through Ray's object store, never through Tune's files (their URLs may hold a
-    password).
+    password). The trials' plots are drawn by one `plotter.PlotWriter` beside them, waited for at the end.
     """
+    from eeopt.study.plotter import drain_plot_writer, start_plot_writer
+
     for name in ("ray.tune", "ray.train", "ray.air"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
     stopped: set[str] = set()
     searcher = StudySearcher(plan, store, runs, reporter, stopped)
-    tuner = _tuner(plan, searcher, _scheduler(plan.settings.pruner, stopped), objective_fn, stores)
+    plot_writer = start_plot_writer(stores)
+    tuner = _tuner(plan, searcher, _scheduler(plan.settings.pruner, stopped), objective_fn, stores, plot_writer)
     resources = plan.settings.resources
     reporter.line(f"study {store.name}: {store.counts().occupied} of {plan.settings.trials} trials done or running; "
                   f"running up to {resources.max_concurrent} at once")
@@ -89,6 +92,7 @@ def run_tune(plan: SearchPlan, store: TrialStore, runs: StudyRuns, reporter: Rep
             searcher.requeue_all()
         if searcher.unclosed:
             searcher.upkeep_mlflow()  # a last try at the runs the tracking store did not take
+        drain_plot_writer(plot_writer, reporter)
     return TuneOutcome(
         interrupted=interrupted,
         failures=searcher.failures,
@@ -220,11 +224,11 @@ class _UpkeepThread(threading.Thread):
 
 
 def _tuner(plan: SearchPlan, searcher: StudySearcher, scheduler, objective_fn: Callable | None,
-           stores: Stores) -> tune.Tuner:
+           stores: Stores, plot_writer) -> tune.Tuner:
     settings = plan.settings
     resources = settings.resources
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial_on_worker, objective_fn=objective_fn, stores=stores),
+        tune.with_parameters(run_trial_on_worker, objective_fn=objective_fn, stores=stores, plot_writer=plot_writer),
         {"cpu": resources.cpus_per_trial, "gpu": resources.gpus_per_trial},
     )
     return tune.Tuner(

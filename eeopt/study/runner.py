@@ -34,7 +34,7 @@ from eeopt.study import tracking
 from eeopt.study.progress import Reporter
 from eeopt.study.sampling import create_sampler
 from eeopt.study.space import SearchSpace
-from eeopt.study.trial import check_objective_names, load_objective
+from eeopt.pipeline import check_objective_names, load_objective
 from eeopt.study.trials import ATTR_ERROR, ATTR_MLFLOW_RUN, DEAD_TRIAL_REASON, TrialStore, read_studies
 
 log = logging.getLogger("eeopt.study")
@@ -279,7 +279,7 @@ class Study:
             PolicyFileError: the file is not a valid policy. StorageError: a store cannot be read.
         """
         from eeopt.errors import ConfigError
-        from eeopt.study.trial import POLICY_BUDGETS, POLICY_DIR
+        from eeopt.pipeline import POLICY_BUDGETS, POLICY_DIR
 
         shares = {b / 100: b for b in POLICY_BUDGETS}
         if isinstance(budget, bool) or budget not in shares:
@@ -320,7 +320,7 @@ class Study:
     def _local_policy(self, number: int, percent: int) -> tuple[Path | None, set[int]]:
         """(the trial folder's policy file for `percent`, or None; the budgets the folder has files for). Only
         where the trials' location is a local folder."""
-        from eeopt.study.trial import POLICY_DIR, policy_path
+        from eeopt.pipeline import POLICY_DIR, policy_path
 
         if is_uri(self.trials_location):
             return None, set()
@@ -335,7 +335,7 @@ class Study:
         import tempfile
 
         from eeopt.policy_file import PolicyFile
-        from eeopt.study.trial import POLICY_DIR
+        from eeopt.pipeline import POLICY_DIR
 
         if not run_id:
             return None, set()

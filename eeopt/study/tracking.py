@@ -322,8 +322,7 @@ def summarize(store, objectives: Mapping[str, str], experiment_id: str):
              f"{counts.running} running."]
     if not front:
         return metrics, {}, "\n\n".join(lines + ["No trial has completed yet."]), None
-    maximize = not names or objectives[names[0]] == "maximize"
-    best = (max if maximize else min)(front, key=lambda t: t.values[0])
+    best = store.best_trial()  # the one rule: `TrialStore.best_trial`
     headline = {k: float(v) for k, v in sorted(best.user_attrs.items())
                 if k.startswith("test/") and isinstance(v, (int, float)) and not isinstance(v, bool)}
     values = dict(zip(names, best.values))

@@ -18,12 +18,12 @@ from typing import Any
 
 from eeopt.config import TrainConfig
 from eeopt.stores import TrialRun, mask_secrets
-from eeopt.names import train_key
+from eeopt.names import exit_key, split_key, train_key
 from eeopt.study import tracking
 from eeopt.study.cluster import node_tags, trial_folder
 from eeopt.study.progress import batch_report_due
 from eeopt.study.records import HEADLINE_METRICS, EpochReport, ProgressReport, TrialReport, TrialSpec
-from eeopt.study.trial import LATENCY_FILE, METRICS_TABLE, POLICY_DIR, run_trial
+from eeopt.pipeline import LATENCY_FILE, METRICS_TABLE, PLOT_DIR, POLICY_DIR, run_trial
 from eeopt.environment import environment
 from eeopt.training.runtime import resolve_device
 
@@ -32,25 +32,26 @@ TRIAL_ARTIFACTS = ("val.npz", "test.npz", "config.yaml", "pareto.json", "metrics
                    "model.pt", LATENCY_FILE)
 
 
-def run_trial_on_worker(config: dict[str, Any], objective_fn=None, stores=None) -> None:
+def run_trial_on_worker(config: dict[str, Any], objective_fn=None, stores=None, plot_writer=None) -> None:
     """What a Ray worker runs for one trial; `config` carries a `TrialSpec`, `objective_fn` a custom objective
     given as a callable to `Study.run` (a 'module:function' objective travels in the spec), `stores` the study's
     `eeopt.stores.Stores` (through `tune.with_parameters`: its URLs may hold a password, the spec is written to
     files). Every MLflow write goes through the trial's `TrialRun`, under the study's retry policy: an outage of
-    the tracking store delays the trial, it does not fail it."""
+    the tracking store delays the trial, it does not fail it. The plots go to `plot_writer` (`plotter.PlotWriter`,
+    off the trial's critical path), or are drawn here without one."""
     from ray import tune
 
     last_acc = [math.nan]
     try:
         spec = TrialSpec.from_config(config)
         with trial_folder(spec.output_dir) as folder:
-            report = _run(spec, stores.run(spec.mlflow_run_id), folder, objective_fn, last_acc)
+            report = _run(spec, stores.run(spec.mlflow_run_id), folder, objective_fn, last_acc, plot_writer)
     except Exception as exc:  # noqa: BLE001 - every failure is recorded on the trial, the study goes on
         report = TrialReport.fail(mask_secrets(f"{type(exc).__name__}: {exc}"), last_acc[0])
     tune.report(report.to_result())
 
 
-def _run(spec: TrialSpec, run: TrialRun, folder, objective_fn, last_acc: list[float]) -> TrialReport:
+def _run(spec: TrialSpec, run: TrialRun, folder, objective_fn, last_acc: list[float], plot_writer) -> TrialReport:
     from ray import tune
 
     cfg = pin_to_trial_resources(TrainConfig.model_validate(spec.train_config), _trial_resources())
@@ -73,11 +74,14 @@ def _run(spec: TrialSpec, run: TrialRun, folder, objective_fn, last_acc: list[fl
         cfg, output_dir=folder.path, on_epoch=on_epoch, objectives=list(spec.objectives),
         objective=objective_fn or spec.objective_ref, on_batch=progress.batch_done,
         source={"model_dir": spec.output_dir, "trial": spec.trial_number, "run_id": run.run_id},
+        plots=plot_writer is None,
     )
     run.log_metrics(tracking.run_metrics(result.metrics))  # every metric: metrics.json
     _log_trial_artifacts(run, result)
+    if plot_writer is not None:  # drawn and logged by the study's writer while the next trial runs
+        plot_writer.write.remote(run.run_id, result.evaluation.primary, None if folder.remote else str(folder.path))
     k = result.test.num_exits
-    headline = {name: result.metrics[name] for name in (*HEADLINE_METRICS, f"test/exit{k}/accuracy")}
+    headline = {name: result.metrics[name] for name in (*HEADLINE_METRICS, split_key("test", exit_key(k, "accuracy")))}
     run.set_note_section("summary", tracking.trial_note(
         dict(zip(spec.objectives, values)), headline, (METRICS_TABLE, "metrics.json")))
     return TrialReport.complete(values, headline, last_acc[0])
@@ -149,8 +153,6 @@ def _log_trial_artifacts(run: TrialRun, result) -> None:
         return
     run.log_artifacts([out / name for name in TRIAL_ARTIFACTS])
     run.log_artifacts(sorted(result.policies.values()), artifact_path=POLICY_DIR)
-    from eeopt.plots import save_trial_plots
-
-    plots = save_trial_plots(result, out / "plots")
-    run.log_artifacts(plots.values(), artifact_path="plots")
-    run.log_images(plots, prefix=tracking.PLOT_KEY_PREFIX)
+    if result.plots:
+        run.log_artifacts(result.plots.values(), artifact_path=PLOT_DIR)
+        run.log_images(result.plots, prefix=tracking.PLOT_KEY_PREFIX)

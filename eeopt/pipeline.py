@@ -1,8 +1,9 @@
-"""One study trial, callable without Ray: train -> (measure latency) -> exit outputs -> calibrate on val -> metrics
--> threshold search on val, reported on test -> objectives -> policy files.
+"""The one trial pipeline: train -> (measure latency) -> exit outputs -> calibrate on val -> metrics -> threshold
+search on val, reported on test -> objectives -> policy files -> plots -> files.
 
-`run_trial` is what a Ray Tune worker runs; tests and debugging call it directly. Test numbers are computed and
-logged beside the val numbers but never feed an objective.
+`run_trial` is what `eeopt train` runs and what a study's Ray Tune worker runs (which only adds MLflow tracking
+around it); tests and debugging call it directly. It imports no Ray, Optuna or MLflow. Test numbers are computed
+and logged beside the val numbers but never feed an objective.
 
 Costs: with `policy.cost: latency` the trained model is profiled on the device it trained on
 (`eeopt.inference.profile_latency`), the per-sample latency goes into the exit outputs as `latency_ms` (val.npz and
@@ -33,7 +34,7 @@ import numpy as np
 
 from eeopt.config import PolicyConfig, TrainConfig
 from eeopt.errors import ConfigError
-from eeopt.names import cost_metrics
+from eeopt.names import BUDGETS, cost_metrics
 from eeopt.outputs import ExitOutputs
 
 if TYPE_CHECKING:
@@ -42,11 +43,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("eeopt.study")
 #: Budgets (percent of the last exit's cost) a trial writes a policy file for: `policies/budget_{b}.json`.
-POLICY_BUDGETS = (25, 50, 75)
+POLICY_BUDGETS = tuple(b for b in BUDGETS if b < 100)
 #: Every metric of a trial as a table (a row per metric, a column per split and calibrator or score), beside
 #: metrics.json; MLflow shows it as a table among the run's artifacts.
 METRICS_TABLE = "metrics_table.csv"
 POLICY_DIR = "policies"
+#: The folder of a trial's standard plots (`eeopt.plots.TRIAL_PLOTS`), in its output folder and its MLflow run.
+PLOT_DIR = "plots"
 #: The certified policy's file in `POLICY_DIR` (with `policy.risk_control`).
 CERTIFIED_POLICY = "certified.json"
 #: The latency profile of a trial that measured one (`LatencyProfile.to_dict()`), in its output folder.
@@ -83,6 +86,7 @@ class TrialResult:
     latency: LatencyProfile | None = None
     policies: dict[int | str, Path] = dataclasses.field(default_factory=dict)
     certified: Any = None  # eeopt.risk_control.RiskControlReport
+    plots: dict[str, Path] = dataclasses.field(default_factory=dict)  # {name: PNG} in `eeopt.plots.TRIAL_PLOTS`
 
 
 def evaluate_trial(val: ExitOutputs, test: ExitOutputs, cfg: TrainConfig) -> Assessment:
@@ -113,6 +117,7 @@ def run_trial(
     progress: bool = False,
     on_batch: Callable[[int, int], None] | None = None,
     source: Mapping[str, Any] | None = None,
+    plots: bool = True,
 ) -> tuple[TrialResult, list[float]]:
     """Train and evaluate one configuration; return the result and its objective values.
 
@@ -122,6 +127,8 @@ def run_trial(
         on_batch: `(steps done, steps in the epoch)` after every optimizer step (`eeopt.training.train`).
         source: provenance recorded in the policy files (`trial`, `run_id`, `model_dir`: the folder holding
             model.pt, `output_dir` by default).
+        plots: write the standard plots into `output_dir/plots` (a study's worker passes False and has them
+            written off the trial's critical path, `eeopt.study.plotter`).
     Raises:
         TrainingDiverged, DataError, ConfigError: from training or from an objective that returns the wrong thing.
     """
@@ -162,6 +169,10 @@ def run_trial(
         atomic_write_text(output_dir / "pareto.json", json.dumps(jsonable(evaluation.primary.search.to_dict()),
                                                                   indent=1))
         result.policies = write_policies(result, {"model_dir": str(output_dir), **(source or {})})
+        if plots:
+            from eeopt.plots import save_trial_plots
+
+            result.plots = save_trial_plots(result, output_dir / PLOT_DIR)
     values = objective_values(result, objectives, objective)
     return result, values
 
