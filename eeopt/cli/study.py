@@ -234,6 +234,11 @@ def study_analyze(
     log: Annotated[bool, typer.Option(
         "--log", help="Also log the report to the study's latest MLflow parent run (artifacts analysis/ and its "
         "description). Without it, analyze writes nothing to the stores.")] = False,
+    replicate: Annotated[Optional[str], typer.Option(
+        "--replicate", metavar="NAME", help="Also compare with study NAME in the same stores: this study "
+        "file run again with another training seed (`study run FILE --set seed=1 --set study.name=NAME`). "
+        "Trials are paired by number (equal sampled parameters); shows each proxy's Spearman in both and how "
+        "far the target moved.")] = None,
     as_json: JsonFlag = False,
     overrides: SetOpt = None,
 ) -> None:
@@ -242,6 +247,8 @@ def study_analyze(
     Reads every finished trial (Optuna joined to MLflow); a point is a (trial, calibrator) pair. A reporting
     command: it reads the stores and writes to them only with --log (the report then goes to the study's latest
     MLflow parent run).
+
+    With --replicate NAME, also the retraining spread: the same trials trained again with another seed.
     """
     from eeopt.errors import ConfigError
 
@@ -254,18 +261,36 @@ def study_analyze(
     from eeopt.analysis import write_report
     from eeopt.cli.exits import show_analysis
     from eeopt.study import Study
-    from eeopt.study.analysis import analyze_study, log_report
+    from eeopt.study.analysis import analyze_replicate, analyze_study, log_report, print_replicate
 
     study = Study.from_yaml(study_file, overrides or [])
+    if replicate == study.name:
+        raise ConfigError(f"--replicate: {replicate!r} is this study; name the study run again with another "
+                          "seed")
+    twin = Study.from_yaml(study_file, [*(overrides or []), f"study.name={replicate}"]) if replicate else None
+    if twin is not None:
+        twin.trial_store(create=False)  # no such study: say so before the analysis runs
     result = analyze_study(study, split=split, targets=[target] if target else None)
+    spread = analyze_replicate(study, result, twin) if twin is not None else None
     run_id = None
     if output_dir is not None or log:
         with tempfile.TemporaryDirectory() as tmp:
             folder = output_dir if output_dir is not None else Path(tmp)
             paths = write_report(result.analysis, folder, curves=result.curves or None, split=split,
                                  curves_model=result.curves_model)
+            if spread is not None:
+                from eeopt.analysis.replicate import markdown_section
+
+                section = markdown_section(spread.replicate, study.name, spread.name)
+                with open(paths[0], "a") as report:
+                    report.write("\n" + "\n".join(section))
             run_id = log_report(study, result, paths) if log else None
+    if as_json and spread is not None:
+        typer.echo(json.dumps({**result.analysis.to_dict(), "replicate": spread.to_dict()}, indent=1))
+        return
     show_analysis(result.analysis, as_json, target, per_exit, output_dir)
+    if spread is not None:
+        print_replicate(study.name, spread)
     if log and not as_json:
         typer.echo(f"report logged to the study's MLflow run {run_id} (artifacts/analysis/)" if run_id else
                    "--log: the study has no MLflow parent run to log to (run the study first)", err=True)
