@@ -93,8 +93,8 @@ def test_three_workers_one_killed_finish_exactly_n_without_repeats(tmp_path, own
     they finish exactly N, with N FINISHED child runs, no run left RUNNING, no parameters drawn twice. A rerun
     once they are done adds nothing: no trial, no child run."""
     n = 4
-    url = own_postgres.create_database(f"w{uuid.uuid4().hex[:10]}")
-    tracking = own_postgres.create_database(f"m{uuid.uuid4().hex[:10]}")
+    optuna_db, mlflow_db = f"w{uuid.uuid4().hex[:10]}", f"m{uuid.uuid4().hex[:10]}"
+    url, tracking = own_postgres.create_database(optuna_db), own_postgres.create_database(mlflow_db)
     path = write_study(tmp_path, tiny_study("shared", n, epochs=6, storage=url, heartbeat_grace=10,
                                             mlflow={"tracking_uri": tracking},
                                             resources={"cpus_per_trial": 1, "max_concurrent": 1}, ray={"num_cpus": 1}))
@@ -126,3 +126,5 @@ def test_three_workers_one_killed_finish_exactly_n_without_repeats(tmp_path, own
     again = assert_study_consistent(url, "shared", tracking, n)
     assert len(again) == len(trials)
     assert len([r for r in mlflow_runs(tracking, "shared") if r.data.tags.get("eeopt.role") == "trial"]) == len(trials)
+    dumps = own_postgres.dump(optuna_db) + own_postgres.dump(mlflow_db)  # every table of both stores
+    assert "shared" in dumps and own_postgres.password not in dumps
