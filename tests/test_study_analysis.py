@@ -84,3 +84,89 @@ def test_exits_analyze_on_the_same_models_gives_the_same_numbers(finished, capsy
         assert (a["proxy"], a["target"]) == (b["proxy"], b["target"])
         for key in ("spearman", "kendall", "partial_spearman", "spearman_ci", "kendall_ci", "n_trials", "n_points"):
             assert a[key] == pytest.approx(b[key], abs=1e-12), (a["proxy"], a["target"], key)
+
+
+def _test_metrics(tracking_uri: str, experiment: str) -> dict[int, dict[str, float]]:
+    """Each trial run's metrics, by trial number, read straight from MLflow."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    return {int(r.data.tags["optuna.trial_number"]): r.data.metrics for r in runs
+            if r.data.tags.get("eeopt.role") == "trial"}
+
+
+def test_study_analyze_replicate_end_to_end(finished, monkeypatch, capsys):
+    """The finished study's file run again with `--set seed=1` (another training seed): the trials' sampled
+    values agree by number, and `study analyze --replicate` gives scipy's numbers on the two studies' MLflow
+    metrics, a table that fits 80 columns, a report section, and one-line errors for a missing replicate or one
+    without a paired trial. (Last in this file: it adds a study to the stores the tests above read.)"""
+    import re
+
+    import numpy as np
+    import optuna
+
+    tmp_path, path = finished
+    assert main(["study", "run", str(path), "--set", "seed=1", "--set", "study.name=proxies-seed1"]) == 0
+    storage = f"sqlite:///{tmp_path / 'eeopt.db'}"
+    studies = [optuna.load_study(study_name=name, storage=storage) for name in ("proxies", "proxies-seed1")]
+    complete = (optuna.trial.TrialState.COMPLETE,)
+    params = [{t.number: t.params for t in s.get_trials(states=complete)} for s in studies]
+    assert params[0] == params[1] and len(params[0]) == 5
+
+    capsys.readouterr()
+    assert main(["study", "analyze", str(path), "--replicate", "proxies-seed1", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)["replicate"]
+    assert out["pairs"] == [[n, n] for n in range(5)] and out["unpaired"] == {"first": [], "replicate": []}
+    assert out["seeds"] == {"first": ["0"], "replicate": ["1"]} and out["other_params"] == []
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    metrics = [_test_metrics(uri, name) for name in ("proxies", "proxies-seed1")]
+    keys = [(n, c) for n in range(5) for c in ("none", "temperature", "isotonic")]
+    target = [[m[n][f"test/calib/{c}/acc_cost_auc"] for n, c in keys] for m in metrics]
+    rows = {r["proxy"]: r for r in out["proxies"]}
+    for proxy, sign in (("mean/ece", -1), ("mean/nll", -1), ("mean/auroc", 1)):
+        rho = [_spearman([sign * m[n][f"test/calib/{c}/{proxy}"] for n, c in keys], y)
+               for m, y in zip(metrics, target)]
+        assert rows[proxy]["spearman"] == pytest.approx(rho[0], abs=1e-12)
+        assert rows[proxy]["replicate_spearman"] == pytest.approx(rho[1], abs=1e-12)
+    finite = [r for r in out["proxies"] if r["spearman"] is not None and r["replicate_spearman"] is not None]
+    assert out["order"]["spearman"] == pytest.approx(
+        _spearman([r["spearman"] for r in finite], [r["replicate_spearman"] for r in finite]), abs=1e-12)
+    (none,) = [r for r in out["target_change"] if r["calibrator"] == "none"]
+    a, b = ([m[n]["test/calib/none/acc_cost_auc"] for n in range(5)] for m in metrics)
+    assert none["spearman"] == pytest.approx(_spearman(a, b), abs=1e-12) and none["n_models"] == 5
+    assert none["median_abs_change"] == pytest.approx(np.median(np.abs(np.subtract(b, a))), abs=1e-12)
+
+    monkeypatch.setenv("COLUMNS", "80")
+    report = tmp_path / "report"
+    assert main(["study", "analyze", str(path), "--replicate", "proxies-seed1", "--output-dir",
+                 str(report)]) == 0
+    text = capsys.readouterr().out
+    assert "Retraining spread: proxies vs proxies-seed1 (seed 0 vs 1)" in text and "first-ranked:" in text
+    ece = rows["mean/ece"]  # its row: Spearman (rank) in each study, and the change
+    cells = [f"{ece['spearman']:.3f} \\({ece['rank']}\\)",
+             f"{ece['replicate_spearman']:.3f} \\({ece['replicate_rank']}\\)", f"{ece['change']:.3f}"]
+    assert re.search(r"│ mean/ece\s+│\s+" + r" │\s+".join(cells) + " │", text)
+    lines = [line for line in text.splitlines() if not line.startswith("report: ")]  # a path, however long
+    assert max(len(line.rstrip()) for line in lines) <= 80 and "…" not in text
+    section = "## Retraining spread: `proxies` against its replicate `proxies-seed1`"
+    assert section in (report / "report.md").read_text()
+
+    assert main(["study", "analyze", str(path), "--replicate", "nosuch"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: no study named 'nosuch'") and err.count("\n") == 1
+    # a replicate whose trials sampled other values: the same runs, another learning rate
+    shifted = optuna.create_study(study_name="shifted", storage=storage, direction="maximize")
+    for t in studies[1].get_trials():
+        shifted.add_trial(optuna.trial.create_trial(
+            state=t.state, values=t.values,
+            params={**t.params, "training.lr": (t.params["training.lr"] + 0.003) / 2},
+            distributions=t.distributions, user_attrs=t.user_attrs))
+    assert main(["study", "analyze", str(path), "--replicate", "shifted"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: study 'shifted' has no trial paired with 'proxies': 5 trial numbers") and \
+        err.count("\n") == 1
+
+
+def _spearman(x, y) -> float:
+    return float(spearmanr(x, y).statistic)
