@@ -52,7 +52,8 @@ def test_postgresql_restart_under_both_stores_delays_trials_never_fails_them(tmp
         trials = assert_study_consistent(optuna_url, "outage", tracking_uri, n)
         assert [t.state.name for t in trials] == ["COMPLETE"] * n, [(t.number, t.state.name, t.user_attrs)
                                                                     for t in trials]
-        assert "retrying" in text, text[-3000:]  # the wait was said
+        assert "retrying" in text, text[-3000:]  # the wait was said, the driver's and a worker's
+        assert "its worker waits for the MLflow tracking store" in text, text[-3000:]
 
         import mlflow
 

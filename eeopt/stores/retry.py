@@ -67,6 +67,9 @@ class RetryPolicy:
     retry_for: float = RETRY_FOR
     first_delay: float = 0.5
     max_delay: float = 5.0
+    #: Called as `on_wait(what, seconds waited)` when a call starts to wait and every `SAY_EVERY` s after (a study's
+    #: worker passes the wait on to the driver's progress lines); its errors are ignored.
+    on_wait: Callable[[str, float], None] | None = dataclasses.field(default=None, compare=False, repr=False)
 
     def call(self, call: Callable[[], T], url: str | None, what: str = "storage") -> T:
         """`call()`, retried while its store does not answer, for up to `retry_for` seconds.
@@ -90,12 +93,16 @@ class RetryPolicy:
                     if said is not None:
                         log.warning("%s: gave up after %.0f s of retries", what, now - start)
                     raise
-                if said is None:
-                    log.warning("%s; retrying for up to %.0f s (study.store_retry_s)", exc, self.retry_for)
+                if said is None or now - said >= SAY_EVERY:
+                    if said is None:
+                        log.warning("%s; retrying for up to %.0f s (study.store_retry_s)", exc, self.retry_for)
+                    else:
+                        log.warning("%s: still retrying (%.0f s of up to %.0f s)", what, now - start,
+                                    self.retry_for)
                     said = now
-                elif now - said >= SAY_EVERY:
-                    log.warning("%s: still retrying (%.0f s of up to %.0f s)", what, now - start, self.retry_for)
-                    said = now
+                    if self.on_wait is not None:
+                        with contextlib.suppress(Exception):
+                            self.on_wait(what, now - start)
                 time.sleep(delay)
                 delay = min(2 * delay, self.max_delay)
 

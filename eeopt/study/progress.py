@@ -258,6 +258,8 @@ class Reporter:
             stage = "resuming" if row.resumed else "starting (worker, data, model)"
         elif p.phase == "evaluate":
             stage = "evaluating (calibrators, metrics, threshold search)"
+        elif p.phase == "store":
+            stage = f"waiting for the {p.store} ({p.waited:.0f} s, retrying)"
         else:
             epoch = f"epoch {p.epoch}/{p.epochs}" if p.epoch else f"epoch ?/{p.epochs} (resumed)"
             stage = f"{epoch}, batch {p.batch}/{p.batches} ({100 * p.batch / max(p.batches, 1):.0f} %)"
@@ -291,8 +293,9 @@ class Reporter:
             for row in rows:
                 p = row.progress
                 acc = "-" if math.isnan(row.val_acc) else f"{row.val_acc:.4f}"
-                if p is None or p.phase == "evaluate":
-                    label = "evaluating" if p is not None else ("resuming" if row.resumed else "starting")
+                if p is None or p.phase in ("evaluate", "store"):
+                    label = ("resuming" if row.resumed else "starting") if p is None else \
+                        {"evaluate": "evaluating", "store": "waiting for a store"}[p.phase]
                     bar, count, epoch = Text(label, style="italic"), "", "" if p is None else f"{p.epochs}/{p.epochs}"
                 else:
                     bar = ProgressBar(total=max(p.batches, 1), completed=p.batch, width=24)

@@ -84,7 +84,8 @@ class EpochReport:
 @dataclasses.dataclass(frozen=True)
 class ProgressReport:
     """Where a running trial stands: epoch `epoch` of `epochs` (from 1), `batch` of `batches` optimizer steps done in
-    it, or `phase` "evaluate" once training is over (calibrators, metrics, threshold search). `val_acc_last` is the
+    it, or `phase` "evaluate" once training is over (calibrators, metrics, threshold search), or "store" while it
+    waits for a store that does not answer (`waited` seconds so far, `store` says which). `val_acc_last` is the
     last finished epoch's `EPOCH_METRIC` (NaN before the first); `epoch` is 0 while a resumed trial has not yet
     finished an epoch here (the checkpoint's epoch is not known before)."""
 
@@ -92,8 +93,10 @@ class ProgressReport:
     epochs: int
     batch: int
     batches: int
-    phase: Literal["train", "evaluate"] = "train"
+    phase: Literal["train", "evaluate", "store"] = "train"
     val_acc_last: float = math.nan
+    store: str = ""
+    waited: float = 0.0
 
     @property
     def fraction(self) -> float:

@@ -205,6 +205,11 @@ class StudySearcher(Searcher):
             return
         progress = ProgressReport.from_result(result)
         if progress is not None:
+            if progress.phase == "store":
+                self.reporter.line(f"trial {entry.ticket.number}: its worker waits for the {progress.store} "
+                                   f"({progress.waited:.0f} s so far; retried for up to "
+                                   f"{self.plan.settings.store_retry_s:g} s, study.store_retry_s)  "
+                                   f"{self.reporter.status()}")
             self.reporter.trial_progress(entry.ticket.number, progress)
             return
         epoch = EpochReport.from_result(result)

@@ -11,6 +11,7 @@ GPUs) it ran on; the trial's folder may be a URI, synced after every epoch (`clu
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Mapping
@@ -55,10 +56,12 @@ def _run(spec: TrialSpec, run: TrialRun, folder, objective_fn, last_acc: list[fl
     from ray import tune
 
     cfg = pin_to_trial_resources(TrainConfig.model_validate(spec.train_config), _trial_resources())
+    progress = _ProgressSender(cfg, resumed=(folder.path / "checkpoint.pt").exists())
+    # a wait for the tracking store shows on the driver's progress lines
+    run = dataclasses.replace(run, policy=dataclasses.replace(run.policy, on_wait=progress.store_wait))
     run.set_tags({**node_tags(), tracking.TAG_COST: cfg.policy.cost_unit,
                   **environment(resolve_device(cfg.training.device), cfg.training.deterministic)})
     run.log_params(tracking.params_from_config(spec.train_config, spec.sampled))
-    progress = _ProgressSender(cfg, resumed=(folder.path / "checkpoint.pt").exists())
 
     def on_epoch(epoch: int, row: dict[str, Any]) -> None:
         numeric = {train_key(k): float(v) for k, v in row.items()
@@ -134,6 +137,10 @@ class _ProgressSender:
         self.epoch, self.val_acc = epoch + 1, val_acc
         if epoch >= self.epochs:
             self._send(ProgressReport(epoch, self.epochs, 0, 0, "evaluate", val_acc))
+
+    def store_wait(self, what: str, waited: float) -> None:
+        """The trial waits for a store (`RetryPolicy.on_wait`): say so on the driver's progress lines."""
+        self._send(ProgressReport(self.epoch, self.epochs, 0, 0, "store", self.val_acc, what, waited))
 
     def _send(self, report: ProgressReport) -> None:
         from ray import tune
