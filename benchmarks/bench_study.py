@@ -67,18 +67,20 @@ def main() -> None:
             "study": {"name": "overhead", "trials": n, "sampler": "random",
                       "resources": {"cpus_per_trial": 1, "max_concurrent": 1}},
         }))
-        started = time.perf_counter()
+        started, wall_start = time.perf_counter(), time.time()
         summary = Study.from_yaml(study_file).run(progress=False)
         study_s = time.perf_counter() - started
         ray.shutdown()
         assert summary.completed == n, summary
-        steady_s = steady_per_trial(f"sqlite:///{folder / 'eeopt.db'}", "overhead")
+        steady_s, first_end, last_end = steady_per_trial(f"sqlite:///{folder / 'eeopt.db'}", "overhead")
+        first_end_s, drain_s = first_end - wall_start, wall_start + study_s - last_end
         plots_s = time_plots(cfg, folder / "plots")
     loop_per = loop_s / n
     write_result("study", {"trials": n, "loop_s": loop_s, "ray_init_s": ray_s, "study_s": study_s,
                            "overhead_s": study_s - loop_s, "overhead_per_trial_s": (study_s - loop_s) / n,
                            "steady_per_trial_s": steady_s, "steady_overhead_per_trial_s": steady_s - loop_per,
                            "one_time_s": study_s - n * steady_s, "plots_s": plots_s,
+                           "first_trial_end_s": first_end_s, "after_last_trial_s": drain_s,
                            "trial": TRIAL}, machine, out=args.out)
 
     print(f"\n{n} tiny trials (digits, tinyresnet width 8, 1 epoch), one at a time\n")
@@ -90,16 +92,19 @@ def main() -> None:
     print(f"| **overhead** | {study_s - loop_s:.1f} | **{(study_s - loop_s) / n:.2f}** |")
     print(f"| steady state: trial 1 to trial {n - 1} finished, per trial | | {steady_s:.2f} |")
     print(f"| the trial's four plots, rendered in this process | | {plots_s:.2f} |")
+    print(f"| first trial finished after | {first_end_s:.1f} | |")
+    print(f"| after the last trial finished (the plot writer's backlog, closing) | {drain_s:.1f} | |")
 
 
-def steady_per_trial(storage: str, name: str) -> float:
-    """Seconds per trial once the first has finished: from the first trial's end to the last one's, over N-1.
-    It leaves out what a study pays once (opening the stores, the first worker's imports)."""
+def steady_per_trial(storage: str, name: str) -> tuple[float, float, float]:
+    """(seconds per trial once the first has finished: from the first trial's end to the last one's, over N-1;
+    the first trial's end; the last trial's end, as Unix times). The steady state leaves out what a study pays
+    once (opening the stores, the first worker's imports) and the plots still being drawn after the last trial."""
     import optuna
 
     ends = sorted(t.datetime_complete for t in optuna.load_study(study_name=name, storage=storage).get_trials()
                   if t.datetime_complete is not None)
-    return (ends[-1] - ends[0]).total_seconds() / (len(ends) - 1)
+    return (ends[-1] - ends[0]).total_seconds() / (len(ends) - 1), ends[0].timestamp(), ends[-1].timestamp()
 
 
 def time_plots(cfg, folder: Path) -> float:
