@@ -49,6 +49,16 @@ def test_busy_port_is_one_line_and_exit_2_before_anything_starts(study_file, bus
     assert sorted(p.name for p in study_file.parent.iterdir()) == before  # no mlflow.db, nothing written
 
 
+def test_ui_on_a_study_that_never_ran_is_one_line_and_creates_nothing(study_file, capsys):
+    """MLflow's server would create the SQLite store (and a missing folder on the way) and serve an empty UI."""
+    before = sorted(p.name for p in study_file.parent.iterdir())
+    assert main(["ui", str(study_file), "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: no MLflow tracking store at sqlite:///") and err.count("\n") == 1
+    assert "has not run yet (eeopt study run" in err
+    assert sorted(p.name for p in study_file.parent.iterdir()) == before
+
+
 def test_a_host_that_is_not_here_is_one_line_and_exit_2(study_file, capsys):
     assert main(["ui", str(study_file), "--host", "192.0.2.1", "--port", "0"]) == 2
     err = capsys.readouterr().err
@@ -92,7 +102,9 @@ def _listening(port: int) -> bool:
 def test_a_signal_stops_the_server_and_all_its_processes(study_file, command, sig):
     from eeopt.study import Study
 
-    Study.from_yaml(study_file).optuna_study()
+    study = Study.from_yaml(study_file)
+    study.optuna_study()
+    study.stores.prepare_tracking()  # both stores exist, as after a study run
     proc = subprocess.Popen([sys.executable, "-m", "eeopt.cli", command, str(study_file), "--port", "0"],
                             stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     try:

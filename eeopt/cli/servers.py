@@ -43,6 +43,12 @@ def ui_cmd(
         _announce(f"MLflow UI (served by the study's tracking server): {url}", url, open_browser, stop=False)()
         return
     port = free_port(host, port)
+    # MLflow's server would create a store that is not there (and its folder): an empty UI of nothing
+    if not study.stores.tracking_exists():
+        from eeopt.errors import StorageError
+
+        raise StorageError(f"no MLflow tracking store at {study.stores.masked_tracking}: study {study.name!r} has "
+                           f"not run yet (eeopt study run {study_file})")
     experiment_id, has_view = _experiment(study)
 
     url = runs_url(local_url(host, port), experiment_id, with_view=has_view)
