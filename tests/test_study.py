@@ -177,6 +177,18 @@ def test_categorical_search_over_lists(tmp_path, ray_local):
     assert child.data.params["sampled.model.exits"] == child.data.params["model.exits"] == trial.params["model.exits"]
 
 
+@pytest.mark.slow
+def test_resources_no_node_has_are_refused_before_the_optuna_study_exists(tmp_path, ray_local, capsys):
+    """A trial asking for more CPUs than any node of the (2-CPU) Ray has: one line, exit 2, and no Optuna study,
+    MLflow store or runs folder written (Ray is checked before the study is created)."""
+    path = _write(tmp_path, {**BASE, "study": {**BASE["study"], "resources": {"cpus_per_trial": 4}}})
+    assert main(["study", "run", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "error: study.resources.cpus_per_trial: a trial asks for 4 CPUs, but no node of" in err, err
+    assert err.count("\n") == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["study.yaml"]
+
+
 def test_status_of_a_study_never_run_writes_nothing(tmp_path, capsys):
     path = _write(tmp_path, BASE)
     assert main(["study", "status", str(path)]) == 2

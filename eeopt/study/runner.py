@@ -121,9 +121,9 @@ class Study:
         """Run or continue the study until it holds `study.trials` finished trials (or time/failures run out).
 
         Everything is checked before anything is written: the config, registry names, objectives, that the stores
-        answer and (on a Ray cluster) that every node can reach them; the Optuna study is opened (or created) last,
-        since a study of this name with other objectives is refused there. Then Ray starts (or is joined; a node
-        able to run a trial is checked for), and only then MLflow and the runs folder are touched.
+        answer, (on a Ray cluster) that every node can reach them, and that an existing study of this name has the
+        same objectives. Then Ray starts (or is joined; a node able to run a trial is checked for), and only then
+        the Optuna study is created and MLflow and the runs folder are touched.
 
         Args:
             objective: optional custom objective `fn(TrialResult) -> float | tuple` or 'module:function' (else
@@ -142,13 +142,14 @@ class Study:
         space = SearchSpace(self.config)
         space.check_names()
         self.check_stores()
-        store = self.trial_store()  # the last check: a study of this name with other objectives is refused here
+        self._check_existing_study()  # a study of this name with other objectives is refused before Ray starts
         reporter = progress if isinstance(progress, Reporter) else Reporter(enabled=progress)
 
         from eeopt.study.loop import ray_session, run_tune
         from eeopt.study.searcher import SearchPlan
 
         with ray_session(self.settings.ray, self.settings.resources, reporter):
+            store = self.trial_store()  # created only once Ray can run a trial (`study.resources` checked)
             reporter.line(f"study {self.name}: opening the MLflow tracking store")
             runs = self._start_runs(store, reporter)
             plan = SearchPlan(
@@ -172,6 +173,14 @@ class Study:
         if outcome.storage_failed:
             raise StorageError(f"study {self.name!r} stopped: {outcome.last_error}")
         return summary
+
+    def _check_existing_study(self) -> None:
+        """`ConfigError` when the storage holds a study of this name with other objectives or directions; reads
+        only (a study that is not there yet is fine: it is created once Ray is up)."""
+        try:
+            self.trial_store(create=False)
+        except StudyError:
+            return
 
     def check_stores(self) -> None:
         """The checks made before a run writes anything: stores reachable from where trials run (one line naming
