@@ -64,9 +64,9 @@ def best_wall(cmd: list[str], repeats: int) -> float:
 
 def stages(path: Path) -> dict[str, float]:
     """Seconds per stage of `exits evaluate`, in-process (after imports)."""
-    from eeopt.evaluation import evaluate
-    from eeopt.outputs import ExitOutputs
-    from eeopt.prepared import prepare_pair
+    from eeopt.core.evaluation import evaluate
+    from eeopt.core.outputs import ExitOutputs
+    from eeopt.core.prepared import prepare_pair
 
     times = {}
     t0 = time.perf_counter()
@@ -91,7 +91,7 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="result file (default benchmarks/results/evaluate.json)")
     args = parser.parse_args()
     machine = machine_info()
-    from eeopt.synthetic import synthetic_exit_outputs
+    from eeopt.core.synthetic import synthetic_exit_outputs
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "big.npz"

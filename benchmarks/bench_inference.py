@@ -5,8 +5,8 @@ every exit and then choosing, at the policies chosen on val for 25 / 50 / 75 % o
     .venv/bin/python benchmarks/bench_inference.py --device cuda --out benchmarks/results/inference_cuda.json
 
 The model is the benchmark model of `common.MODEL_CONFIG` (tiny ResNet, 5 exits, Fashion-MNIST; cached under
-benchmarks/cache/). Policies: `eeopt.search.search_policies` on val (msp, no calibrator, 300 NSGA-II trials), then
-`eeopt.policy_choice.policy_from_search(search, budget)`. Inputs: the first `--samples` test images (batch 256) and the
+benchmarks/cache/). Policies: `eeopt.core.search.search_policies` on val (msp, no calibrator, 300 NSGA-II trials), then
+`eeopt.core.policy_choice.policy_from_search(search, budget)`. Inputs: the first `--samples` test images (batch 256) and the
 first `--samples-b1` (batch 1). Three ways to predict them, each timed on the same inputs, interleaved, best of
 `--repeats`:
 
@@ -210,9 +210,9 @@ def main() -> None:
     import torch
 
     from eeopt.inference import EarlyExitPredictor, load_model_dir, profile_latency, split_data
-    from eeopt.policy_choice import policy_from_search
-    from eeopt.prepared import prepare_pair
-    from eeopt.search import search_policies
+    from eeopt.core.policy_choice import policy_from_search
+    from eeopt.core.prepared import prepare_pair
+    from eeopt.core.search import search_policies
 
     folder = trained_model()
     model, cfg = load_model_dir(folder)

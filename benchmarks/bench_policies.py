@@ -27,10 +27,10 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from eeopt.metrics.efficiency import global_sweep  # noqa: E402
-from eeopt.policies import evaluate_thresholds  # noqa: E402
-from eeopt.scores import compute_score  # noqa: E402
-from eeopt.synthetic import synthetic_exit_outputs  # noqa: E402
+from eeopt.core.metrics.efficiency import global_sweep  # noqa: E402
+from eeopt.core.policies import evaluate_thresholds  # noqa: E402
+from eeopt.core.scores import compute_score  # noqa: E402
+from eeopt.core.synthetic import synthetic_exit_outputs  # noqa: E402
 
 from common import machine_info, progress, write_result  # noqa: E402
 

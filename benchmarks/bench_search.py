@@ -6,17 +6,17 @@ The exit outputs are those of the benchmark model (`common.MODEL_CONFIG`: the ti
 5 blocks, trained on 20,000 Fashion-MNIST images; trained once and cached under benchmarks/cache/). Every method
 chooses its policies on val (6,000 images) and is reported on test (10,000 images), with the msp score and no
 calibrator. For each budget (a share of the last exit's FLOPs) the policy with the best val accuracy within the
-budget is taken, and its test accuracy is reported (`eeopt.metrics.efficiency`, the rule behind acc_at_50).
+budget is taken, and its test accuracy is reported (`eeopt.core.metrics.efficiency`, the rule behind acc_at_50).
 
-- "Optuna per-exit search (eeopt)": `eeopt.search.search_thresholds`, as every study trial runs it (NSGA-II, 300
+- "Optuna per-exit search (eeopt)": `eeopt.core.search.search_thresholds`, as every study trial runs it (NSGA-II, 300
   trials, seeds 0.. `--seeds`-1; the candidates also include the global sweep's val frontier, so it is never worse
   on val than the sweep).
 - "Optuna trials only": the same search without the sweep's frontier among its candidates (what Optuna found).
 - The eeopt search again with `--more-trials` (3,000) trials: does a longer search find more?
 - "global sweep": one threshold shared by every exit, every distinct value tried exactly
-  (`eeopt.metrics.efficiency.global_sweep`, `sweep_efficiency`).
+  (`eeopt.core.metrics.efficiency.global_sweep`, `sweep_efficiency`).
 - "grid G^(K-1)": per-exit thresholds at G evenly spaced val-score quantiles per exit (0 = every sample leaves,
-  1 = none does), all G^(K-1) combinations evaluated at once by `eeopt.policies.evaluate_thresholds`.
+  1 = none does), all G^(K-1) combinations evaluated at once by `eeopt.core.policies.evaluate_thresholds`.
 
 Times are wall-clock seconds for choosing on val and evaluating the chosen front on test (process warm, imports
 excluded), the best of the seeds for deterministic methods. Writes benchmarks/results/search.json.
@@ -37,7 +37,7 @@ BUDGETS = (25, 50, 75)
 
 def grid_thresholds(sorted_scores: np.ndarray, levels: int) -> np.ndarray:
     """[levels^(K-1), K-1] thresholds: every combination of `levels` evenly spaced quantiles per exit."""
-    from eeopt.search import quantile_thresholds
+    from eeopt.core.search import quantile_thresholds
 
     q = np.linspace(0.0, 1.0, levels)
     combos = np.array(list(itertools.product(q, repeat=sorted_scores.shape[0])))
@@ -56,8 +56,8 @@ def method_row(name: str, eff, seconds: float, policies: int, fit_eff=None) -> d
 
 
 def run_grid(fit, report, costs, levels: int):
-    from eeopt.metrics.efficiency import efficiency, frontier_indices
-    from eeopt.policies import evaluate_thresholds
+    from eeopt.core.metrics.efficiency import efficiency, frontier_indices
+    from eeopt.core.policies import evaluate_thresholds
 
     started = time.perf_counter()
     thresholds = grid_thresholds(np.sort(fit.scores[:-1], axis=1), levels)
@@ -69,7 +69,7 @@ def run_grid(fit, report, costs, levels: int):
 
 
 def run_sweep(fit, report, costs):
-    from eeopt.metrics.efficiency import global_sweep, sweep_efficiency
+    from eeopt.core.metrics.efficiency import global_sweep, sweep_efficiency
 
     started = time.perf_counter()
     val = global_sweep(fit.scores, fit.correct, costs)
@@ -79,8 +79,8 @@ def run_sweep(fit, report, costs):
 
 
 def run_optuna(fit, report, costs, trials: int, seed: int, with_sweep: bool):
-    from eeopt.metrics.efficiency import SweepCurve
-    from eeopt.search import search_thresholds
+    from eeopt.core.metrics.efficiency import SweepCurve
+    from eeopt.core.search import search_thresholds
 
     # Without the sweep: hand the search a "sweep" that holds only its +inf point (every sample at the last exit),
     # a policy the candidates hold anyway, so only Optuna's trials are added.
@@ -121,7 +121,7 @@ def main() -> None:
     machine = machine_info()
 
     folder = trained_model()
-    from eeopt.prepared import prepare_pair
+    from eeopt.core.prepared import prepare_pair
 
     val, test = load_exit_outputs(folder)
     fit, report = prepare_pair(val, test, score="msp")

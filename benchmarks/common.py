@@ -173,6 +173,6 @@ def trained_model(config: dict[str, Any] | None = None) -> Path:
 
 def load_exit_outputs(folder: Path):
     """(val, test) `ExitOutputs` of a trained model folder."""
-    from eeopt.outputs import ExitOutputs
+    from eeopt.core.outputs import ExitOutputs
 
     return ExitOutputs.load(folder / "val.npz"), ExitOutputs.load(folder / "test.npz")

@@ -13,14 +13,14 @@ import dataclasses
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from eeopt.evaluation import EvaluationReport, evaluate
+from eeopt.core.evaluation import EvaluationReport, evaluate
 from eeopt.names import on_split, with_split, with_variant
-from eeopt.outputs import ExitOutputs, check_compatible
-from eeopt.prepared import PreparedSplit, fit_calibrator, prepare
-from eeopt.search import PolicySearch, search_policies
+from eeopt.core.outputs import ExitOutputs, check_compatible
+from eeopt.core.prepared import PreparedSplit, fit_calibrator, prepare
+from eeopt.core.search import PolicySearch, search_policies
 
 if TYPE_CHECKING:
-    from eeopt.calibration import Calibrator
+    from eeopt.core.calibration import Calibrator
 
 
 @dataclasses.dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 `EarlyExitPredictor(model, policy).predict(x)` runs the network one segment at a time (`MultiExitModel.exit_step`)
 in `torch.inference_mode()`. After each exit the samples still in the batch get their calibrated score
-(`eeopt.policy_file.ExitDecider`, the same calibrator and score code as `PolicyFile.decide`); those whose score
+(`eeopt.core.policy_file.ExitDecider`, the same calibrator and score code as `PolicyFile.decide`); those whose score
 passes that exit's threshold leave with that exit's prediction, and only the rest go on (batch compaction: their
 backbone state, whatever the family's (a map, tokens, multi-scale maps), and, for cascade heads, their previous
 exit's logits are indexed down). A batch in which every sample
@@ -29,8 +29,8 @@ import torch
 from eeopt.config import TrainConfig
 from eeopt.errors import ConfigError, ExitOutputsError
 from eeopt.models import MultiExitModel
-from eeopt.outputs import ExitOutputs
-from eeopt.policy_file import ExitDecider, PolicyFile, decision_summary
+from eeopt.core.outputs import ExitOutputs
+from eeopt.core.policy_file import ExitDecider, PolicyFile, decision_summary
 
 
 @dataclasses.dataclass

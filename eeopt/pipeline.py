@@ -11,7 +11,7 @@ test.npz keep the counted FLOPs as `costs`), and everything is evaluated with th
 efficiency metric and objective is accuracy-latency. Both cost vectors are reported as `cost/{unit}/exit{k}`.
 
 A trial with an output folder writes the val-chosen policy of its search for 25, 50 and 75 % of the last exit's
-cost as `policies/budget_{b}.json` (`eeopt.policy_file`), ready for `eeopt predict`.
+cost as `policies/budget_{b}.json` (`eeopt.core.policy_file`), ready for `eeopt predict`.
 
 With `policy.risk_control`, `calibration_share` of val is held out (the same samples in every trial, seeded by
 `policy.seed`): the calibrator, the threshold search and every other `val/` metric use the rest of val, and the
@@ -35,7 +35,7 @@ import numpy as np
 from eeopt.config import PolicyConfig, TrainConfig
 from eeopt.errors import ConfigError
 from eeopt.names import BUDGETS, cost_metrics
-from eeopt.outputs import ExitOutputs
+from eeopt.core.outputs import ExitOutputs
 
 if TYPE_CHECKING:
     from eeopt.assess import Assessment
@@ -282,8 +282,8 @@ def write_policies(result: TrialResult, source: Mapping[str, Any]) -> dict[int, 
     `POLICY_BUDGETS` into `result.output_dir` (`policy_path`); `report` holds its test numbers, the same as
     `test/acc_at_{b}` and `test/mean_cost_at_{b}`. A budget no val policy fits (the first exit alone costs more) gets
     no file. Returns {budget: path}."""
-    from eeopt.policy_choice import policy_from_search
-    from eeopt.policy_file import PolicyFileError
+    from eeopt.core.policy_choice import policy_from_search
+    from eeopt.core.policy_file import PolicyFileError
 
     primary = result.evaluation.primary
     written = {}

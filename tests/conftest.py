@@ -17,10 +17,10 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 import numpy as np
 import pytest
 
-import eeopt.calibration  # noqa: F401 - its registry exists before any test, so every test restores it
-import eeopt.scores  # noqa: F401 - the same
+import eeopt.core.calibration  # noqa: F401 - its registry exists before any test, so every test restores it
+import eeopt.core.scores  # noqa: F401 - the same
 from eeopt.registry import restoring_registries
-from eeopt.synthetic import synthetic_exit_outputs
+from eeopt.core.synthetic import synthetic_exit_outputs
 
 # The fixtures below that start real servers, and the markers a test using them (directly or through another
 # fixture) gets: `own_postgres` runs PostgreSQL's initdb/pg_ctl, `team_stack` a Ray cluster, MLflow and a dashboard.

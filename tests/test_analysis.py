@@ -371,7 +371,7 @@ def test_exits_analyze_folders_end_to_end(tmp_path, capsys):
     from scipy.stats import spearmanr
 
     from eeopt.cli import main
-    from eeopt.synthetic import synthetic_exit_outputs
+    from eeopt.core.synthetic import synthetic_exit_outputs
 
     folders = []
     for i in range(5):

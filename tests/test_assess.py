@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from eeopt.assess import assess_model
-from eeopt.calibration import CALIBRATORS, TemperatureScaling
-from eeopt.evaluation import evaluate_exits
+from eeopt.core.calibration import CALIBRATORS, TemperatureScaling
+from eeopt.core.evaluation import evaluate_exits
 from eeopt.names import parse_key
-from eeopt.synthetic import synthetic_exit_outputs
+from eeopt.core.synthetic import synthetic_exit_outputs
 
 COMPARE = ("none", "temperature", "vector", "histogram", "isotonic")
 

@@ -10,8 +10,8 @@ import pytest
 from scipy import optimize, special, stats
 from sklearn.isotonic import IsotonicRegression
 
-from eeopt.calibration.functional import _vector_objective
-from eeopt.calibration import (
+from eeopt.core.calibration.functional import _vector_objective
+from eeopt.core.calibration import (
     TOP_LABEL_CEIL_GAP,
     TOP_LABEL_MARGIN,
     top_label_probs,
@@ -24,8 +24,8 @@ from eeopt.calibration import (
     top_label_logits,
 )
 from eeopt.errors import ConfigError, EeoptError, ExitOutputsError
-from eeopt.outputs import ExitOutputs, softmax
-from eeopt.synthetic import synthetic_exit_outputs
+from eeopt.core.outputs import ExitOutputs, softmax
+from eeopt.core.synthetic import synthetic_exit_outputs
 
 LOW, HIGH = 1e-6, 1e-9  # top-label clipping: [1/C + LOW, 1 - HIGH]
 
@@ -391,7 +391,7 @@ def test_top_label_calibrators_keep_ties_exact(name):
     tie, and the tie-aware AUROC of the calibrated outputs is scikit-learn's on those exact values."""
     from sklearn.metrics import roc_auc_score
 
-    from eeopt.evaluation import evaluate_exits
+    from eeopt.core.evaluation import evaluate_exits
 
     val = synthetic_exit_outputs(3, 2000, 10, seed=1)
     test = synthetic_exit_outputs(3, 1500, 10, seed=2)
@@ -410,7 +410,7 @@ def test_softmax_of_permuted_rows_is_permuted():
     perm = rng.permutation(10)
     a, b = softmax(z), softmax(z[:, perm])
     np.testing.assert_array_equal(a[:, perm], b)
-    from eeopt.scores import compute_score
+    from eeopt.core.scores import compute_score
 
     for score in ("msp", "entropy", "margin", "doctor"):
         s1 = compute_score(score, ExitOutputs(z[None], np.zeros(500, int), np.ones(1)))

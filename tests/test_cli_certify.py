@@ -7,10 +7,10 @@ import pytest
 
 from eeopt.cli import main
 from eeopt.names import parse_key
-from eeopt.outputs import ExitOutputs
-from eeopt.policy_file import PolicyFile
+from eeopt.core.outputs import ExitOutputs
+from eeopt.core.policy_file import PolicyFile
 from eeopt.risk_control import exit_losses
-from eeopt.synthetic import synthetic_exit_outputs
+from eeopt.core.synthetic import synthetic_exit_outputs
 
 
 @pytest.fixture

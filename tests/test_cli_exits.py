@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from eeopt.cli import main
-from eeopt.outputs import ExitOutputs
-from eeopt.synthetic import synthetic_exit_outputs
+from eeopt.core.outputs import ExitOutputs
+from eeopt.core.synthetic import synthetic_exit_outputs
 
 
 @pytest.fixture
@@ -88,8 +88,8 @@ def test_search_json_reports_val_chosen_policies_on_test(files, capsys):
     test = ExitOutputs.load(test_path)
     budgets = out["budgets"]["search"]
     assert [b["budget"] for b in budgets] == [25, 50, 75, 100]
-    from eeopt.policies import ThresholdPolicy, evaluate_thresholds
-    from eeopt.scores import compute_score
+    from eeopt.core.policies import ThresholdPolicy, evaluate_thresholds
+    from eeopt.core.scores import compute_score
 
     for b in budgets:
         if b["thresholds"] is None:

@@ -8,7 +8,7 @@ import pytest
 from scipy.stats import spearmanr
 
 from eeopt.cli import main
-from eeopt.outputs import ExitOutputs
+from eeopt.core.outputs import ExitOutputs
 
 QUICKSTART = Path(__file__).resolve().parents[1] / "studies" / "quickstart.yaml"
 

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from eeopt.policies import evaluate_thresholds
-from eeopt.metrics.efficiency import (
+from eeopt.core.policies import evaluate_thresholds
+from eeopt.core.metrics.efficiency import (
     Efficiency,
     Frontier,
     SweepCurve,

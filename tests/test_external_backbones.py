@@ -345,8 +345,8 @@ def test_the_predictor_on_a_vit_equals_the_policy_at_batch_1_and_64(frozen_vit):
     from test_inference import assert_agrees, quantile_thresholds
 
     from eeopt.inference import EarlyExitPredictor, load_model_dir
-    from eeopt.policy_file import PolicyFile
-    from eeopt.scores import compute_score
+    from eeopt.core.policy_file import PolicyFile
+    from eeopt.core.scores import compute_score
     from eeopt.training import collect_exit_outputs
 
     model, _ = load_model_dir(frozen_vit["folder"])  # rebuilt from model.pt: needs no pretrained file
@@ -370,7 +370,7 @@ def test_the_vit_imagenet_study_trains_shrunk_on_a_tiny_image_folder(tmp_path, c
     from a saved state dict, 3 classes of generated images, one epoch), through `eeopt train`."""
     from PIL import Image
 
-    from eeopt.outputs import ExitOutputs
+    from eeopt.core.outputs import ExitOutputs
 
     rng = np.random.default_rng(0)
     for part, count in (("train", 12), ("val", 4)):

@@ -15,9 +15,9 @@ from eeopt.cli import main
 from eeopt.config import DataConfig, TrainConfig
 from eeopt.errors import ConfigError
 from eeopt.inference import EarlyExitPredictor, Prediction, load_model_dir, profile_latency
-from eeopt.outputs import ExitOutputs
-from eeopt.policy_file import ExitDecider, PolicyFile
-from eeopt.scores import compute_score
+from eeopt.core.outputs import ExitOutputs
+from eeopt.core.policy_file import ExitDecider, PolicyFile
+from eeopt.core.scores import compute_score
 from eeopt.training import collect_exit_outputs
 
 SCORES = ("msp", "entropy", "margin", "doctor", "learned")
@@ -67,7 +67,7 @@ def quantile_thresholds(scores: np.ndarray) -> tuple[float, ...]:
 
 def make_policy(trained, score: str, calibrator: str) -> tuple[PolicyFile, np.ndarray]:
     """The policy with quantile thresholds on the test scores, and the reference scores [K, N] (calibrated)."""
-    from eeopt.calibration import create_calibrator
+    from eeopt.core.calibration import create_calibrator
 
     outputs = trained["outputs"]
     cal = create_calibrator(calibrator).fit(trained["val"]) if calibrator != "none" else None

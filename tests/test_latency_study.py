@@ -17,7 +17,7 @@ import yaml
 from eeopt.cli import main
 from eeopt.config import TrainConfig
 from eeopt.names import COST_UNITS, cost_key, parse_key
-from eeopt.outputs import ExitOutputs
+from eeopt.core.outputs import ExitOutputs
 from eeopt.study import Study
 
 STUDY = {
@@ -30,7 +30,7 @@ STUDY = {
               "objectives": {"val/sweep/acc_cost_auc": "maximize", "val/sweep/mean_cost_at_50": "minimize"},
               "resources": {"cpus_per_trial": 1, "max_concurrent": 1}, "ray": {"num_cpus": 1}},
 }
-SLACK = 1e-9  # eeopt.metrics.efficiency.BUDGET_RTOL: a budget is met within this share of the last exit's cost
+SLACK = 1e-9  # eeopt.core.metrics.efficiency.BUDGET_RTOL: a budget is met within this share of the last exit's cost
 
 
 def _write(folder, data):

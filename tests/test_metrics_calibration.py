@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from eeopt.metrics import ReliabilityBins, adaptive_ece, brier, ece, mce, nll, reliability_bins
+from eeopt.core.metrics import ReliabilityBins, adaptive_ece, brier, ece, mce, nll, reliability_bins
 
 SEEDS = [0, 1, 2, 3, 4]
 

@@ -10,7 +10,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from eeopt.metrics import (
+from eeopt.core.metrics import (
     RiskCoverage,
     aupr_error,
     aurc,
@@ -346,7 +346,7 @@ def test_metrics_agree_with_scikit_learn_at_scale(seed, levels):
 
 @pytest.mark.parametrize("seed", SEEDS)
 def test_failure_metrics_from_one_sort_equal_the_single_metrics(seed):
-    from eeopt.metrics.failure import failure_metrics, rank_scores
+    from eeopt.core.metrics.failure import failure_metrics, rank_scores
 
     rng = np.random.default_rng(seed)
     correct = rng.random((3, 500)) < [[0.5], [0.7], [0.9]]

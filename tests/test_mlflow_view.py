@@ -25,7 +25,7 @@ OBJECTIVES = {"val/acc_cost_auc": "maximize"}
 def trial_keys():
     """The MLflow keys of a real trial's assessment: 6 exits, failure heads, 5 calibrators compared."""
     from eeopt.assess import assess_model
-    from eeopt.synthetic import synthetic_exit_outputs
+    from eeopt.core.synthetic import synthetic_exit_outputs
 
     val = synthetic_exit_outputs(6, 600, 10, seed=1, with_scores=True)
     test = synthetic_exit_outputs(6, 600, 10, seed=2, with_scores=True)

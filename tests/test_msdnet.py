@@ -18,9 +18,9 @@ from eeopt.errors import ConfigError
 from eeopt.inference import EarlyExitPredictor
 from eeopt.models import MultiExitModel, build_model, create_backbone, head_input_shapes
 from eeopt.models.msdnet import CIFAR_ANYTIME, CIFAR_BUDGET, IMAGENET, LayerPlan, MSDNet, plan_layers
-from eeopt.outputs import ExitOutputs
-from eeopt.policy_file import PolicyFile
-from eeopt.scores import compute_score
+from eeopt.core.outputs import ExitOutputs
+from eeopt.core.policy_file import PolicyFile
+from eeopt.core.scores import compute_score
 from eeopt.training import collect_exit_outputs, exit_loss, train
 from test_inference import quantile_thresholds
 
@@ -226,7 +226,7 @@ def test_predictor_equals_the_policy_on_exit_outputs_with_compaction(trained, sc
     """`EarlyExitPredictor` (batch compaction of the list of scale maps) takes the exits and predictions that
     `PolicyFile.decide` takes on the exit outputs of the same inputs, at batch 1 and 64; each block and head sees
     only the samples still running."""
-    from eeopt.calibration import create_calibrator
+    from eeopt.core.calibration import create_calibrator
 
     outputs, model = trained["outputs"], trained["model"]
     cal = create_calibrator(calibrator).fit(trained["val"]) if calibrator != "none" else None

@@ -13,7 +13,7 @@ import pytest
 from eeopt.cli import main
 from eeopt.errors import ConfigError
 from eeopt.files import atomic_write, atomic_write_text, check_output_path, jsonable
-from eeopt.synthetic import synthetic_exit_outputs
+from eeopt.core.synthetic import synthetic_exit_outputs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -175,7 +175,7 @@ def test_jsonable_is_strict_json():
     assert type(out["a"][0]) is int and type(out["a"][1]) is bool
     assert jsonable([math.inf, -math.inf, math.nan, 2.0], infinity_as_string=True) == ["inf", "-inf", None, 2.0]
     from eeopt.analysis.points import json_float
-    from eeopt.policies import float_to_json
+    from eeopt.core.policies import float_to_json
 
     assert float_to_json(-math.inf) == "-inf" and float_to_json(1) == 1.0 and type(float_to_json(1)) is float
     assert json_float(np.float64("nan")) is None and json_float(2) == 2.0 and json_float(None) is None

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 from eeopt.errors import ExitOutputsError
-from eeopt.outputs import ExitOutputs, check_compatible, softmax
-from eeopt.synthetic import synthetic_exit_outputs
+from eeopt.core.outputs import ExitOutputs, check_compatible, softmax
+from eeopt.core.synthetic import synthetic_exit_outputs
 
 
 def _arrays(k=3, n=20, c=4, seed=0):

@@ -9,7 +9,7 @@ from PIL import Image
 from eeopt.cli import main
 from eeopt.plots import TRIAL_PLOTS, save_plots, save_variant_plots
 from eeopt.plots.base import grid_shape, setting
-from eeopt.synthetic import synthetic_exit_outputs
+from eeopt.core.synthetic import synthetic_exit_outputs
 
 
 def _size(path):
@@ -51,8 +51,8 @@ def test_variant_plots_are_written(tmp_path, exits):
 
 def test_plots_without_a_fit_split(tmp_path):
     """In-sample (no validation split): the same files, without the lines that need one."""
-    from eeopt.evaluation import evaluate
-    from eeopt.prepared import prepare
+    from eeopt.core.evaluation import evaluate
+    from eeopt.core.prepared import prepare
 
     split = prepare(synthetic_exit_outputs(4, 600, 5, seed=3), None, "msp", "test")
     paths = save_plots(tmp_path, split, evaluate(split))

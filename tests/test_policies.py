@@ -8,9 +8,9 @@ import math
 import numpy as np
 import pytest
 
-from eeopt import policies
+from eeopt.core import policies
 from eeopt.errors import ConfigError
-from eeopt.policies import (
+from eeopt.core.policies import (
     PolicyEvaluation,
     ThresholdPolicy,
     evaluate_patience,

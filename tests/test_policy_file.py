@@ -1,4 +1,4 @@
-"""eeopt.policy_file: the policy file's round trip and validation, `decide` against a per-sample loop, the per-exit
+"""eeopt.core.policy_file: the policy file's round trip and validation, `decide` against a per-sample loop, the per-exit
 decision against `decide`, and `exits search --policy-out` against `exits search --json`. No torch here."""
 
 from __future__ import annotations
@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 from scipy.special import softmax as scipy_softmax
 
-from eeopt.calibration import create_calibrator, list_calibrators
+from eeopt.core.calibration import create_calibrator, list_calibrators
 from eeopt.cli import main
 from eeopt.errors import ExitOutputsError
-from eeopt.outputs import ExitOutputs
-from eeopt.policy_choice import knee_index
-from eeopt.policy_file import FORMAT, ONE_ROW_MAX_CLASSES, ExitDecider, PolicyFile, PolicyFileError
-from eeopt.scores import compute_score, list_scores
-from eeopt.synthetic import synthetic_exit_outputs
+from eeopt.core.outputs import ExitOutputs
+from eeopt.core.policy_choice import knee_index
+from eeopt.core.policy_file import FORMAT, ONE_ROW_MAX_CLASSES, ExitDecider, PolicyFile, PolicyFileError
+from eeopt.core.scores import compute_score, list_scores
+from eeopt.core.synthetic import synthetic_exit_outputs
 
 
 @pytest.fixture(scope="module")
@@ -384,8 +384,8 @@ def test_the_policy_file_loads_no_torch(tmp_path):
 
     code = (
         "import sys\n"
-        "from eeopt.synthetic import synthetic_exit_outputs\n"
-        "from eeopt.policy_file import PolicyFile\n"
+        "from eeopt.core.synthetic import synthetic_exit_outputs\n"
+        "from eeopt.core.policy_file import PolicyFile\n"
         "out = synthetic_exit_outputs(3, 200, 5, seed=1)\n"
         "p = PolicyFile('margin', (0.5, 0.6), tuple(out.costs), 'flops', 0.5)\n"
         f"p.save({str(tmp_path / 'p.json')!r})\n"

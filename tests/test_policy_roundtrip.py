@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from eeopt.cli import main
-from eeopt.policy_file import PolicyFile
+from eeopt.core.policy_file import PolicyFile
 
 pytestmark = pytest.mark.slow
 

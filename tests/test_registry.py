@@ -3,12 +3,12 @@ including the backbone registry's library prefixes; and the suite's autouse fixt
 
 import pytest
 
-from eeopt.calibration import CALIBRATORS, Calibrator, register_calibrator
+from eeopt.core.calibration import CALIBRATORS, Calibrator, register_calibrator
 from eeopt.data import list_datasets, register_dataset
 from eeopt.data.base import DATASETS
 from eeopt.models.registry import BACKBONES
 from eeopt.registry import Registry, UnknownNameError, restoring_registries
-from eeopt.scores import SCORES, list_scores, register_score
+from eeopt.core.scores import SCORES, list_scores, register_score
 
 
 def test_restoring_undoes_registrations_made_inside_the_block():

@@ -11,7 +11,7 @@ from scipy.optimize import brentq
 from scipy.stats import binom
 
 from eeopt.errors import ConfigError
-from eeopt.policies import evaluate_thresholds
+from eeopt.core.policies import evaluate_thresholds
 from eeopt.risk_control import (
     certify_per_exit,
     certify_policy,
@@ -24,7 +24,7 @@ from eeopt.risk_control import (
     split_calibration,
 )
 from eeopt.risk_control.bounds import hb_p_value, wsr_bound, wsr_rejects
-from eeopt.synthetic import synthetic_exit_outputs
+from eeopt.core.synthetic import synthetic_exit_outputs
 
 
 # ------------------------------------------------------------------------------------------------ bounds
@@ -271,7 +271,7 @@ def test_certify_policy_rejects_bad_requests(outputs_pair, kwargs, match):
 
 
 def test_certified_policy_file_round_trips_and_decides_as_certified(outputs_pair, tmp_path):
-    from eeopt.policy_file import PolicyFile, PolicyFileError
+    from eeopt.core.policy_file import PolicyFile, PolicyFileError
 
     val, test = outputs_pair
     report = certify_policy(val, test, risk="performance-gap", epsilon=0.03, delta=0.1, calibrate="temperature")
@@ -295,7 +295,7 @@ def test_search_on_other_samples_certifies_on_all_of_fit(outputs_pair):
     """A study trial's way: calibrator and per-exit front from `search_on`, the whole of `fit` tests them."""
     val, test = outputs_pair
     rest, held = val.subset(np.arange(0, 900)), val.subset(np.arange(900, 1500))
-    from eeopt.prepared import fit_calibrator
+    from eeopt.core.prepared import fit_calibrator
 
     calibrator = fit_calibrator("temperature", rest)
     report = certify_policy(held, test, risk="error", epsilon=0.3, delta=0.1, per_exit=True, calibrate=calibrator,

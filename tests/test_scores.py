@@ -5,9 +5,9 @@ import pytest
 
 from eeopt.errors import ExitOutputsError
 from eeopt.registry import UnknownNameError
-from eeopt.outputs import ExitOutputs
-from eeopt.scores import compute_score, list_scores, register_score
-from eeopt.synthetic import synthetic_exit_outputs
+from eeopt.core.outputs import ExitOutputs
+from eeopt.core.scores import compute_score, list_scores, register_score
+from eeopt.core.synthetic import synthetic_exit_outputs
 
 
 def _loop_scores(name, probs):

@@ -1,11 +1,11 @@
 import numpy as np
 import pytest
 
-from eeopt.metrics.efficiency import efficiency, global_sweep
-from eeopt.policies import evaluate_thresholds
-from eeopt.scores import compute_score
-from eeopt.search import quantile_thresholds, search_thresholds
-from eeopt.synthetic import synthetic_exit_outputs
+from eeopt.core.metrics.efficiency import efficiency, global_sweep
+from eeopt.core.policies import evaluate_thresholds
+from eeopt.core.scores import compute_score
+from eeopt.core.search import quantile_thresholds, search_thresholds
+from eeopt.core.synthetic import synthetic_exit_outputs
 
 
 def test_quantile_thresholds_map_positions_by_hand():

@@ -91,8 +91,8 @@ def test_study_runs_then_continues(tmp_path, ray_local, capsys):
         assert optuna_trial.user_attrs[last] == pytest.approx(metrics[last])  # the headline test numbers
     # Each trial's certified policy: its logged test risk is the risk recomputed from its test.npz and
     # policies/certified.json (the file the study wrote and logged).
-    from eeopt.outputs import ExitOutputs
-    from eeopt.policy_file import PolicyFile
+    from eeopt.core.outputs import ExitOutputs
+    from eeopt.core.policy_file import PolicyFile
     from eeopt.risk_control import exit_losses
 
     for child in children:

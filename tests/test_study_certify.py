@@ -13,8 +13,8 @@ import pytest
 from eeopt.cli import main
 from eeopt.config import TrainConfig
 from eeopt.errors import ConfigError
-from eeopt.outputs import ExitOutputs
-from eeopt.policy_file import PolicyFile
+from eeopt.core.outputs import ExitOutputs
+from eeopt.core.policy_file import PolicyFile
 from eeopt.risk_control import exit_losses
 from eeopt.pipeline import check_objective_names, run_trial
 

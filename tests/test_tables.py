@@ -1,6 +1,6 @@
 """Every table the CLI prints fits the terminal: snapshots of each command at COLUMNS=80 and 120.
 
-The commands run in-process on small generated data: synthetic exit outputs (`eeopt.synthetic`), and a study store
+The commands run in-process on small generated data: synthetic exit outputs (`eeopt.core.synthetic`), and a study store
 built without training (Optuna trials added directly, their MLflow runs holding the metrics a real trial logs for
 models assessed by `eeopt.assess`). Each output is checked for what a person needs: no line wider than the
 terminal, no cell cut short ("…"), and compared with tests/snapshots/NAME-WIDTH.txt (the study folder and the MLflow
@@ -24,8 +24,8 @@ import pytest
 import yaml
 
 from eeopt.cli import main
-from eeopt.evaluation import jsonable
-from eeopt.synthetic import synthetic_exit_outputs
+from eeopt.core.evaluation import jsonable
+from eeopt.core.synthetic import synthetic_exit_outputs
 
 SNAPSHOTS = Path(__file__).parent / "snapshots"
 UPDATE = os.environ.get("EEOPT_UPDATE_SNAPSHOTS", "") not in ("", "0")

@@ -16,7 +16,7 @@ import yaml
 
 from eeopt.config import DataConfig, TrainConfig
 from eeopt.errors import ConfigError, TrainingDiverged
-from eeopt.outputs import ExitOutputs
+from eeopt.core.outputs import ExitOutputs
 from eeopt.training import (
     collect_exit_outputs,
     distillation_loss,

@@ -8,9 +8,9 @@ import pytest
 
 from eeopt.config import TrainConfig
 from eeopt.errors import ConfigError
-from eeopt.evaluation import evaluate_exits
+from eeopt.core.evaluation import evaluate_exits
 from eeopt.pipeline import check_objective_names, evaluate_trial, objective_values, run_trial
-from eeopt.synthetic import synthetic_exit_outputs
+from eeopt.core.synthetic import synthetic_exit_outputs
 
 CFG = TrainConfig.model_validate({
     "data": {"name": "digits", "train_subset": 600},
@@ -86,7 +86,7 @@ def test_objectives_are_val_metrics(name):
 
 
 def test_search_summary_is_json_safe():
-    from eeopt.evaluation import jsonable
+    from eeopt.core.evaluation import jsonable
 
     val, test = synthetic_exit_outputs(3, 300, 5, seed=1), synthetic_exit_outputs(3, 300, 5, seed=2)
     summary = evaluate_trial(val, test, CFG).primary.search.to_dict()

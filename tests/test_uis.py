@@ -45,7 +45,9 @@ def test_dashboard_and_mlflow_ui_serve_the_study(tmp_path):
     path.write_text(yaml.safe_dump({"data": {"name": "digits"}, "study": {"name": "served"}}))
     from eeopt.study import Study
 
-    Study.from_yaml(path).optuna_study()  # the storage exists, as after a run
+    study = Study.from_yaml(path)
+    study.optuna_study()  # both stores exist, as after a run
+    study.stores.prepare_tracking()
     _serve(["dashboard", str(path)], _free_port(), b"<html")
     _serve(["ui", str(path)], _free_port(), b"<html")
     assert (tmp_path / "mlflow.db").exists()  # the UI used the study's own tracking store

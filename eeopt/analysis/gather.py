@@ -63,8 +63,8 @@ def assess_folders(
         ExitOutputsError: unreadable or mismatched exit outputs.
     """
     from eeopt.assess import assess_model
-    from eeopt.calibration import list_calibrators
-    from eeopt.outputs import ExitOutputs
+    from eeopt.core.calibration import list_calibrators
+    from eeopt.core.outputs import ExitOutputs
 
     compare = list(compare) if compare else ["none", *list_calibrators()]
     points, curves = [], {}

@@ -44,7 +44,7 @@ def exits_certify(
     """A certified exit policy: risk <= epsilon with probability >= 1 - delta on new data from the same
     distribution as --fit-on, beside the uncontrolled val-optimal policy at the same val cost."""
     _check_options(fit_on, evaluate_on, epsilon, risk, delta, method, per_exit, split_share, sampler, policy_out)
-    from eeopt.outputs import ExitOutputs, check_compatible
+    from eeopt.core.outputs import ExitOutputs, check_compatible
     from eeopt.risk_control import certify_policy
 
     fit, evaluate = ExitOutputs.load(fit_on), ExitOutputs.load(evaluate_on)

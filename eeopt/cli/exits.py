@@ -33,8 +33,8 @@ def exits_evaluate(
     """Per-exit calibration and failure-prediction metrics, and global-threshold efficiency."""
     if plots is not None:
         check_output_dir(plots, "--plots", inputs=(outputs, fit_on))
-    from eeopt.evaluation import evaluate_exits
-    from eeopt.outputs import ExitOutputs
+    from eeopt.core.evaluation import evaluate_exits
+    from eeopt.core.outputs import ExitOutputs
 
     evaluated = ExitOutputs.load(outputs)
     fit = ExitOutputs.load(fit_on) if fit_on is not None else None
@@ -61,8 +61,8 @@ def write_plots(folder: Path, evaluated, fit, calibrate: str, score: str) -> dic
         from eeopt.assess import assess_model
 
         return save_variant_plots(assess_model(fit, evaluated, calibration=calibrate, score=score).primary, folder)
-    from eeopt.evaluation import evaluate
-    from eeopt.prepared import prepare_pair
+    from eeopt.core.evaluation import evaluate
+    from eeopt.core.prepared import prepare_pair
 
     _, split = prepare_pair(None, evaluated, calibrate=calibrate, score=score,
                             names=("fit", Path(evaluated.source).stem))
@@ -101,9 +101,9 @@ def exits_search(
     if policy_out is not None:
         check_output_file(policy_out, "--policy-out", inputs=(fit_on, evaluate_on, save_policy))
     from eeopt.files import atomic_write_text, jsonable
-    from eeopt.outputs import ExitOutputs, check_compatible
-    from eeopt.prepared import fit_calibrator, prepare_pair
-    from eeopt.search import search_policies
+    from eeopt.core.outputs import ExitOutputs, check_compatible
+    from eeopt.core.prepared import fit_calibrator, prepare_pair
+    from eeopt.core.search import search_policies
 
     val_outputs, test_outputs = ExitOutputs.load(fit_on), ExitOutputs.load(evaluate_on)
     check_compatible(val_outputs, test_outputs)
@@ -112,7 +112,7 @@ def exits_search(
     search = search_policies(val, test, trials=trials, sampler=sampler, seed=seed)
     summary = search.to_dict()
     if policy_out is not None:
-        from eeopt.policy_choice import policy_from_search
+        from eeopt.core.policy_choice import policy_from_search
 
         source = {"fit_on": str(fit_on), "evaluate_on": str(evaluate_on), "trials": trials, "sampler": sampler,
                   "seed": seed}
@@ -192,7 +192,7 @@ def exits_synthesize(
     """Write synthetic exit outputs (later exits cost more and predict better) to try the tools without a model."""
     check_output_dir(output_dir, "OUTPUT_DIR")
     from eeopt.files import atomic_write
-    from eeopt.synthetic import synthetic_exit_outputs
+    from eeopt.core.synthetic import synthetic_exit_outputs
 
     for offset, split in enumerate(("val", "test")):
         out = synthetic_exit_outputs(exits, samples, classes, seed=seed * 2 + offset)

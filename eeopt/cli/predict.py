@@ -42,7 +42,7 @@ def predict_cmd(
         check_output_file(output, "--output", inputs=(policy, input_file, *_model_files(model_dir)))
         if output.suffix != ".npz":
             raise ConfigError(f"--output {output}: expected a .npz file name")
-    from eeopt.policy_file import PolicyFile
+    from eeopt.core.policy_file import PolicyFile
 
     loaded = PolicyFile.load(policy)
     inputs = _read_inputs(input_file) if input_file is not None else None

@@ -164,7 +164,7 @@ def _export_certified(study, trial: Optional[int], policy: Path) -> None:
     """The certified policy of the trial `Study.trial_policy` picks (the best, or number `trial`): found beside
     that trial's budget policy files, in its folder or among its MLflow run's artifacts."""
     from eeopt.errors import StudyError
-    from eeopt.policy_file import PolicyFile
+    from eeopt.core.policy_file import PolicyFile
     from eeopt.pipeline import CERTIFIED_POLICY, POLICY_DIR
 
     error = None

@@ -2,7 +2,7 @@
 the per-exit metrics, the same set for a study trial, `eeopt train` and `eeopt exits evaluate --plots`.
 
 Plot functions consume computed results (`PreparedSplit`, `EvaluationReport`, `PolicySearch`) and draw; they
-compute nothing of their own beyond bins and curves from `eeopt.metrics`. Every figure is a bare matplotlib
+compute nothing of their own beyond bins and curves from `eeopt.core.metrics`. Every figure is a bare matplotlib
 `Figure` (no pyplot state) written as a PNG, and its title names the split, the exit score and the calibration.
 matplotlib is imported only when a figure is drawn.
 """
@@ -16,9 +16,9 @@ from eeopt.plots.efficiency import plot_accuracy_vs_cost
 from eeopt.plots.exits import plot_per_exit, plot_reliability, plot_risk_coverage
 
 if TYPE_CHECKING:
-    from eeopt.evaluation import EvaluationReport
-    from eeopt.prepared import PreparedSplit
-    from eeopt.search import PolicySearch
+    from eeopt.core.evaluation import EvaluationReport
+    from eeopt.core.prepared import PreparedSplit
+    from eeopt.core.search import PolicySearch
 
 #: The standard plots, by name (file `{name}.png`, MLflow image key `plots/{name}`).
 TRIAL_PLOTS = ("accuracy_vs_cost", "reliability", "risk_coverage", "per_exit_metrics")

@@ -19,8 +19,8 @@ from eeopt.names import exit_key
 from eeopt.plots.base import EXIT, LAST, SEARCH, SWEEP, figure, setting
 
 if TYPE_CHECKING:
-    from eeopt.evaluation import EvaluationReport
-    from eeopt.search import PolicySearch
+    from eeopt.core.evaluation import EvaluationReport
+    from eeopt.core.search import PolicySearch
 
 #: The y range covers every curve from this share of the last exit's cost on (%), and every marked point.
 ZOOM_FROM = 40.0

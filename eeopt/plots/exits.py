@@ -3,7 +3,7 @@ curves beside the optimal ranking, and calibration / failure-prediction metrics 
 
 They take a `PreparedSplit` (the calibrated outputs and exit scores) and its `EvaluationReport` (the numbers in
 titles and legends come from the report, so a figure and a table never disagree); the only arrays computed here
-are bins and curves from `eeopt.metrics` helpers.
+are bins and curves from `eeopt.core.metrics` helpers.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from eeopt.names import exit_key
 from eeopt.plots.base import EXIT, LAST, SEARCH, figure, grid_shape, setting
 
 if TYPE_CHECKING:
-    from eeopt.evaluation import EvaluationReport
-    from eeopt.prepared import PreparedSplit
+    from eeopt.core.evaluation import EvaluationReport
+    from eeopt.core.prepared import PreparedSplit
 
 #: A bin holding fewer samples than this (or than 0.5 % of the split) is drawn hatched: its accuracy is noise.
 SPARSE_BIN = 20
@@ -31,7 +31,7 @@ def plot_reliability(path: Path, split: PreparedSplit, report: EvaluationReport,
     """One panel per exit, in a grid that fits the exit count: accuracy per confidence bin against the diagonal,
     the gap to the bin's mean confidence shaded (hatched where the bin is under-confident), sparse bins hatched; below each, the confidence histogram (samples
     per bin, log scale). ECE and accuracy in each panel's title come from `report`."""
-    from eeopt.metrics.calibration import reliability_bins
+    from eeopt.core.metrics.calibration import reliability_bins
 
     out = split.outputs
     k, n = out.num_exits, out.num_samples
@@ -102,7 +102,7 @@ def plot_risk_coverage(path: Path, split: PreparedSplit, report: EvaluationRepor
     each exit's optimal curve (every error ranked last, same error rate) dotted in its colour."""
     import matplotlib
 
-    from eeopt.metrics.failure import risk_coverage
+    from eeopt.core.metrics.failure import risk_coverage
 
     out = split.outputs
     palette = matplotlib.colormaps["viridis"]

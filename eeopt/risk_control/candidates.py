@@ -2,14 +2,14 @@
 
 - `shared_candidates`: one threshold shared by all non-final exits, at every value where some calibration sample
   changes its exit (its *record* scores: above every earlier score of that sample; the same events as
-  `eeopt.metrics.efficiency.global_sweep`), preceded by +inf (every sample at the last exit). Between two such values
+  `eeopt.core.metrics.efficiency.global_sweep`), preceded by +inf (every sample at the last exit). Between two such values
   the calibration risk is constant, so testing these values tests every real threshold: fixed-sequence testing over
   them is fixed-sequence testing over the whole continuum of thresholds, which is why a data-dependent grid keeps
   the guarantee. Summed losses, monotonised losses, correct samples and costs come from one sort of the events and
   cumulative sums; nothing loops over samples.
 - `sequence_candidates`: any fixed list of per-exit threshold vectors (Pareto Testing's front), evaluated sample by
   sample ([M, N] at once; fronts are a few hundred policies).
-- `pareto_front`: the per-exit search (`eeopt.search.search_thresholds`, Optuna) minimising (mean cost, risk) on
+- `pareto_front`: the per-exit search (`eeopt.core.search.search_thresholds`, Optuna) minimising (mean cost, risk) on
   one part of the calibration data; its front ordered by that part's risk, safest first.
 
 Pure NumPy (Optuna for the search).
@@ -21,8 +21,8 @@ import dataclasses
 
 import numpy as np
 
-from eeopt.metrics.efficiency import record_samples
-from eeopt.policies import threshold_exits
+from eeopt.core.metrics.efficiency import record_samples
+from eeopt.core.policies import threshold_exits
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -176,7 +176,7 @@ def pareto_front(scores: np.ndarray, losses: np.ndarray, costs: np.ndarray, *, t
                  sampler: str = "nsga2", seed: int = 0) -> np.ndarray:
     """Per-exit thresholds [P, K-1] of the (mean cost, risk) Pareto front found on search data, safest first.
 
-    With 0-1 losses the search is `eeopt.search.search_thresholds` with "correct" meaning "no loss": it maximises
+    With 0-1 losses the search is `eeopt.core.search.search_thresholds` with "correct" meaning "no loss": it maximises
     1 - risk and minimises cost (its candidates include the exact shared-threshold front and the last exit alone).
     Other losses (brier-gap) go through the same Optuna search over score quantiles (`_loss_front`). The front is
     strictly ordered by risk, so ordering it by estimated risk reverses its cost order.
@@ -190,7 +190,7 @@ def pareto_front(scores: np.ndarray, losses: np.ndarray, costs: np.ndarray, *, t
     if not np.all((losses == 0) | (losses == 1)):
         return _loss_front(np.asarray(scores, dtype=np.float64), losses, np.asarray(costs, dtype=np.float64),
                            trials, sampler, seed)
-    from eeopt.search import search_thresholds
+    from eeopt.core.search import search_thresholds
 
     result = search_thresholds(scores, losses == 0, costs, trials=trials, sampler=sampler, seed=seed)
     return result.thresholds[::-1]
@@ -198,12 +198,12 @@ def pareto_front(scores: np.ndarray, losses: np.ndarray, costs: np.ndarray, *, t
 
 def _loss_front(scores, losses, costs, trials: int, sampler: str, seed: int, batch_size: int = 50) -> np.ndarray:
     """The (mean cost, mean loss) front [P, K-1], safest first, of an Optuna search over per-exit score quantiles
-    (`eeopt.search.quantile_thresholds`, asked in batches) for losses that are not 0-1, with the shared-threshold
+    (`eeopt.core.search.quantile_thresholds`, asked in batches) for losses that are not 0-1, with the shared-threshold
     candidates, "every sample at the first exit" and "every sample at the last exit" among the candidates."""
     import optuna
 
-    from eeopt.metrics.efficiency import frontier_indices
-    from eeopt.search import quantile_thresholds, threshold_sampler
+    from eeopt.core.metrics.efficiency import frontier_indices
+    from eeopt.core.search import quantile_thresholds, threshold_sampler
 
     k, n = scores.shape
     samples = np.arange(n)[None, :]

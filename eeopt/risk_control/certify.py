@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from eeopt.errors import ConfigError
-from eeopt.metrics.efficiency import BUDGET_RTOL, select_by_budget
+from eeopt.core.metrics.efficiency import BUDGET_RTOL, select_by_budget
 from eeopt.names import efficiency_key
-from eeopt.outputs import ExitOutputs, check_compatible
-from eeopt.policies import float_to_json, threshold_exits
-from eeopt.prepared import fit_calibrator, prepare
+from eeopt.core.outputs import ExitOutputs, check_compatible
+from eeopt.core.policies import float_to_json, threshold_exits
+from eeopt.core.prepared import fit_calibrator, prepare
 from eeopt.risk_control.candidates import (
     Candidates,
     pareto_front,
@@ -28,8 +28,8 @@ from eeopt.risk_control.procedures import PROCEDURES, STATISTIC, check_levels, f
 from eeopt.risk_control.risks import check_risk, exit_losses
 
 if TYPE_CHECKING:
-    from eeopt.calibration import Calibrator
-    from eeopt.policy_file import PolicyFile
+    from eeopt.core.calibration import Calibrator
+    from eeopt.core.policy_file import PolicyFile
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,7 +167,7 @@ class RiskControlReport:
     def policy_file(self, *, source: dict | None = None, calibration_source: str = "val",
                     cost_unit: str = "flops") -> PolicyFile:
         """The certified policy as a policy file, with its `certification` record."""
-        from eeopt.policy_file import PolicyFile
+        from eeopt.core.policy_file import PolicyFile
 
         c = self.certificate
         fit = self.fit["certified"]
@@ -268,7 +268,7 @@ def certify_policy(
 def _uncontrolled(val, cost: float, trials: int, sampler: str, seed: int) -> np.ndarray:
     """[K-1] what eeopt picks without a guarantee: the most accurate policy of the per-exit search on all of val
     (whose candidates include the exact shared-threshold front) with val mean cost <= `cost`."""
-    from eeopt.search import search_thresholds
+    from eeopt.core.search import search_thresholds
 
     res = search_thresholds(val.scores, val.correct, val.costs, trials=trials, sampler=sampler, seed=seed,
                             fit_sweep=val.sweep)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from eeopt.errors import ConfigError
-from eeopt.outputs import ExitOutputs
+from eeopt.core.outputs import ExitOutputs
 
 RISKS = ("performance-gap", "consistency", "error", "brier-gap")
 #: Risks whose losses are 0 or 1 (the per-exit search optimises them through the accuracy evaluator).

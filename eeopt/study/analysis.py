@@ -250,8 +250,8 @@ def _best_uncalibrated(analysis: Analysis):
 def _curves(client, run, split: str, calibrators: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """{calibrator: (cost share, accuracy)} frontiers of one trial's model on `split`, each calibrator fitted on
     val; empty when the trial's exit outputs are not among its artifacts."""
-    from eeopt.evaluation import evaluate_exits
-    from eeopt.outputs import ExitOutputs
+    from eeopt.core.evaluation import evaluate_exits
+    from eeopt.core.outputs import ExitOutputs
 
     with tempfile.TemporaryDirectory() as tmp:
         try:

@@ -92,7 +92,7 @@ def run_tune(plan: SearchPlan, store: TrialStore, runs: StudyRuns, reporter: Rep
             searcher.requeue_all()
         if searcher.unclosed:
             searcher.upkeep_mlflow()  # a last try at the runs the tracking store did not take
-        drain_plot_writer(plot_writer, reporter)
+        drain_plot_writer(plot_writer, reporter, expected=searcher.plots_sent)
     return TuneOutcome(
         interrupted=interrupted,
         failures=searcher.failures,

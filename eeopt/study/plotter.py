@@ -4,8 +4,8 @@ Drawing a trial's four plots takes longer than everything else eeopt adds to a t
 one core, BENCHMARKS.md), so a worker hands them to the study's `PlotWriter`, a Ray actor that holds none of the
 trials' CPUs, and returns: the trial's slot goes to the next trial while its plots are drawn and logged to its
 MLflow run (`plots/` artifacts and MLflow images) and, where the trial's folder is a path, written there too. The
-driver waits for the writer before the study ends (`PlotWriter.drain`), so no plot is lost to a finished study; a
-plot that cannot be written is reported as a warning, never as a failed trial.
+driver waits until the writer has handled every trial that sent it plots (`drain_plot_writer`), so no plot is lost
+to a finished study; a plot that cannot be written is reported as a warning, never as a failed trial.
 """
 
 from __future__ import annotations
@@ -22,16 +22,30 @@ from eeopt.study.tracking import PLOT_KEY_PREFIX
 
 
 class PlotWriter:
-    """Draws and logs trial plots, one trial after another, in the process it lives in."""
+    """Draws and logs trial plots, one trial after another, on a thread of the process it lives in: `write` only
+    queues a trial's plots, so the worker that sends them waits milliseconds, not seconds (and a worker that Tune
+    ends right after its trial has handed them over: a call still in flight from a process that ends is lost)."""
 
     def __init__(self, stores: Stores):
+        import queue
+        import threading
+
         self.stores = stores
         self.written = 0
         self.failed: list[str] = []
+        self._queue: queue.Queue = queue.Queue()
+        threading.Thread(target=self._work, name="eeopt-plots", daemon=True).start()
 
     def write(self, run_id: str, variant: Any, folder: str | None) -> None:
-        """The plots of an assessed model (`eeopt.assess.Variant`) into `folder/plots` (a path; a URI or None:
-        a temporary folder) and onto MLflow run `run_id`."""
+        """Queue the plots of an assessed model (`eeopt.assess.Variant`), to be drawn into `folder/plots` (a path;
+        a URI or None: a temporary folder) and logged to MLflow run `run_id`."""
+        self._queue.put((run_id, variant, folder))
+
+    def _work(self) -> None:
+        while True:
+            self._write(*self._queue.get())
+
+    def _write(self, run_id: str, variant: Any, folder: str | None) -> None:
         from eeopt.plots import save_variant_plots
 
         try:
@@ -45,9 +59,11 @@ class PlotWriter:
         except Exception as exc:  # noqa: BLE001 - a plot never fails a trial; the driver reports it
             self.failed.append(f"run {run_id}: {type(exc).__name__}: {mask_secrets(str(exc))[:300]}")
 
-    def drain(self) -> tuple[int, list[str]]:
-        """(plots written, failures) once every `write` sent before has run (an actor runs its calls in order)."""
-        return self.written, list(self.failed)
+    def done(self) -> tuple[int, list[str]]:
+        """(trials whose plots were written or failed, the failures). Calls from different processes (the
+        workers, the driver) reach an actor in no guaranteed order, so the driver polls this until the count is
+        that of the trials that sent plots."""
+        return self.written + len(self.failed), list(self.failed)
 
 
 def start_plot_writer(stores: Stores):
@@ -57,20 +73,29 @@ def start_plot_writer(stores: Stores):
     return ray.remote(num_cpus=0, max_restarts=1)(PlotWriter).remote(stores)
 
 
-def drain_plot_writer(writer, reporter) -> None:
-    """Wait until `writer` has drawn every plot it was sent, then end it; say what failed."""
+def drain_plot_writer(writer, reporter, expected: int, timeout: float = 600.0) -> None:
+    """Wait until `writer` has handled the plots of `expected` trials (or `timeout` s), then end it; say what
+    failed or is missing."""
+    import time
+
     import ray
 
-    done = writer.drain.remote()
+    deadline, said, failed, handled = time.monotonic() + timeout, False, [], 0
     try:
-        if not ray.wait([done], timeout=1.0)[0]:
-            reporter.line("writing the last trials' plots")
-        written, failed = ray.get(done, timeout=600)
+        while True:
+            handled, failed = ray.get(writer.done.remote(), timeout=60)
+            if handled >= expected or time.monotonic() > deadline:
+                break
+            if not said:
+                reporter.line(f"writing the last trials' plots ({expected - handled} to go)")
+                said = True
+            time.sleep(0.25)
     except Exception as exc:  # noqa: BLE001 - plots are display: the study's outcome stands
         reporter.line(f"the trial plots were not all written: {type(exc).__name__}: {mask_secrets(str(exc))[:300]}")
-        return
     finally:
         with contextlib.suppress(Exception):
             ray.kill(writer)
     for line in failed:
         reporter.line(f"plots not written for {line}")
+    if handled < expected:
+        reporter.line(f"the plots of {expected - handled} trials were not written within {timeout:g} s")

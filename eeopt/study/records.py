@@ -130,12 +130,14 @@ class TrialReport:
     headline: dict[str, float | None] = dataclasses.field(default_factory=dict)
     error: str | None = None
     val_acc_last: float = math.nan
+    plots_sent: bool = False  # its plots were handed to the study's plot writer (which the driver waits for)
 
     @classmethod
-    def complete(cls, values, headline: Mapping[str, float], val_acc_last: float) -> TrialReport:
+    def complete(cls, values, headline: Mapping[str, float], val_acc_last: float,
+                 plots_sent: bool = False) -> TrialReport:
         """A finished trial; NaN headline metrics (undefined on this trial) become None."""
         clean = {k: None if v is None or math.isnan(v) else float(v) for k, v in headline.items()}
-        return cls("COMPLETE", tuple(float(v) for v in values), clean, None, val_acc_last)
+        return cls("COMPLETE", tuple(float(v) for v in values), clean, None, val_acc_last, plots_sent)
 
     @classmethod
     def fail(cls, error: str, val_acc_last: float = math.nan) -> TrialReport:

@@ -280,7 +280,7 @@ class Study:
         `trial`'s. Read from the trial's folder, else from its MLflow run's artifacts. Creates nothing.
 
         Returns:
-            (`eeopt.policy_file.PolicyFile`, the trial's number).
+            (`eeopt.core.policy_file.PolicyFile`, the trial's number).
         Raises:
             ConfigError: `budget` is not one trials write a policy for, or no such trial.
             StudyError: no study, no finished trial, the trial did not complete, or it has no policy file for
@@ -311,7 +311,7 @@ class Study:
                                  "wrote no policy files")
         local, available = self._local_policy(chosen.number, percent)
         if local is not None:
-            from eeopt.policy_file import PolicyFile
+            from eeopt.core.policy_file import PolicyFile
 
             return PolicyFile.load(local), chosen.number
         policy, listed = self._mlflow_policy(chosen.user_attrs.get(ATTR_MLFLOW_RUN), percent)
@@ -343,7 +343,7 @@ class Study:
         """(the policy file for `percent` among the MLflow run's artifacts, or None; the budgets it has)."""
         import tempfile
 
-        from eeopt.policy_file import PolicyFile
+        from eeopt.core.policy_file import PolicyFile
         from eeopt.pipeline import POLICY_DIR
 
         if not run_id:

@@ -99,6 +99,7 @@ class StudySearcher(Searcher):
         self.running: dict[str, _Running] = {}  # by Tune trial id
         self.errors: dict[str, str] = {}  # by Tune trial id: what the Ray worker died of
         self.failures = 0
+        self.plots_sent = 0  # trials of this run whose plots went to the study's plot writer
         self.last_error: str | None = None
         self.stop_reason: str | None = None
         self.best = store.best_value()
@@ -226,6 +227,7 @@ class StudySearcher(Searcher):
             return
         report = TrialReport.from_result(result)
         if report is not None and report.status == "COMPLETE":
+            self.plots_sent += report.plots_sent
             self._complete(entry, report)
         elif report is not None:
             self._fail(entry, report.error)

@@ -81,13 +81,17 @@ def _run(spec: TrialSpec, run: TrialRun, folder, objective_fn, last_acc: list[fl
     )
     run.log_metrics(tracking.run_metrics(result.metrics))  # every metric: metrics.json
     _log_trial_artifacts(run, result)
-    if plot_writer is not None:  # drawn and logged by the study's writer while the next trial runs
-        plot_writer.write.remote(run.run_id, result.evaluation.primary, None if folder.remote else str(folder.path))
+    if plot_writer is not None and not _hand_plots_over(plot_writer, run, result, folder):
+        from eeopt.plots import save_trial_plots
+
+        plot_writer = None  # the writer did not take them: drawn here after all
+        _log_trial_artifacts(run, dataclasses.replace(result, plots=save_trial_plots(result, folder.path / PLOT_DIR)),
+                             plots_only=True)
     k = result.test.num_exits
     headline = {name: result.metrics[name] for name in (*HEADLINE_METRICS, split_key("test", exit_key(k, "accuracy")))}
     run.set_note_section("summary", tracking.trial_note(
         dict(zip(spec.objectives, values)), headline, (METRICS_TABLE, "metrics.json")))
-    return TrialReport.complete(values, headline, last_acc[0])
+    return TrialReport.complete(values, headline, last_acc[0], plots_sent=plot_writer is not None)
 
 
 def pin_to_trial_resources(cfg: TrainConfig, resources: Mapping[str, float]) -> TrainConfig:
@@ -154,12 +158,26 @@ def _exit_index(key: str) -> int:
     return int(digits) if digits else -1
 
 
-def _log_trial_artifacts(run: TrialRun, result) -> None:
+def _hand_plots_over(plot_writer, run: TrialRun, result, folder) -> bool:
+    """Queue the trial's plots on the study's writer (drawn and logged while the next trial runs); False when the
+    writer does not take them within a minute."""
+    import ray
+
+    try:
+        ray.get(plot_writer.write.remote(run.run_id, result.evaluation.primary,
+                                         None if folder.remote else str(folder.path)), timeout=60)
+        return True
+    except Exception:  # noqa: BLE001 - a plot never fails a trial
+        return False
+
+
+def _log_trial_artifacts(run: TrialRun, result, plots_only: bool = False) -> None:
     out = result.output_dir
     if out is None:
         return
-    run.log_artifacts([out / name for name in TRIAL_ARTIFACTS])
-    run.log_artifacts(sorted(result.policies.values()), artifact_path=POLICY_DIR)
+    if not plots_only:
+        run.log_artifacts([out / name for name in TRIAL_ARTIFACTS])
+        run.log_artifacts(sorted(result.policies.values()), artifact_path=POLICY_DIR)
     if result.plots:
         run.log_artifacts(result.plots.values(), artifact_path=PLOT_DIR)
         run.log_images(result.plots, prefix=tracking.PLOT_KEY_PREFIX)

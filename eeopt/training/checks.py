@@ -41,10 +41,10 @@ def check_train_config(cfg: TrainConfig, source: str = "config") -> None:
 
 def _check_names(cfg: TrainConfig) -> None:
     # imported here: calibration loads SciPy, which `train` does not need
-    from eeopt.calibration import CALIBRATORS
+    from eeopt.core.calibration import CALIBRATORS
     from eeopt.data.base import DATASETS
     from eeopt.models.registry import BACKBONES
-    from eeopt.scores import SCORES
+    from eeopt.core.scores import SCORES
 
     checks = [
         ("data.name", cfg.data.name, DATASETS),

@@ -19,7 +19,7 @@ import torch
 from eeopt.config import TrainingConfig
 from eeopt.data import iterate_batches
 from eeopt.errors import TrainingDiverged
-from eeopt.outputs import ExitOutputs
+from eeopt.core.outputs import ExitOutputs
 from eeopt.training.runtime import Precision, compile_errors, input_memory_format, training_precision
 from eeopt.training.stages import Stage, stage_loss
 

@@ -27,7 +27,7 @@ from eeopt.errors import ConfigError
 from eeopt.models import MultiExitModel, load_pretrained
 from eeopt.models.external import pretrained_data
 from eeopt.names import IMAGES_PER_S
-from eeopt.outputs import ExitOutputs
+from eeopt.core.outputs import ExitOutputs
 from eeopt.training.checkpoint import (
     atomic_save_outputs,
     capture_rng_state,

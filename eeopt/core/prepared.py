@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from eeopt.errors import ConfigError
-from eeopt.metrics.efficiency import SweepCurve, global_sweep
-from eeopt.metrics.failure import RankedScores, exit_target, rank_scores
-from eeopt.outputs import ExitOutputs, check_compatible
-from eeopt.scores import compute_score
+from eeopt.core.metrics.efficiency import SweepCurve, global_sweep
+from eeopt.core.metrics.failure import RankedScores, exit_target, rank_scores
+from eeopt.core.outputs import ExitOutputs, check_compatible
+from eeopt.core.scores import compute_score
 
 if TYPE_CHECKING:
-    from eeopt.calibration import Calibrator
+    from eeopt.core.calibration import Calibrator
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -92,7 +92,7 @@ def fit_calibrator(calibrate: "str | Calibrator | None", val: ExitOutputs | None
     """
     if calibrate in (None, "none"):
         return None
-    from eeopt.calibration import Calibrator, create_calibrator
+    from eeopt.core.calibration import Calibrator, create_calibrator
 
     calibrator = calibrate if isinstance(calibrate, Calibrator) else create_calibrator(calibrate)
     if calibrator.is_fitted:

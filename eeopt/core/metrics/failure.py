@@ -22,7 +22,7 @@ from typing import NamedTuple
 import numpy as np
 from numpy.typing import ArrayLike
 
-from eeopt.metrics.checks import as_binary, check_paired
+from eeopt.core.metrics.checks import as_binary, check_paired
 
 
 class RiskCoverage(NamedTuple):

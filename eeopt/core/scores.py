@@ -9,7 +9,7 @@ A score function maps `ExitOutputs` to a float array [K, N]. Built-ins:
   (1 - g) / g is large; that is a decreasing function of g, so g ranks samples identically;
 - ``learned``: the outputs' own ``scores`` array (e.g. a failure-predictor head).
 
-Sums over classes are order-free (`eeopt.outputs.row_sum`), so samples whose probabilities are the same up to a
+Sums over classes are order-free (`eeopt.core.outputs.row_sum`), so samples whose probabilities are the same up to a
 permutation get exactly the same score. Add one with `register_score`.
 """
 
@@ -20,7 +20,7 @@ from collections.abc import Callable
 import numpy as np
 
 from eeopt.errors import ExitOutputsError
-from eeopt.outputs import ExitOutputs, row_sum
+from eeopt.core.outputs import ExitOutputs, row_sum
 from eeopt.registry import Registry
 
 ScoreFn = Callable[[ExitOutputs], np.ndarray]

@@ -16,8 +16,8 @@ from typing import NamedTuple
 import numpy as np
 from numpy.typing import ArrayLike
 
-from eeopt.metrics.checks import check_paired
-from eeopt.outputs import log_softmax_parts
+from eeopt.core.metrics.checks import check_paired
+from eeopt.core.outputs import log_softmax_parts
 
 
 class ReliabilityBins(NamedTuple):

@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from eeopt.metrics.checks import check_exit_arrays
+from eeopt.core.metrics.checks import check_exit_arrays
 from eeopt.names import BUDGETS, efficiency_key
 
 #: Slack on budgets, as a share of the last exit's cost.

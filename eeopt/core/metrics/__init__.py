@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from eeopt.metrics.calibration import ReliabilityBins, adaptive_ece, brier, ece, mce, nll, reliability_bins
-from eeopt.metrics.failure import (
+from eeopt.core.metrics.calibration import ReliabilityBins, adaptive_ece, brier, ece, mce, nll, reliability_bins
+from eeopt.core.metrics.failure import (
     RiskCoverage,
     aupr_error,
     aurc,

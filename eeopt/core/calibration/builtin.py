@@ -7,11 +7,11 @@ from typing import Any
 
 import numpy as np
 
-from eeopt.calibration.base import Calibrator, TopLabelCalibrator, is_int, param_array, register_calibrator
-from eeopt.calibration.functional import fit_temperature, fit_vector_scaling
+from eeopt.core.calibration.base import Calibrator, TopLabelCalibrator, is_int, param_array, register_calibrator
+from eeopt.core.calibration.functional import fit_temperature, fit_vector_scaling
 from eeopt.errors import ConfigError
-from eeopt.metrics.calibration import bin_index
-from eeopt.outputs import ExitOutputs
+from eeopt.core.metrics.calibration import bin_index
+from eeopt.core.outputs import ExitOutputs
 
 
 @register_calibrator("temperature")

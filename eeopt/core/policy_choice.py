@@ -1,6 +1,6 @@
 """Which policy to deploy from a threshold search: the val-chosen policy at a budget, or the knee of the val front.
 
-The result is a `PolicyFile` (`eeopt.policy_file`), the form `eeopt predict` and `EarlyExitPredictor` take.
+The result is a `PolicyFile` (`eeopt.core.policy_file`), the form `eeopt predict` and `EarlyExitPredictor` take.
 Pure numpy: no torch here.
 """
 
@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from eeopt.metrics.efficiency import BUDGET_RTOL, frontier_indices, select_by_budget
-from eeopt.policy_file import PolicyFile, PolicyFileError, check_budget
+from eeopt.core.metrics.efficiency import BUDGET_RTOL, frontier_indices, select_by_budget
+from eeopt.core.policy_file import PolicyFile, PolicyFileError, check_budget
 
 if TYPE_CHECKING:
-    from eeopt.calibration import Calibrator
-    from eeopt.search import PolicySearch
+    from eeopt.core.calibration import Calibrator
+    from eeopt.core.search import PolicySearch
 
 
 def policy_from_search(
@@ -29,9 +29,9 @@ def policy_from_search(
     """The policy file of one per-exit-searched policy, chosen on val.
 
     Args:
-        search: `eeopt.search.search_policies`' result (val front, test numbers).
+        search: `eeopt.core.search.search_policies`' result (val front, test numbers).
         budget: a share of the last exit's cost in (0, 1]: the val-chosen policy at that budget (the best val
-            accuracy with val mean cost <= budget, the rule of `eeopt.metrics.efficiency`; at 0.25/0.5/0.75/1 it is
+            accuracy with val mean cost <= budget, the rule of `eeopt.core.metrics.efficiency`; at 0.25/0.5/0.75/1 it is
             exactly the policy behind acc_at_25.. acc_at_100). None: the *knee* of the val front, the policy farthest
             above the straight line from the cheapest to the most accurate front point (cost as a share of the last
             exit's, accuracy as a share of the front's accuracy range): the point where paying more cost stops

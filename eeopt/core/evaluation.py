@@ -15,16 +15,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from eeopt.files import jsonable
-from eeopt.metrics.calibration import calibration_metrics
-from eeopt.metrics.efficiency import BudgetChoice, Frontier, SweepCurve, frontier, sweep_efficiency, thin_frontier
-from eeopt.metrics.failure import failure_metrics
+from eeopt.core.metrics.calibration import calibration_metrics
+from eeopt.core.metrics.efficiency import BudgetChoice, Frontier, SweepCurve, frontier, sweep_efficiency, thin_frontier
+from eeopt.core.metrics.failure import failure_metrics
 from eeopt.names import EXIT_METRIC_NAMES, exit_key, mean_key, with_variant
-from eeopt.policies import evaluate_patience, float_to_json
-from eeopt.prepared import PreparedSplit, prepare_pair
+from eeopt.core.policies import evaluate_patience, float_to_json
+from eeopt.core.prepared import PreparedSplit, prepare_pair
 
 if TYPE_CHECKING:
-    from eeopt.calibration import Calibrator
-    from eeopt.outputs import ExitOutputs
+    from eeopt.core.calibration import Calibrator
+    from eeopt.core.outputs import ExitOutputs
 
 IN_SAMPLE = "evaluated split (in-sample)"
 
@@ -178,6 +178,6 @@ def evaluate_exits(
 def _kendall_tau(split: PreparedSplit) -> np.ndarray | None:
     if split.outputs is split.raw:
         return None
-    from eeopt.calibration import kendall_tau
+    from eeopt.core.calibration import kendall_tau
 
     return kendall_tau(split.raw_scores, split.scores)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from eeopt.outputs import ExitOutputs
+from eeopt.core.outputs import ExitOutputs
 
 
 def synthetic_exit_outputs(

@@ -22,7 +22,7 @@ import numpy as np
 
 from eeopt.errors import ConfigError
 from eeopt.files import jsonable
-from eeopt.metrics.checks import check_exit_arrays
+from eeopt.core.metrics.checks import check_exit_arrays
 
 #: Working arrays of one chunk of policies: [policies, words] uint64, sized to stay in a core's L2 cache.
 _CHUNK_BYTES = 160 << 10

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from eeopt.metrics.efficiency import (
+from eeopt.core.metrics.efficiency import (
     BudgetChoice,
     Efficiency,
     SweepCurve,
@@ -26,8 +26,8 @@ from eeopt.metrics.efficiency import (
     global_sweep,
     sweep_efficiency,
 )
-from eeopt.policies import PolicyEvaluation, ThresholdPolicy, evaluate_thresholds, float_to_json
-from eeopt.prepared import PreparedSplit
+from eeopt.core.policies import PolicyEvaluation, ThresholdPolicy, evaluate_thresholds, float_to_json
+from eeopt.core.prepared import PreparedSplit
 
 
 @dataclasses.dataclass(frozen=True)

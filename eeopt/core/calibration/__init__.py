@@ -19,8 +19,8 @@ re-rank samples within an exit; `kendall_tau` measures exactly that.
 Calibrated outputs are float64. Add a calibrator with `register_calibrator`; build one with `create_calibrator`.
 """
 
-from eeopt.calibration import builtin as _builtin  # noqa: F401  (registers the built-in calibrators)
-from eeopt.calibration.base import (
+from eeopt.core.calibration import builtin as _builtin  # noqa: F401  (registers the built-in calibrators)
+from eeopt.core.calibration.base import (
     CALIBRATORS,
     Calibrator,
     TopLabelCalibrator,
@@ -28,8 +28,8 @@ from eeopt.calibration.base import (
     list_calibrators,
     register_calibrator,
 )
-from eeopt.calibration.builtin import HistogramBinning, IsotonicCalibration, TemperatureScaling, VectorScaling
-from eeopt.calibration.functional import (
+from eeopt.core.calibration.builtin import HistogramBinning, IsotonicCalibration, TemperatureScaling, VectorScaling
+from eeopt.core.calibration.functional import (
     LOG_TEMPERATURE_BOUNDS,
     TOP_LABEL_CEIL_GAP,
     TOP_LABEL_MARGIN,

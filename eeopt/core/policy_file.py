@@ -4,7 +4,7 @@ A policy file holds the exit score, the K-1 per-exit thresholds, the calibrator 
 exits' cumulative costs (and their unit) and the budget it was chosen for, plus what it achieved on val (where it
 was chosen) and, when known, on test. `PolicyFile.decide` applies it to exit outputs: calibrate, score, threshold,
 exactly as the threshold search evaluated it. `eeopt.inference.EarlyExitPredictor` runs the same policy on a network
-stage by stage and must agree with `decide`. `eeopt.policy_choice` picks which policy of a threshold search to write.
+stage by stage and must agree with `decide`. `eeopt.core.policy_choice` picks which policy of a threshold search to write.
 
 Example (JSON; infinities are written "inf" / "-inf")::
 
@@ -32,12 +32,12 @@ import numpy as np
 
 from eeopt.errors import ConfigError, EeoptError
 from eeopt.files import atomic_write_text, jsonable
-from eeopt.outputs import ExitOutputs
-from eeopt.policies import float_to_json, threshold_exits
-from eeopt.scores import SCORES, compute_score, create_score
+from eeopt.core.outputs import ExitOutputs
+from eeopt.core.policies import float_to_json, threshold_exits
+from eeopt.core.scores import SCORES, compute_score, create_score
 
 if TYPE_CHECKING:
-    from eeopt.calibration import Calibrator
+    from eeopt.core.calibration import Calibrator
 
 FORMAT = "eeopt.policy/1"
 COST_UNITS = ("flops", "latency_ms")
@@ -56,9 +56,9 @@ class PolicyFile:
     """One deployable threshold policy; validated on construction (see the module docstring for the JSON form).
 
     Attributes:
-        score: exit score name (`eeopt.scores` registry: msp, entropy, margin, doctor, learned, ...).
+        score: exit score name (`eeopt.core.scores` registry: msp, entropy, margin, doctor, learned, ...).
         thresholds: K-1 thresholds; exit k (0-based) is taken when score_k >= thresholds[k] (the rule of
-            `eeopt.policies.threshold_exits`), the last exit takes the rest; +-inf allowed.
+            `eeopt.core.policies.threshold_exits`), the last exit takes the rest; +-inf allowed.
         costs: K cumulative costs of the exits, in `cost_unit` ("flops" or "latency_ms").
         budget: the share of the last exit's cost the policy was chosen for on val; None when it was chosen for an
             objective (see `policy_from_search`).
@@ -164,7 +164,7 @@ class PolicyFile:
         """The fitted calibrator the file describes (a new object each call), or None for "none"."""
         if self.calibrator == "none":
             return None
-        from eeopt.calibration import create_calibrator
+        from eeopt.core.calibration import create_calibrator
 
         return create_calibrator(self.calibrator).load_state_dict(self.calibrator_state)
 
@@ -311,7 +311,7 @@ _MSP_MARGIN = 1e-9
 def _lean_decision(score: str, calibrator: Calibrator | None) -> tuple[Callable | None, bool] | None:
     """(the calibrator's map of one row of logits, or None without one; whether the score is the learned one) when
     `ExitDecider.leaves` can decide on Python floats; None when it cannot (other scores or calibrators)."""
-    from eeopt import scores
+    from eeopt.core import scores
 
     fn = create_score(score)
     if fn is not scores.msp and fn is not scores.learned:
@@ -319,7 +319,7 @@ def _lean_decision(score: str, calibrator: Calibrator | None) -> tuple[Callable 
     learned = fn is scores.learned
     if calibrator is None:
         return None, learned
-    from eeopt.calibration.builtin import TemperatureScaling, VectorScaling
+    from eeopt.core.calibration.builtin import TemperatureScaling, VectorScaling
 
     if type(calibrator) is TemperatureScaling:  # logits.astype(float64) / T_k
         t = calibrator.temperature.tolist()
@@ -419,7 +419,7 @@ def _check_certification(record: Any, where: str) -> dict | None:
 
 
 def _check_calibrator(name: Any, state: Any, k: int, where: str) -> dict | None:
-    from eeopt.calibration import CALIBRATORS, create_calibrator
+    from eeopt.core.calibration import CALIBRATORS, create_calibrator
 
     if name == "none":
         if state is not None:

@@ -9,9 +9,9 @@ from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
-from eeopt.calibration.functional import top_label_probs
+from eeopt.core.calibration.functional import top_label_probs
 from eeopt.errors import ConfigError, EeoptError, ExitOutputsError
-from eeopt.outputs import ExitOutputs
+from eeopt.core.outputs import ExitOutputs
 from eeopt.registry import Registry
 
 
