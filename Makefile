@@ -5,7 +5,8 @@ BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 # Two test processes (pytest-xdist): the slow tests mostly wait on Ray, servers and subprocesses, so two share the
-# 2 cores well (6.4 min instead of 9.3 min measured on 2 idle cores). PYTEST_WORKERS=0 runs the suite in one.
+# 2 cores well (6.4 min instead of 9.3 min measured on 2 idle cores on 2026-12-02; the suite has since grown to
+# 12-14 min with the store fault and contract tests). PYTEST_WORKERS=0 runs the suite in one.
 PYTEST_WORKERS ?= 2
 PYTEST_ARGS ?=
 # The timm/torchvision tests (pytest marker `extras`) run in an environment of their own: PyPI's torchvision is
@@ -81,7 +82,7 @@ test: data
 test-extras: setup-extras
 	$(EXTRAS_VENV)/bin/python -m pytest -n 0 -m extras $(PYTEST_ARGS)
 
-# The fast tier, for every change (883 tests, about 41 s on 2 idle cores): the pure core, config, CLI parsing and
+# The fast tier, for every change (895 tests, about 74 s on 2 cores): the pure core, config, CLI parsing and
 # error paths, a few training steps at most; no Ray, servers, PostgreSQL, GPU or timm (the markers in
 # pyproject.toml), and no `make data`. It lists its five slowest steps: a test call over about 1.5 s belongs
 # under `slow` (a module fixture's setup, shared by many tests, may take a little more).
