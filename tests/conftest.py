@@ -28,6 +28,12 @@ FIXTURE_MARKERS = {
     "own_postgres": ("postgres", "slow"),
     "team_stack": ("cluster", "postgres", "slow"),
 }
+# Session fixtures so costly that every test using them runs in one xdist process, and the files that hold those
+# tests: otherwise each process builds its own team stack and its outage study (about 130 s each). xdist's own
+# `--dist loadgroup` does not work with pytest 9.2 (it renames a test by setting `item._nodeid`, which pytest no longer
+# reads), so `pytest_xdist_make_scheduler` below groups by file, and collection fails for a test that uses such a
+# fixture from another file.
+FIXTURE_GROUPS = {"team_stack": ("tests/test_cluster.py", "tests/test_secrets.py")}
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
@@ -37,6 +43,26 @@ def pytest_collection_modifyitems(config, items):
             if fixture in getattr(item, "fixturenames", ()):
                 for marker in markers:
                     item.add_marker(marker)
+        for fixture, files in FIXTURE_GROUPS.items():
+            if fixture in getattr(item, "fixturenames", ()) and item.nodeid.split("::")[0] not in files:
+                raise pytest.UsageError(f"{item.nodeid} uses `{fixture}`: add its file to FIXTURE_GROUPS[{fixture!r}] "
+                                        "in tests/conftest.py, so that xdist builds the fixture once")
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """xdist's `load` scheduling, except that the tests of each FIXTURE_GROUPS entry's files go to one process
+    (and first: the largest group is handed out first)."""
+    if config.getvalue("dist") != "load":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    groups = {file: fixture for fixture, files in FIXTURE_GROUPS.items() for file in files}
+
+    class Grouped(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return groups.get(nodeid.split("::")[0], nodeid)
+
+    return Grouped(config, log)
 
 
 @pytest.fixture(autouse=True)
