@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from eeopt.names import exit_key
-from eeopt.plots.base import EXIT, LAST, SEARCH, SWEEP, figure, setting
+from eeopt.plots.base import EXIT, LAST, SEARCH, SWEEP, figure, fixed_grid, setting
 
 if TYPE_CHECKING:
     from eeopt.core.evaluation import EvaluationReport
@@ -48,8 +48,9 @@ def plot_accuracy_vs_cost(path: Path, report: EvaluationReport, costs: np.ndarra
     chosen_on = fit_split if fit_report is not None else f"{split}, in-sample"
     lines = _lines(report, fit_report, search, last, split, fit_split)
     points = _points(report, search, costs)
-    with figure(path, (8.6, 7.0)) as fig:
-        ax = fig.add_subplot()
+    legend_rows = -(-len(lines) // 2) + 2  # at most: two columns, the lines then up to four kinds of points
+    with figure(path, (8.6, 7.0), layout=None) as fig:
+        ax = fig.add_subplot(fixed_grid(fig, left=0.85, top=0.7, bottom=0.75 + 0.2 * legend_rows)[0, 0])
         _draw(ax, lines, points, chosen_on, labels=True)
         for b in (25, 50, 75, 100):
             ax.axvline(b, color="grey", lw=0.6, ls=":", zorder=0)
@@ -64,8 +65,9 @@ def plot_accuracy_vs_cost(path: Path, report: EvaluationReport, costs: np.ndarra
         ax.set_title(f"Accuracy vs cost, {split} split (thresholds chosen on {chosen_on})\n"
                      f"{setting(None, report.score, report.calibration, fit_split if fit_report else None)}",
                      fontsize=11)
-        # below the axes, inside the figure: the constrained layout makes room for it (the plot keeps its width)
-        fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncols=2, frameon=False, fontsize=8.5)
+        # below the axes, inside the figure (the plot keeps its width)
+        fig.legend(*ax.get_legend_handles_labels(), loc="lower center", ncols=2, frameon=False, fontsize=8.5,
+                   bbox_to_anchor=(0.5, 0.0))
     return path
 
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from eeopt.names import exit_key
-from eeopt.plots.base import EXIT, LAST, SEARCH, figure, grid_shape, setting
+from eeopt.plots.base import EXIT, LAST, SEARCH, figure, fixed_grid, grid_shape, setting
 
 if TYPE_CHECKING:
     from eeopt.core.evaluation import EvaluationReport
@@ -37,12 +37,15 @@ def plot_reliability(path: Path, split: PreparedSplit, report: EvaluationReport,
     k, n = out.num_exits, out.num_samples
     rows, cols = grid_shape(k)
     sparse = max(SPARSE_BIN, int(0.005 * n))
-    with figure(path, (3.1 * cols + 0.4, 3.9 * rows + 0.6)) as fig:
-        grid = fig.add_gridspec(2 * rows, cols, height_ratios=[3, 1] * rows)
+    with figure(path, (3.1 * cols + 0.4, 3.9 * rows + 0.6), layout=None) as fig:
+        # each exit: its reliability panel over its histogram, close together; room between the exits for the
+        # x label below and the title above
+        outer = fixed_grid(fig, rows, cols, left=0.7, right=0.2, top=0.62, bottom=0.85, wgap=0.55, hgap=0.85)
         for i in range(k):
             r, c = divmod(i, cols)
-            top = fig.add_subplot(grid[2 * r, c])
-            bottom = fig.add_subplot(grid[2 * r + 1, c], sharex=top)
+            pair = outer[r, c].subgridspec(2, 1, height_ratios=[3, 1], hspace=0.12)
+            top = fig.add_subplot(pair[0])
+            bottom = fig.add_subplot(pair[1], sharex=top)
             bins = reliability_bins(out.confidence[i], split.correct[i], n_bins)
             _reliability_panel(top, bottom, bins, sparse)
             top.set_title(f"exit {i + 1}: ECE {report.metrics.get(f'exit{i + 1}/ece', np.nan):.3f}, "
@@ -52,9 +55,9 @@ def plot_reliability(path: Path, split: PreparedSplit, report: EvaluationReport,
                 bottom.set_ylabel("samples")
             bottom.set_xlabel("confidence")
         fig.suptitle(f"Reliability per exit, {setting(split.name, None, split.calibration, fit_split)}, "
-                     f"N = {n}", fontsize=11)
-        fig.legend(handles=_reliability_legend(sparse), loc="outside lower center", ncols=4, fontsize=8,
-                   frameon=False)
+                     f"N = {n}", fontsize=11, y=1 - 0.1 / fig.get_size_inches()[1], va="top")
+        fig.legend(handles=_reliability_legend(sparse), loc="lower center", ncols=min(4, 2 * cols), fontsize=8,
+                   frameon=False, bbox_to_anchor=(0.5, 0.0))
     return path
 
 
@@ -106,8 +109,8 @@ def plot_risk_coverage(path: Path, split: PreparedSplit, report: EvaluationRepor
 
     out = split.outputs
     palette = matplotlib.colormaps["viridis"]
-    with figure(path, (8.2, 5.2)) as fig:
-        ax = fig.add_subplot()
+    with figure(path, (8.2, 5.2), layout=None) as fig:
+        ax = fig.add_subplot(fixed_grid(fig, left=0.75, top=0.6, bottom=0.6)[0, 0])
         for i in range(out.num_exits):
             colour = palette(i / max(out.num_exits - 1, 1) * 0.9)
             rc = risk_coverage(split.scores[i], split.correct[i])
@@ -141,8 +144,10 @@ def plot_per_exit(path: Path, report: EvaluationReport, costs: np.ndarray | None
     k = report.num_exits
     exits = np.arange(1, k + 1)
     labels = [str(i) if costs is None else f"{i}\n{100 * costs[i - 1] / costs[-1]:.0f} %" for i in exits]
-    with figure(path, (3.0 * len(PER_EXIT) + 0.6, 3.6)) as fig:
-        axes = fig.subplots(1, len(PER_EXIT))
+    with figure(path, (3.0 * len(PER_EXIT) + 0.6, 3.6), layout=None) as fig:
+        grid = fixed_grid(fig, 1, len(PER_EXIT), left=0.6, right=0.35, top=0.62,
+                          bottom=0.75 if costs is not None else 0.6, wgap=0.55)
+        axes = [fig.add_subplot(grid[0, j]) for j in range(len(PER_EXIT))]
         for ax, (name, label) in zip(axes, PER_EXIT):
             for rep, style, which in ((fit_report, "--", fit_split), (report, "-", split)):
                 if rep is None:
@@ -156,5 +161,6 @@ def plot_per_exit(path: Path, report: EvaluationReport, costs: np.ndarray | None
             ax.grid(alpha=0.25)
         axes[0].legend(frameon=False)
         fig.suptitle(f"Per-exit metrics, {setting(split, report.score, report.calibration)} "
-                     f"({split} solid{', ' + fit_split + ' dashed' if fit_report is not None else ''})", fontsize=11)
+                     f"({split} solid{', ' + fit_split + ' dashed' if fit_report is not None else ''})", fontsize=11,
+                     y=1 - 0.1 / fig.get_size_inches()[1], va="top")
     return path

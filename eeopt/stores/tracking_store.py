@@ -13,6 +13,7 @@ import dataclasses
 import logging
 import math
 import os
+import threading
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -101,28 +102,46 @@ class TrialRun:
     run_id: str
     policy: RetryPolicy = dataclasses.field(default_factory=RetryPolicy)
     _client: Any = dataclasses.field(default=None, repr=False, compare=False)
+    _opening: Any = dataclasses.field(default_factory=threading.Lock, repr=False, compare=False)
 
     def __getstate__(self):
-        return {**self.__dict__, "_client": None}
+        return {**self.__dict__, "_client": None, "_opening": None}
+
+    def __setstate__(self, state):
+        self.__dict__.update({**state, "_opening": threading.Lock()})
 
     @property
     def client(self):
-        if self._client is None:
-            self._client = client(self.tracking_uri)
-        return self._client
+        with self._opening:  # made once, even while `open_in_background` is making it
+            if self._client is None:
+                self._client = client(self.tracking_uri)
+            return self._client
+
+    def open_in_background(self) -> None:
+        """Make the client on a thread: in a fresh process, importing MLflow and opening its store take 1-2 s,
+        which the caller's own start-up (imports, data) then overlaps; the first write waits for it."""
+        threading.Thread(target=lambda: self.client, name="eeopt-mlflow-open", daemon=True).start()
+
+    def _entities(self):
+        """`mlflow.entities`, once `open_in_background` is done: two threads importing MLflow at once can see it
+        half-initialised."""
+        with self._opening:
+            import mlflow.entities
+
+        return mlflow.entities
 
     def call(self, fn):
         """`fn(client)` under the retry policy, errors as one-line `StorageError`s."""
         return self.policy.call(lambda: fn(self.client), self.tracking_uri, WHAT)
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
-        from mlflow.entities import RunTag
+        RunTag = self._entities().RunTag
 
         items = [RunTag(k, str(v)) for k, v in tags.items()]
         self.call(lambda c: c.log_batch(self.run_id, tags=items, synchronous=True))
 
     def log_params(self, params: Mapping[str, str]) -> None:
-        from mlflow.entities import Param
+        Param = self._entities().Param
 
         items = [Param(k, v) for k, v in params.items()]
         for start in range(0, len(items), 100):
@@ -131,7 +150,7 @@ class TrialRun:
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         """Log finite and NaN metrics (MLflow stores NaN); skip None and infinities."""
-        from mlflow.entities import Metric
+        Metric = self._entities().Metric
 
         now = int(time.time() * 1000)
         items = [Metric(key, float(value), now, step or 0) for key, value in metrics.items()

@@ -42,8 +42,22 @@ class PlotWriter:
         self._queue.put((run_id, variant, folder))
 
     def _work(self) -> None:
+        self._warm_up()
         while True:
             self._write(*self._queue.get())
+
+    def _warm_up(self) -> None:
+        """Pay the one-time costs while the first trial's worker starts up (seconds, when the writer is idle)
+        rather than after the first trial: matplotlib and the plot modules imported, a figure drawn (fonts), the
+        MLflow store opened (on SQLite, MLflow reads its migration scripts to check the schema: about 2 s)."""
+        with contextlib.suppress(Exception):  # a failure here shows, if it lasts, on the first trial's plots
+            import io
+
+            from eeopt.plots.base import figure
+
+            with figure(io.BytesIO(), (1, 1), layout=None) as fig:
+                fig.add_subplot().set_title("warm-up")
+            self.stores.run("").client.search_experiments(max_results=1)
 
     def _write(self, run_id: str, variant: Any, folder: str | None) -> None:
         from eeopt.plots import save_variant_plots

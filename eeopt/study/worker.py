@@ -55,10 +55,12 @@ def run_trial_on_worker(config: dict[str, Any], objective_fn=None, stores=None, 
 def _run(spec: TrialSpec, run: TrialRun, folder, objective_fn, last_acc: list[float], plot_writer) -> TrialReport:
     from ray import tune
 
-    cfg = pin_to_trial_resources(TrainConfig.model_validate(spec.train_config), _trial_resources())
-    progress = _ProgressSender(cfg, resumed=(folder.path / "checkpoint.pt").exists())
+    progress = _ProgressSender(resumed=(folder.path / "checkpoint.pt").exists())
     # a wait for the tracking store shows on the driver's progress lines
     run = dataclasses.replace(run, policy=dataclasses.replace(run.policy, on_wait=progress.store_wait))
+    run.open_in_background()  # while the trial's config, torch and the environment below are loaded
+    cfg = pin_to_trial_resources(TrainConfig.model_validate(spec.train_config), _trial_resources())
+    progress.plan(cfg)
     run.set_tags({**node_tags(), tracking.TAG_COST: cfg.policy.cost_unit,
                   **environment(resolve_device(cfg.training.device), cfg.training.deterministic)})
     run.log_params(tracking.params_from_config(spec.train_config, spec.sampled))
@@ -124,13 +126,17 @@ class _ProgressSender:
     quarter of a shorter epoch (`batch_report_due`; each `tune.report` waits for the driver), and one as soon as
     training is over (the evaluation that follows takes a while)."""
 
-    def __init__(self, cfg: TrainConfig, resumed: bool):
-        from eeopt.training.stages import plan_stages
-
-        self.epochs = sum(stage.epochs for stage in plan_stages(cfg.training))
+    def __init__(self, resumed: bool):
+        self.epochs = 0  # until `plan`
         self.epoch = 0 if resumed else 1  # the epoch under way; unknown (0) until a resumed run finishes one
         self.val_acc = math.nan
         self.last_sent = -math.inf
+
+    def plan(self, cfg: TrainConfig) -> None:
+        """The trial's epoch count, from its config."""
+        from eeopt.training.stages import plan_stages
+
+        self.epochs = sum(stage.epochs for stage in plan_stages(cfg.training))
 
     def batch_done(self, done: int, total: int) -> None:
         now = time.monotonic()
