@@ -551,7 +551,7 @@ def study_section(data: dict | None) -> str:
         "first in a plain loop of `run_trial` (no Ray, no storage, no MLflow; after one warm-up trial), then as an "
         "eeopt study (local Ray with 2 CPUs, started first and timed on its own; SQLite Optuna storage; SQLite "
         "MLflow store with params, metrics, artifacts and plots per trial). The loop draws no plots; the study's "
-        "trials hand theirs to the study's plot writer, a Ray actor beside the trials (`eeopt.study.plotter`), and "
+        "trials hand theirs to the study's plot writer, a Ray actor beside the trials (`eeopt.study.worker`), and "
         "the study waits for it before it returns. The overhead is the study's time minus the loop's, per trial.\n")
     out.append("| what | seconds | per trial |\n| --- | ---: | ---: |")
     out.append(f"| plain loop (`run_trial`) | {r['loop_s']:.1f} | {r['loop_s'] / n:.2f} |")

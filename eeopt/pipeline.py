@@ -128,7 +128,7 @@ def run_trial(
         source: provenance recorded in the policy files (`trial`, `run_id`, `model_dir`: the folder holding
             model.pt, `output_dir` by default).
         plots: write the standard plots into `output_dir/plots` (a study's worker passes False and has them
-            written off the trial's critical path, `eeopt.study.plotter`).
+            written off the trial's critical path, `eeopt.study.worker`).
     Raises:
         TrainingDiverged, DataError, ConfigError: from training or from an objective that returns the wrong thing.
     """

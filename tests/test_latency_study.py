@@ -178,7 +178,7 @@ def test_cost_keys_are_in_the_one_scheme():
     for bad in ("cost/seconds/exit1", "val/cost/flops/exit1", "cost/flops/exit0", "cost/flops"):
         with pytest.raises(ValueError):
             parse_key(bad)
-    from eeopt.study.mlflow_view import section_of
+    from eeopt.study.tracking import section_of
 
     assert section_of("cost/flops/exit1")[1] == section_of("cost/latency_ms/exit2")[1]
 

@@ -14,7 +14,7 @@ from rich.console import Console
 
 from eeopt.names import metric_of, parse_key
 from eeopt.study import Study
-from eeopt.study.mlflow_view import (
+from eeopt.study.tracking import (
     TAG_LIMIT, VIEW_ID, VIEW_TAG, decode_view, encode_view, fit_view, runs_url, section_of, view_state,
 )
 
@@ -88,7 +88,7 @@ def test_view_lists_trials_and_compares_them(trial_keys):
     """Trials only (the parent run holds the best trial's numbers); the objective against each sampled value and
     test against val as scatter plots first (bar charts start at 0); param columns wide enough for their names;
     image cards of several trials; a distinct colour per trial, by rank."""
-    from eeopt.study.mlflow_view import IMAGE_RUNS, PALETTE, TRIALS_FILTER, column_width, rank_colours
+    from eeopt.study.tracking import IMAGE_RUNS, PALETTE, TRIALS_FILTER, column_width, rank_colours
 
     params = ["sampled.training.failure_loss", "sampled.training.failure_weight"]
     state = view_state(trial_keys, OBJECTIVES, params, image_keys=["plots/accuracy_vs_cost"])
@@ -227,7 +227,7 @@ def test_dashboard_links_follow_eeopt_ui_wherever_it_serves(tmp_path):
     from bottle import Bottle
 
     from eeopt.cli.links import add_mlflow_route, forget_ui, record_ui, recorded_ui, ui_file
-    from eeopt.study.mlflow_view import dashboard_run_path
+    from eeopt.study.tracking import dashboard_run_path
 
     record = ui_file(f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert record == tmp_path / "mlflow.db.ui.json" and ui_file("http://mlflow:5000") is None

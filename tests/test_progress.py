@@ -11,7 +11,7 @@ import pytest
 from rich.console import Console
 
 from eeopt.study.progress import HEARTBEAT, Reporter, StudyHeader, fmt_duration, format_params
-from eeopt.study.records import EPOCH_METRIC, EpochReport, ProgressReport, TrialReport
+from eeopt.study.worker import EPOCH_METRIC, EpochReport, ProgressReport, TrialReport
 
 PARAMS = {"training.lr": 0.0031234, "training.failure_loss": "ranking", "model.exits": [2, 4],
           "training.label_smoothing": 0.05}
@@ -173,8 +173,8 @@ def test_schedule_fills_the_slot_that_frees_first():
 def test_short_epochs_still_move_the_batch_counter():
     """21 batches of 0.1 s (the quickstart): reports after the first batch and at quarters, at most one per
     PROGRESS_MIN_GAP; long epochs: the first batch, then one per PROGRESS_EVERY."""
-    from eeopt.study.progress import PROGRESS_MIN_GAP, batch_report_due
-    from eeopt.study.records import PROGRESS_EVERY
+    from eeopt.study.worker import PROGRESS_MIN_GAP, batch_report_due
+    from eeopt.study.worker import PROGRESS_EVERY
 
     def sent(total: int, seconds_per_batch: float) -> list[int]:
         last, out = -math.inf, []

@@ -3,7 +3,7 @@
 import json
 import math
 
-from eeopt.study.records import EPOCH_METRIC, EpochReport, TrialReport, TrialSpec
+from eeopt.study.worker import EPOCH_METRIC, EpochReport, TrialReport, TrialSpec
 
 
 def _flatten(d, prefix=""):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from eeopt.study.sampling import create_sampler
+from eeopt.study.trials import create_sampler
 from eeopt.study.trials import TrialStore
 
 DIST = {"lr": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True),

@@ -5,7 +5,7 @@ import pytest
 
 from eeopt.config import validate_config
 from eeopt.errors import ConfigError
-from eeopt.study.space import SearchSpace
+from eeopt.study.trials import SearchSpace
 
 BASE = {"data": {"name": "digits"}, "model": {"backbone": "tinyresnet", "width": 8, "exits": [1, 3]},
         "study": {"name": "s"}}

@@ -35,11 +35,8 @@ def ui_cmd(
     from eeopt.study import Study
 
     study = Study.from_yaml(study_file, overrides or [])
-    from eeopt.study.mlflow_view import runs_url
-
     if study.stores.tracking_server:  # a tracking server serves its own UI
-        experiment_id, has_view = _experiment(study)
-        url = runs_url(study.tracking_uri, experiment_id, with_view=has_view)
+        url, _ = study.runs_page()
         _announce(f"MLflow UI (served by the study's tracking server): {url}", url, open_browser, stop=False)()
         return
     port = free_port(host, port)
@@ -49,10 +46,8 @@ def ui_cmd(
 
         raise StorageError(f"no MLflow tracking store at {study.stores.masked_tracking}: study {study.name!r} has "
                            f"not run yet (eeopt study run {study_file})")
-    experiment_id, has_view = _experiment(study)
-
-    url = runs_url(local_url(host, port), experiment_id, with_view=has_view)
-    what = f"the trials of study {study.name}" if experiment_id else f"no runs of study {study.name} yet"
+    url, has_runs = study.runs_page(local_url(host, port))
+    what = f"the trials of study {study.name}" if has_runs else f"no runs of study {study.name} yet"
     cmd = [sys.executable, "-m", "mlflow", "server", "--default-artifact-root", study.artifact_root,
            "--host", host, "--port", str(port), "--workers", str(workers)]
     # No job runner: eeopt schedules no MLflow jobs, and it costs processes and memory. The store's URI goes in
@@ -88,16 +83,14 @@ def dashboard_cmd(
     from eeopt.errors import EeoptError
     from eeopt.servers import free_port, local_url, serve
     from eeopt.study import Study
-    from eeopt.stores.databases import require_optuna_schema
-    from eeopt.stores.urls import normalize_url
 
     study = Study.from_yaml(study_file, overrides or [])
     exe = shutil.which("optuna-dashboard") or str(Path(sys.executable).with_name("optuna-dashboard"))
     if not Path(exe).exists():
         raise EeoptError("optuna-dashboard is not installed: pip install 'eeopt[dashboard]'")
-    require_optuna_schema(study.storage_url)  # optuna-dashboard would create an empty storage
+    study.stores.require_optuna()  # optuna-dashboard would create an empty storage
     port = free_port(host, port)
-    study_id = _optuna_study_id(study)
+    study_id = study.optuna_study_id()
     url = local_url(host, port, f"/dashboard/studies/{study_id}" if study_id is not None else "/dashboard")
     # optuna-dashboard's own command line, with the storage URL put in its argv inside the process: from the
     # environment, not on the command line, where `ps` would show its password; its app also answers the trial
@@ -108,7 +101,7 @@ def dashboard_cmd(
     cmd = [sys.executable, "-c", code, "--host", host, "--port", str(port), "--server", "wsgiref", "--quiet"]
     record = ui_file(study.tracking_uri)
     raise typer.Exit(serve(cmd, host=host, port=port, ready_path="/api/meta", name="optuna-dashboard",
-                           env={"EEOPT_DASHBOARD_STORAGE": normalize_url(study.storage_url),
+                           env={"EEOPT_DASHBOARD_STORAGE": study.stores.optuna_url,
                                 "EEOPT_UI_FILE": str(record) if record else "",
                                 "EEOPT_STUDY_FILE": str(study_file)},
                            on_ready=_announce(f"optuna-dashboard (study {study.name}): {url}", url, open_browser),
@@ -126,28 +119,3 @@ def _announce(line: str, url: str, open_browser: bool, stop: bool = True):
             webbrowser.open(url)
 
     return ready
-
-
-def _experiment(study) -> tuple[str | None, bool]:
-    """(the study's MLflow experiment id or None, whether it has eeopt's saved view); reads only, and opens no
-    SQLite file that does not exist (MLflow would create it)."""
-    from eeopt.study.mlflow_view import VIEW_TAG
-
-    stores = study.stores
-    if not stores.tracking_exists():
-        return None, False
-    if stores.tracking_file is None:
-        stores.check_tracking()  # fast, one line if it does not answer
-    experiment = stores.read_tracking(lambda client: client.get_experiment_by_name(study.experiment_name))
-    if experiment is None:
-        return None, False
-    return experiment.experiment_id, VIEW_TAG in experiment.tags
-
-
-def _optuna_study_id(study) -> int | None:
-    """The study's id in its Optuna storage (optuna-dashboard's URLs use it), None when it is not there yet."""
-    storage = study.stores.optuna_storage(create=False)
-    try:
-        return storage.get_study_id_from_name(study.name)
-    except KeyError:
-        return None

@@ -22,8 +22,7 @@ def study_run(
     """Run or continue a study until it holds study.trials finished trials."""
     from eeopt import display
     from eeopt.cli.common import STARTED
-    from eeopt.study import Study
-    from eeopt.study.progress import Reporter
+    from eeopt.study import Reporter, Study
 
     study = Study.from_yaml(study_file, overrides or [], trials=trials)
     if not study.settings.ray.storage_path:  # trials write under runs_dir: refuse now, not after the first trial
@@ -261,7 +260,6 @@ def study_analyze(
     from eeopt.analysis import write_report
     from eeopt.cli.exits import show_analysis
     from eeopt.study import Study
-    from eeopt.study.analysis import analyze_replicate, analyze_study, log_report, print_replicate
 
     study = Study.from_yaml(study_file, overrides or [])
     if replicate == study.name:
@@ -270,8 +268,8 @@ def study_analyze(
     twin = Study.from_yaml(study_file, [*(overrides or []), f"study.name={replicate}"]) if replicate else None
     if twin is not None:
         twin.trial_store(create=False)  # no such study: say so before the analysis runs
-    result = analyze_study(study, split=split, targets=[target] if target else None)
-    spread = analyze_replicate(study, result, twin) if twin is not None else None
+    result = study.analyze(split=split, targets=[target] if target else None)
+    spread = study.compare_replicate(result, twin) if twin is not None else None
     run_id = None
     if output_dir is not None or log:
         with tempfile.TemporaryDirectory() as tmp:
@@ -284,13 +282,13 @@ def study_analyze(
                 section = markdown_section(spread.replicate, study.name, spread.name)
                 with open(paths[0], "a") as report:
                     report.write("\n" + "\n".join(section))
-            run_id = log_report(study, result, paths) if log else None
+            run_id = study.log_report(result, paths) if log else None
     if as_json and spread is not None:
         typer.echo(json.dumps({**result.analysis.to_dict(), "replicate": spread.to_dict()}, indent=1))
         return
     show_analysis(result.analysis, as_json, target, per_exit, output_dir)
     if spread is not None:
-        print_replicate(study.name, spread)
+        spread.print(study.name)
     if log and not as_json:
         typer.echo(f"report logged to the study's MLflow run {run_id} (artifacts/analysis/)" if run_id else
                    "--log: the study has no MLflow parent run to log to (run the study first)", err=True)

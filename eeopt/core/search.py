@@ -115,7 +115,7 @@ def search_thresholds(
 
 def threshold_sampler(name: str, seed: int, trials: int, batch_size: int):
     """The Optuna sampler of a per-exit threshold search by name (`policy.sampler`): "nsga2" or "tpe" (the one home
-    of that choice; a study's own sampler is `eeopt.study.sampling.create_sampler`). Quiets Optuna's logging."""
+    of that choice; a study's own sampler is `eeopt.study.trials.create_sampler`). Quiets Optuna's logging."""
     import optuna
 
     optuna.logging.set_verbosity(logging.WARNING)

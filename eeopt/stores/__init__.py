@@ -81,6 +81,16 @@ class Stores:
         """The SQLite file of a local tracking store (what `mlflow ui` opens), else None."""
         return urls.sqlite_path(self.tracking_uri)
 
+    @property
+    def optuna_url(self) -> str:
+        """The Optuna storage URL as SQLAlchemy opens it (PostgreSQL's driver named), for other programs such as
+        optuna-dashboard."""
+        return urls.normalize_url(self.storage_url)
+
+    def require_optuna(self) -> None:
+        """`StorageError` ("no Optuna storage at ...") unless the storage holds Optuna's tables; creates nothing."""
+        databases.require_optuna_schema(self.storage_url)
+
     def tracking_exists(self) -> bool:
         """Whether the MLflow store may hold runs; creates nothing (see `tracking_store.exists`)."""
         return tracking_store.exists(self.tracking_uri)

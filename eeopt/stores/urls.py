@@ -110,3 +110,8 @@ def without_credentials(uri: str) -> str:
     host = parts.hostname or ""
     netloc = (f"[{host}]" if ":" in host else host) + (f":{parts.port}" if parts.port else "")
     return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def join_location(root: str, *parts: str) -> str:
+    """`root/part/...` for a folder or a URI (``s3://bucket/runs`` + ``tiny`` -> ``s3://bucket/runs/tiny``)."""
+    return "/".join([root.rstrip("/"), *parts]) if is_uri(root) else str(Path(root, *parts))

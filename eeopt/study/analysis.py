@@ -110,6 +110,45 @@ class StudyReplicate:
                          "parameters (left out): " + _other_params_hint())
         return lines
 
+    def print(self, first_name: str) -> None:
+        """The replicate as `study analyze` prints it: the proxies' Spearman in both studies (fitted to the
+        terminal, `eeopt.display`), the order's agreement, then the target's change per calibrator."""
+        from eeopt import display
+        from eeopt.analysis.replicate import order_sentence
+        from eeopt.display import Column, fmt
+
+        r = self.replicate
+        out = display.console()
+        seeds = " vs ".join(",".join(s) or "?" for s in self.seeds)
+        left = (f" (left out: {len(r.unpaired_first)} trials of {first_name}, {len(r.unpaired_replicate)} of "
+                f"{self.name})" if r.unpaired_first or r.unpaired_replicate else "")
+        notes = list(dict.fromkeys(row.note for row in r.proxies if row.note))
+        mark = {note: f" ({i})" for i, note in enumerate(notes, 1)}
+        columns = [Column("proxy", [row.proxy + mark.get(row.note, "") for row in r.proxies], justify="left",
+                          key=True),
+                   Column("first", [_ranked(row.spearman, row.rank) for row in r.proxies]),
+                   Column("replicate", [_ranked(row.replicate_spearman, row.replicate_rank)
+                                        for row in r.proxies]),
+                   Column("change", [fmt(row.change, 3) for row in r.proxies]),
+                   Column("family", [row.family for row in r.proxies], justify="left")]
+        title = (f"Retraining spread: {first_name} vs {self.name} (seed {seeds}), {len(r.pairs)} paired "
+                 f"models{left}: Spearman (rank) with {r.target} in each")
+        display.print_fitted(columns, out=out, title=title,
+                             notes=[f"({i}) {note}" for i, note in enumerate(notes, 1)])
+        out.print(order_sentence(r), markup=False)
+        columns = [Column("calibrator", [row.calibrator for row in r.targets], justify="left", key=True),
+                   Column("models", [str(row.n_models) for row in r.targets]),
+                   Column("Spearman", [fmt(row.spearman, 3) for row in r.targets]),
+                   Column("median\n|change|", [fmt(row.median_abs_change) for row in r.targets]),
+                   Column("max\n|change|", [fmt(row.max_abs_change) for row in r.targets])]
+        target_notes = {row.calibrator: row.note for row in r.targets if row.note}
+        shared = len(set(target_notes.values())) == 1 and len(target_notes) == len(r.targets)
+        display.print_fitted(columns, out=out, title=f"{r.target} of each model, first vs replicate", notes=(
+            [f"every row: {next(iter(target_notes.values()))}"] if shared else
+            [f"{name}: {note}" for name, note in target_notes.items()]))
+        for line in self.warnings():
+            out.print(f"warning: {line}", markup=False)
+
     def to_dict(self) -> dict:
         """JSON-ready."""
         return {"name": self.name, **self.replicate.to_dict(), "other_params": list(self.other_params),
@@ -147,46 +186,6 @@ def analyze_replicate(study, first: StudyAnalysis, replicate_study) -> StudyRepl
 def _seeds(runs: dict) -> tuple[str, ...]:
     """The training seeds the runs logged (their `seed` param), sorted."""
     return tuple(sorted({run.data.params.get("seed", "") for run in runs.values()} - {""}))
-
-
-def print_replicate(first_name: str, result: StudyReplicate) -> None:
-    """The replicate as `study analyze` prints it: the proxies' Spearman in both studies (fitted to the
-    terminal, `eeopt.display`), the order's agreement, then the target's change per calibrator."""
-    from eeopt import display
-    from eeopt.analysis.replicate import order_sentence
-    from eeopt.display import Column, fmt
-
-    r = result.replicate
-    out = display.console()
-    seeds = " vs ".join(",".join(s) or "?" for s in result.seeds)
-    left = (f" (left out: {len(r.unpaired_first)} trials of {first_name}, {len(r.unpaired_replicate)} of "
-            f"{result.name})" if r.unpaired_first or r.unpaired_replicate else "")
-    notes = list(dict.fromkeys(row.note for row in r.proxies if row.note))
-    mark = {note: f" ({i})" for i, note in enumerate(notes, 1)}
-    columns = [Column("proxy", [row.proxy + mark.get(row.note, "") for row in r.proxies], justify="left",
-                      key=True),
-               Column("first", [_ranked(row.spearman, row.rank) for row in r.proxies]),
-               Column("replicate", [_ranked(row.replicate_spearman, row.replicate_rank)
-                                    for row in r.proxies]),
-               Column("change", [fmt(row.change, 3) for row in r.proxies]),
-               Column("family", [row.family for row in r.proxies], justify="left")]
-    title = (f"Retraining spread: {first_name} vs {result.name} (seed {seeds}), {len(r.pairs)} paired "
-             f"models{left}: Spearman (rank) with {r.target} in each")
-    display.print_fitted(columns, out=out, title=title,
-                         notes=[f"({i}) {note}" for i, note in enumerate(notes, 1)])
-    out.print(order_sentence(r), markup=False)
-    columns = [Column("calibrator", [row.calibrator for row in r.targets], justify="left", key=True),
-               Column("models", [str(row.n_models) for row in r.targets]),
-               Column("Spearman", [fmt(row.spearman, 3) for row in r.targets]),
-               Column("median\n|change|", [fmt(row.median_abs_change) for row in r.targets]),
-               Column("max\n|change|", [fmt(row.max_abs_change) for row in r.targets])]
-    target_notes = {row.calibrator: row.note for row in r.targets if row.note}
-    shared = len(set(target_notes.values())) == 1 and len(target_notes) == len(r.targets)
-    display.print_fitted(columns, out=out, title=f"{r.target} of each model, first vs replicate", notes=(
-        [f"every row: {next(iter(target_notes.values()))}"] if shared else
-        [f"{name}: {note}" for name, note in target_notes.items()]))
-    for line in result.warnings():
-        out.print(f"warning: {line}", markup=False)
 
 
 def _ranked(spearman: float, rank: int | None) -> str:

@@ -23,16 +23,15 @@ import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from eeopt.study.records import PROGRESS_EVERY, ProgressReport
+if TYPE_CHECKING:  # the worker's record, read here; importing the worker would bring in the trial pipeline
+    from eeopt.study.worker import ProgressReport
 
 #: Seconds between two status reports in line mode while trials run.
 HEARTBEAT = 25.0
 #: Narrower terminals get lines instead of the live table.
 LIVE_MIN_WIDTH = 100
-#: Within an epoch shorter than `PROGRESS_EVERY`, a worker still reports at each quarter of it, at most this often.
-PROGRESS_MIN_GAP = 0.5
 #: A running trial's duration is projected once its training moved this share between two progress points.
 MIN_PROGRESS = 0.01
 
@@ -334,16 +333,6 @@ def schedule(remaining: list[float], duration: float, waiting: int, slots: int) 
         ends.sort()
         ends[0] += duration
     return max(ends) if ends else 0.0
-
-
-def batch_report_due(done: int, total: int, since_last: float) -> bool:
-    """Whether a worker sends where it stands after batch `done` of an epoch's `total`: after the first batch (its
-    start-up is over), then every `PROGRESS_EVERY` seconds; an epoch shorter than that still shows its batches
-    move: a report at each quarter of it, at most one per `PROGRESS_MIN_GAP` seconds."""
-    if done == 1 or since_last >= PROGRESS_EVERY:
-        return True
-    quarter = max(1, total // 4)
-    return since_last >= PROGRESS_MIN_GAP and done % quarter == 0
 
 
 def fmt_duration(seconds: float) -> str:

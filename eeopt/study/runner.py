@@ -10,10 +10,11 @@ by the next run or by any live worker of the study, which then takes their slots
 left open are closed as FAILED with the reason. With `study.ray.address` the trials run on a Ray cluster; stores
 its nodes could not reach are refused before anything starts (`eeopt.stores.Stores.check`).
 
-Layers of `eeopt/study/` (each imports only those below it): `runner` (this: a study file bound to its stores) ->
-`loop` (the Tune run) -> `searcher` (driver) | `worker` (Ray worker) -> `trials` (Optuna bookkeeping) | `space`
-(search space) | `tracking` (MLflow, with `mlflow_view`) | `progress` | `trial` (one trial without Ray) ->
-`records`; every store call goes through `eeopt.stores`.
+Layers of `eeopt/study/` (each imports only those below it): `runner` (this: a study file bound to its stores)
+-> `driver` (Ray set-up, the Tune run and its searcher) | `analysis` (`study analyze`) -> `progress` (the live
+view) -> `worker` (the Ray worker around the trial pipeline, the records it exchanges with the driver, trial folders,
+the plot writer) -> `trials` (the study in Optuna: trials, search space, sampler) | `tracking` (MLflow runs and the
+runs-page view) | `reaper` (the watchdog of a local Ray); every store call goes through `eeopt.stores`.
 """
 
 from __future__ import annotations
@@ -28,14 +29,13 @@ from eeopt.config import StudyConfig, load_config
 from eeopt.environment import environment
 from eeopt.errors import StorageError, StudyError
 from eeopt.stores import Stores, mask_url, translate_errors
-from eeopt.stores.urls import is_uri
-from eeopt.study import cluster
+from eeopt.stores.urls import is_uri, join_location
 from eeopt.study import tracking
 from eeopt.study.progress import Reporter
-from eeopt.study.sampling import create_sampler
-from eeopt.study.space import SearchSpace
 from eeopt.pipeline import check_objective_names, load_objective
-from eeopt.study.trials import ATTR_ERROR, ATTR_MLFLOW_RUN, DEAD_TRIAL_REASON, TrialStore, read_studies
+from eeopt.study.trials import (
+    ATTR_ERROR, ATTR_MLFLOW_RUN, DEAD_TRIAL_REASON, SearchSpace, TrialStore, create_sampler, read_studies,
+)
 
 log = logging.getLogger("eeopt.study")
 
@@ -87,7 +87,7 @@ class Study:
         #: Where trials write (checkpoints, exit outputs) and Tune keeps its files: `study.ray.storage_path` (a
         #: folder or URI every node reaches) when set, else `runs_dir`.
         storage_path = self.settings.ray.storage_path
-        self.trials_location = (cluster.join_location(storage_path, self.name) if storage_path
+        self.trials_location = (join_location(storage_path, self.name) if storage_path
                                 else str(self.runs_dir))
 
     @classmethod
@@ -98,6 +98,48 @@ class Study:
             overrides.append(f"study.trials={trials}")
         config = load_config(path, overrides, study=True)
         return cls(config, path)
+
+    # ------------------------------------------------------------------------------------------------ analysis
+    def analyze(self, *, split: str = "test", targets: list[str] | None = None, n_boot: int = 1000):
+        """Which proxy predicts efficiency across this study's finished trials (`analysis.analyze_study`)."""
+        from eeopt.study.analysis import analyze_study
+
+        return analyze_study(self, split=split, targets=targets, n_boot=n_boot)
+
+    def compare_replicate(self, first, replicate: Study):
+        """`first` (this study's `analyze`) against the same analysis of `replicate`, the same study file run
+        again with another training seed (`analysis.analyze_replicate`)."""
+        from eeopt.study.analysis import analyze_replicate
+
+        return analyze_replicate(self, first, replicate)
+
+    def log_report(self, result, paths: list[Path]) -> str | None:
+        """Log an analysis report's files to the study's latest MLflow parent run; its id, or None."""
+        from eeopt.study.analysis import log_report
+
+        return log_report(self, result, paths)
+
+    # ------------------------------------------------------------------------------------------------ UIs
+    def runs_page(self, base_url: str | None = None) -> tuple[str, bool]:
+        """(the address of this study's trials in the MLflow UI at `base_url`, default the tracking server; whether
+        the study has an MLflow experiment yet). The address opens eeopt's saved view where the study wrote one.
+        Reads only, and opens no SQLite file that does not exist (MLflow would create it)."""
+        experiment = None
+        if self.stores.tracking_exists():
+            if self.stores.tracking_file is None:
+                self.stores.check_tracking()  # fast, one line if it does not answer
+            experiment = self.stores.read_tracking(lambda client: client.get_experiment_by_name(self.experiment_name))
+        experiment_id = experiment.experiment_id if experiment is not None else None
+        has_view = experiment is not None and tracking.VIEW_TAG in experiment.tags
+        return tracking.runs_url(base_url or self.tracking_uri, experiment_id, with_view=has_view), bool(experiment_id)
+
+    def optuna_study_id(self) -> int | None:
+        """The study's id in its Optuna storage (optuna-dashboard's URLs use it); None when it is not there yet.
+        Creates nothing."""
+        try:
+            return self.stores.optuna_storage(create=False).get_study_id_from_name(self.name)
+        except KeyError:
+            return None
 
     # ------------------------------------------------------------------------------------------------ optuna
     def trial_store(self, create: bool = True) -> TrialStore:
@@ -145,8 +187,7 @@ class Study:
         self._check_existing_study()  # a study of this name with other objectives is refused before Ray starts
         reporter = progress if isinstance(progress, Reporter) else Reporter(enabled=progress)
 
-        from eeopt.study.loop import ray_session, run_tune
-        from eeopt.study.searcher import SearchPlan
+        from eeopt.study.driver import SearchPlan, ray_session, run_tune
 
         with ray_session(self.settings.ray, self.settings.resources, reporter):
             store = self.trial_store()  # created only once Ray can run a trial (`study.resources` checked)
@@ -324,7 +365,7 @@ class Study:
             f"little; looked in {self._trial_folder(chosen.number)}/{POLICY_DIR} and the trial's MLflow artifacts)")
 
     def _trial_folder(self, number: int) -> str:
-        return cluster.join_location(self.trials_location, f"trial-{number}")
+        return join_location(self.trials_location, f"trial-{number}")
 
     def _local_policy(self, number: int, percent: int) -> tuple[Path | None, set[int]]:
         """(the trial folder's policy file for `percent`, or None; the budgets the folder has files for). Only

@@ -13,14 +13,23 @@ Every storage call is retried while the database does not answer (`eeopt.stores.
 delays a study instead of ending it. A trial that another worker already finished (it failed it as dead while
 this process was silent) is reported, not raised: `complete`, `fail` and `prune` return False.
 
-At about 430 lines this is over the ~400 the project aims for: it is one concept, a trial's life in the storage, and
-every method leans on the same retry, ticket and state rules; split, each half would need the other's.
+What Optuna samples is here too: the search space of a study file as Optuna sees it and the way back from sampled
+parameters to a config (`SearchSpace`; Optuna's categorical choices must be None, bool, int, float or str, so other
+choices such as `model.exits: [[2, 4], [1, 3, 5]]` are given to Optuna as their JSON text, readable in Optuna's
+params and dashboard, and decoded before the train config is built), and the sampler, seeded per trial
+(`create_sampler`: a sampler seeded once per process replays its draws in every process, so parallel workers and
+reruns would suggest the same parameters; trial `n` draws from a generator seeded with `(study.seed, n)`).
+
+At about 600 lines this is over the ~400 the project aims for: it is one concept, the study as Optuna holds it, and
+every method leans on the same retry, ticket and state rules; split, each part would need the others'.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
+import json
 import re
 import time
 import warnings
@@ -28,10 +37,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+from optuna.samplers import BaseSampler, NSGAIISampler, RandomSampler, TPESampler
+
+from eeopt.config import CategoricalDistribution, FloatDistribution, StudyConfig, TrainConfig
 from eeopt.errors import ConfigError, StorageError, StudyError
 from eeopt.stores import RETRY_FOR, databases, mask_secrets, mask_url, retrying, translate_errors
 from eeopt.stores.locks import claim_lock, creation_lock
 from eeopt.stores.urls import is_sqlite
+
 
 #: Optuna trial user attributes eeopt writes.
 ATTR_MLFLOW_RUN = "mlflow_run_id"
@@ -436,3 +449,141 @@ def _stale_trial_ids(storage, study_id: int) -> list[int]:
     if storage.get_heartbeat_interval() is None:
         return []
     return storage._get_stale_trial_ids(study_id)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The search space of a study file as Optuna sees it, and back to a config
+def _is_primitive(value: Any) -> bool:
+    return value is None or isinstance(value, (bool, int, float, str))
+
+
+def encode_choice(value: Any) -> Any:
+    """A categorical choice as Optuna stores it: primitives as they are, anything else as JSON text."""
+    return value if _is_primitive(value) else json.dumps(value)
+
+
+class SearchSpace:
+    """The `search_space` of a study file: Optuna distributions, decoding of sampled params, resolved configs."""
+
+    def __init__(self, config: StudyConfig):
+        self.config = config
+        # per dotted path: {JSON text given to Optuna: the choice it stands for}
+        self._decode: dict[str, dict[str, Any]] = {}
+        for path, dist in config.search_space.items():
+            if not isinstance(dist, CategoricalDistribution):
+                continue
+            encoded = {encode_choice(c): c for c in dist.choices if not _is_primitive(c)}
+            clash = [c for c in dist.choices if isinstance(c, str) and c in encoded]
+            if clash:
+                raise ConfigError(
+                    f"search_space.{path}: the choice {clash[0]!r} is also the JSON text of another choice; "
+                    "write one of them differently"
+                )
+            if encoded:
+                self._decode[path] = encoded
+
+    def distributions(self) -> dict[str, Any]:
+        """Optuna distributions keyed by dotted config path (the one place search-space types become Optuna's)."""
+        import optuna.distributions as d
+
+        out: dict[str, Any] = {}
+        for path, dist in self.config.search_space.items():
+            if isinstance(dist, CategoricalDistribution):
+                out[path] = d.CategoricalDistribution([encode_choice(c) for c in dist.choices])
+            elif isinstance(dist, FloatDistribution):
+                out[path] = d.FloatDistribution(dist.low, dist.high, log=dist.log, step=dist.step)
+            else:
+                out[path] = d.IntDistribution(dist.low, dist.high, log=dist.log, step=dist.step)
+        return out
+
+    def decode(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Sampled Optuna params -> the values they stand for (JSON text of a list choice -> the list)."""
+        return {k: self._decode.get(k, {}).get(v, v) if isinstance(v, str) else v for k, v in params.items()}
+
+    def train_config(self, params: dict[str, Any], threads: int | None = None) -> TrainConfig:
+        """The train config of one trial: decoded `params` applied to the fixed config; `threads` fills
+        `training.threads` when the file leaves it unset.
+
+        Raises:
+            ConfigError: the sampled combination does not validate.
+        """
+        cfg = self.config.train_config(self.decode(params))
+        if threads is not None and cfg.training.threads is None:
+            cfg = cfg.model_copy(update={"training": cfg.training.model_copy(update={"threads": threads})})
+        return cfg
+
+    def check_names(self) -> None:
+        """Registry names (dataset, backbone, calibrator, score) of the fixed config and of every categorical
+        choice, checked before anything runs.
+
+        Raises:
+            ConfigError (UnknownNameError): the first unknown name, with the search-space path that holds it.
+        """
+        from eeopt.training.checks import check_train_config
+
+        check_train_config(self.config.train_config(), source="study file")
+        for path, dist in self.config.search_space.items():
+            if isinstance(dist, CategoricalDistribution):
+                for choice in dist.choices:
+                    check_train_config(self.config.train_config({path: choice}), source=f"search_space.{path}")
+
+
+# ----------------------------------------------------------------------------------------------------
+# The Optuna sampler of a study, seeded per trial
+def trial_seed(seed: int, number: int) -> int:
+    """The 32-bit seed of trial `number` of a study seeded with `seed`."""
+    return int.from_bytes(hashlib.sha256(f"eeopt:{seed}:{number}".encode()).digest()[:4], "little")
+
+
+def create_sampler(kind: str, seed: int, trials: int) -> BaseSampler:
+    """The sampler named in `study.sampler` (tpe, nsga2 or random), seeded per trial from `seed`."""
+
+    def make(trial_seed_: int) -> BaseSampler:
+        if kind == "tpe":
+            return TPESampler(seed=trial_seed_, multivariate=True, constant_liar=True)
+        if kind == "nsga2":
+            return NSGAIISampler(seed=trial_seed_, population_size=max(4, min(20, trials)))
+        return RandomSampler(seed=trial_seed_)
+
+    return SeedPerTrial(make, seed)
+
+
+class SeedPerTrial(BaseSampler):
+    """Delegates each trial to a sampler built by `make(trial_seed(seed, trial.number))`.
+
+    The samplers eeopt uses keep no state between trials besides their random generator (TPE and NSGA-II read the
+    history from the storage), so a fresh one per trial number changes only where the draws come from.
+    """
+
+    _KEEP = 32  # samplers of recent trial numbers kept (a trial's hooks all come while it is being asked)
+
+    def __init__(self, make, seed: int):
+        self._make = make
+        self._seed = seed
+        self._by_number: dict[int, BaseSampler] = {}
+
+    def _for(self, trial) -> BaseSampler:
+        sampler = self._by_number.get(trial.number)
+        if sampler is None:
+            if len(self._by_number) >= self._KEEP:
+                self._by_number.pop(next(iter(self._by_number)))
+            sampler = self._by_number[trial.number] = self._make(trial_seed(self._seed, trial.number))
+        return sampler
+
+    def infer_relative_search_space(self, study, trial) -> dict[str, Any]:
+        return self._for(trial).infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study, trial, search_space) -> dict[str, Any]:
+        return self._for(trial).sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study, trial, param_name, param_distribution) -> Any:
+        return self._for(trial).sample_independent(study, trial, param_name, param_distribution)
+
+    def before_trial(self, study, trial) -> None:
+        self._for(trial).before_trial(study, trial)
+
+    def after_trial(self, study, trial, state, values) -> None:
+        self._for(trial).after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self._by_number.clear()
