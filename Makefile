@@ -104,6 +104,7 @@ bench: data
 	$(BIN)/python benchmarks/bench_training.py
 	$(BIN)/python benchmarks/bench_data.py
 	$(BIN)/python benchmarks/bench_study.py
+	$(BIN)/python benchmarks/trace_study.py
 	$(BIN)/python benchmarks/report.py
 
 clean:

@@ -572,15 +572,41 @@ def study_section(data: dict | None) -> str:
                f"({r['overhead_per_trial_s']:.2f} s, what is paid once spread over {n} trials"
                + (f"; {r['steady_overhead_per_trial_s']:.2f} s per trial in the steady state, "
                   f"{verdict(-r['steady_overhead_per_trial_s'], -2.0)}" if steady is not None else "")
-               + "). Since the plots left the trials' critical path (they were 1.7 s of the 2.2 s a trial paid in "
-               "the steady state on 2026-12-02, when this benchmark gave 4.06 s per trial amortised), what a study "
-               "pays once dominates: opening fresh stores (MLflow migrates a new SQLite database) and the first "
-               "trial's fresh Ray worker (Ray's actor start, then about 5 s of imports: torch, scikit-learn, MLflow; "
-               "Tune reuses that worker for the next trials, `reuse_actors=True`), and at the end the plots the "
-               "writer still has to draw: four plots take longer than a tiny trial, so the writer falls behind "
-               "when trials last about a second (trials of a minute or more leave it idle most of the time). Importing torch, MLflow and eeopt in "
-               "Ray's idle workers before the first trial did not shorten its start-up in one try (14 s either "
-               "way).\n")
+               + "). What the study adds is mostly paid once: opening fresh stores (MLflow migrates a new SQLite "
+               "database) and the first trial's fresh Ray worker (Ray's actor start, then imports: torch, "
+               "scikit-learn, MLflow; Tune reuses that worker for the next trials, `reuse_actors=True`), and at the "
+               "end the plots the writer still has to draw (four plots take longer than these tiny trials, so the "
+               "writer falls behind; trials of a minute or more leave it idle most of the time). Cut since "
+               "2026-12-03 12:59, when this benchmark gave 3.09 s per trial (2.42 s on an idle machine): the trial "
+               "plots use fixed layouts (margins in inches instead of matplotlib's constrained layout, which "
+               "measured every tick label: 0.72 -> 0.47 s for one trial's four plots); the plot writer imports "
+               "matplotlib and opens the MLflow store while the first trial starts, not after it; a worker opens its "
+               "MLflow store on a thread while it loads the trial (about 1.3 s of MLflow's imports and schema check "
+               "overlapped).\n")
+    return "\n".join(out)
+
+
+def trace_section(data: dict | None) -> str:
+    """The orchestration modules one study trial touches (issue 19's count), by package."""
+    title = "Modules on one trial's path"
+    if data is None:
+        return missing(title, ".venv/bin/python benchmarks/trace_study.py")
+    r = data["results"]
+    out = [f"## {title}\n", ran(data)]
+    out.append("`eeopt study run` on a one-trial study. The driver (every thread) is traced with `sys.setprofile`: a "
+               "module counts when one of its functions runs. The Ray workers (the trial's, the plot writer's) run "
+               "with `PYTHONPROFILEIMPORTTIME=1`: a module counts when a worker imports it (an upper bound). The "
+               "trial pipeline, training, models, data, plots and the core are not counted.\n")
+    out.append("| package | modules | which |\n| --- | ---: | --- |")
+    for pkg, mods in r["by_package"].items():
+        names = ", ".join(f"`{m.removeprefix(pkg + '.')}`" if m != pkg else "`__init__`" for m in mods)
+        out.append(f"| `{pkg}` | {len(mods)} | {names} |")
+    out.append(f"\nIn the driver {len(r['driver_called'])} ran; the workers imported {len(r['workers_imported'])}. "
+               "Target (issue 19): at most 8 modules of orchestration on a trial's path, down from about 15 of "
+               "`eeopt/study/`'s 17. `eeopt/study/` now has 9 modules; besides the package's lazy `__init__`, the "
+               "path touches 7 of them, and `cli/study` from the command line (`eeopt.cli` and `cli/common` are the "
+               "entry every command shares). The stores layer (`eeopt/stores/`, built by issue 19 so that a store "
+               "kind is one module) is counted on its own line.\n")
     return "\n".join(out)
 
 
@@ -704,6 +730,7 @@ def render(results: Path = RESULTS) -> str:
         training_section(load("training", results)),
         data_section(load("data", results)),
         study_section(load("study", results)),
+        trace_section(load("trace_study", results)),
         gpu_section(load("inference_cuda", results), load("gpu_training", results)),
     ]
     return "\n".join(p.rstrip() + "\n" for p in parts)

@@ -21,18 +21,12 @@ from pathlib import Path
 
 import yaml
 
+from bench_study import TRIAL  # the same tiny trial as the overhead benchmark
 from common import machine_info, progress, write_result
 
 ORCHESTRATION = ("eeopt.cli", "eeopt.study", "eeopt.stores")
-STUDY = {
-    "seed": 0,
-    "data": {"name": "digits", "train_subset": 300},
-    "model": {"backbone": "tinyresnet", "width": 8, "exits": [1, 3]},
-    "training": {"epochs": 1, "batch_size": 64, "lr": 0.003, "threads": 1},
-    "policy": {"trials": 20},
-    "search_space": {"training.lr": {"type": "float", "low": 0.002, "high": 0.004}},
-    "study": {"name": "trace", "trials": 1, "sampler": "random", "resources": {"cpus_per_trial": 1}},
-}
+STUDY = {**TRIAL, "search_space": {"training.lr": {"type": "float", "low": 0.002, "high": 0.004}},
+         "study": {"name": "trace", "trials": 1, "sampler": "random", "resources": {"cpus_per_trial": 1}}}
 
 
 def main() -> None:
@@ -50,7 +44,7 @@ def main() -> None:
         called: set[str] = set()
 
         def profile(frame, event, arg):
-            if event == "call":
+            if event == "call" and frame.f_code.co_name != "<module>":  # a function ran, not an import
                 name = frame.f_globals.get("__name__", "")
                 if name.startswith(ORCHESTRATION):
                     called.add(name)

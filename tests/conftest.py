@@ -34,10 +34,17 @@ FIXTURE_MARKERS = {
 # reads), so `pytest_xdist_make_scheduler` below groups by file, and collection fails for a test that uses such a
 # fixture from another file.
 FIXTURE_GROUPS = {"team_stack": ("tests/test_cluster.py", "tests/test_secrets.py")}
+# Files whose tests share a costly module-scoped fixture (a study run, a trained model): all their tests in one
+# process, so the fixture is built once rather than once per process (it was three times for the policy round trip).
+FILE_GROUPS = ("tests/test_policy_roundtrip.py", "tests/test_study_analysis.py", "tests/test_tables.py")
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
 def pytest_collection_modifyitems(config, items):
+    """Markers from fixtures (above); the slow tests first (a stable sort), so that under xdist the long ones
+    start early and the quick ones fill the end, instead of one process finishing a long study alone."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None and not any(
+        fixture in getattr(item, "fixturenames", ()) for fixture in FIXTURE_MARKERS))
     for item in items:
         for fixture, markers in FIXTURE_MARKERS.items():
             if fixture in getattr(item, "fixturenames", ()):
@@ -50,13 +57,14 @@ def pytest_collection_modifyitems(config, items):
 
 
 def pytest_xdist_make_scheduler(config, log):
-    """xdist's `load` scheduling, except that the tests of each FIXTURE_GROUPS entry's files go to one process
-    (and first: the largest group is handed out first)."""
+    """xdist's `load` scheduling, except that the tests of each FIXTURE_GROUPS entry's files, and of each file of
+    FILE_GROUPS, go to one process (groups are handed out first, the largest first)."""
     if config.getvalue("dist") != "load":
         return None
     from xdist.scheduler import LoadScopeScheduling
 
     groups = {file: fixture for fixture, files in FIXTURE_GROUPS.items() for file in files}
+    groups.update({file: file for file in FILE_GROUPS})
 
     class Grouped(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
