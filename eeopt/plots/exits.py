@@ -37,10 +37,13 @@ def plot_reliability(path: Path, split: PreparedSplit, report: EvaluationReport,
     k, n = out.num_exits, out.num_samples
     rows, cols = grid_shape(k)
     sparse = max(SPARSE_BIN, int(0.005 * n))
-    with figure(path, (3.1 * cols + 0.4, 3.9 * rows + 0.6), layout=None) as fig:
+    width = max(3.1 * cols + 0.4, 6.6)  # one or two exits: wide enough for the title and the legend
+    narrow = width < 9.5  # the title on two lines, the legend in two columns
+    with figure(path, (width, 3.9 * rows + (0.8 if narrow else 0.6)), layout=None) as fig:
         # each exit: its reliability panel over its histogram, close together; room between the exits for the
         # x label below and the title above
-        outer = fixed_grid(fig, rows, cols, left=0.7, right=0.2, top=0.62, bottom=0.85, wgap=0.55, hgap=0.85)
+        outer = fixed_grid(fig, rows, cols, left=0.7, right=0.2, top=0.82 if narrow else 0.62,
+                           bottom=1.0 if narrow else 0.85, wgap=0.55, hgap=0.85)
         for i in range(k):
             r, c = divmod(i, cols)
             pair = outer[r, c].subgridspec(2, 1, height_ratios=[3, 1], hspace=0.12)
@@ -54,9 +57,10 @@ def plot_reliability(path: Path, split: PreparedSplit, report: EvaluationReport,
                 top.set_ylabel("accuracy")
                 bottom.set_ylabel("samples")
             bottom.set_xlabel("confidence")
-        fig.suptitle(f"Reliability per exit, {setting(split.name, None, split.calibration, fit_split)}, "
-                     f"N = {n}", fontsize=11, y=1 - 0.1 / fig.get_size_inches()[1], va="top")
-        fig.legend(handles=_reliability_legend(sparse), loc="lower center", ncols=min(4, 2 * cols), fontsize=8,
+        fig.suptitle(f"Reliability per exit, N = {n}{chr(10) if narrow else ', '}"
+                     f"{setting(split.name, None, split.calibration, fit_split)}", fontsize=11,
+                     y=1 - 0.1 / fig.get_size_inches()[1], va="top")
+        fig.legend(handles=_reliability_legend(sparse), loc="lower center", ncols=2 if narrow else 4, fontsize=8,
                    frameon=False, bbox_to_anchor=(0.5, 0.0))
     return path
 
