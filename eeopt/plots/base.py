@@ -32,7 +32,9 @@ def figure(path: Path, size: tuple[float, float], dpi: int = 110, style: dict | 
     with matplotlib.rc_context({**STYLE, **(style or {})}):
         fig = Figure(figsize=size, layout=layout)
         yield fig
-        fig.savefig(path, dpi=dpi)
+        png = not isinstance(path, (str, Path)) or str(path).endswith(".png")
+        # zlib's fastest level: a sixth of a trial plot's time at its default, for files about 6 % larger
+        fig.savefig(path, dpi=dpi, **({"pil_kwargs": {"compress_level": 1}} if png else {}))
 
 
 def fixed_grid(fig, rows: int = 1, cols: int = 1, *, left: float = 0.8, right: float = 0.2, top: float = 0.6,
