@@ -4,9 +4,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
-# Two test processes (pytest-xdist): the slow tests mostly wait on Ray, servers and subprocesses, so two share the
-# 2 cores well (6.4 min instead of 9.3 min measured on 2 idle cores on 2026-12-02; the suite has since grown to
-# 12-14 min with the store fault and contract tests). PYTEST_WORKERS=0 runs the suite in one.
+# Two test processes (pytest-xdist): the slow tests wait on Ray, servers and subprocesses, so two share the 2 cores
+# well (6.4 min instead of 9.3 min on 2 idle cores on 2026-12-02); the suite is CPU-bound beyond that (-n 3 took as
+# long as -n 2 on 2026-12-03, about 10 min). PYTEST_WORKERS=0 runs the suite in one.
 PYTEST_WORKERS ?= 2
 PYTEST_ARGS ?=
 # The timm/torchvision tests (pytest marker `extras`) run in an environment of their own: PyPI's torchvision is

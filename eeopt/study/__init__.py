@@ -21,7 +21,8 @@ _HOMES = {
     "TrialResult": "eeopt.pipeline", "evaluate_trial": "eeopt.pipeline", "run_trial": "eeopt.pipeline",
 }
 
-__all__ = sorted(_HOMES)
+__all__ = ["DASHBOARD_LINK", "Reporter", "Study", "StudySummary", "TrialResult", "evaluate_trial", "list_studies",
+           "run_trial", "run_url"]
 
 if TYPE_CHECKING:
     from eeopt.pipeline import TrialResult, evaluate_trial, run_trial

@@ -49,8 +49,7 @@ from eeopt.study.trials import (  # noqa: E402
     ATTR_MLFLOW_RUN, ATTR_MLFLOW_URL, ATTR_RAY_TRIAL, DEAD_TRIAL_REASON, SearchSpace, TrialStore, TrialTicket,
 )
 from eeopt.study.worker import (  # noqa: E402
-    EPOCH_METRIC, EpochReport, ProgressReport, TrialReport, TrialSpec, drain_plot_writer,
-    run_trial_on_worker, start_plot_writer,
+    EPOCH_METRIC, EpochReport, ProgressReport, TrialReport, TrialSpec, run_trial_on_worker,
 )
 
 
@@ -66,6 +65,7 @@ class TuneOutcome:
     too_many_failures: bool
     last_error: str | None
     storage_failed: bool = False
+    plots_sent: int = 0  # trials whose plots went to the plot writer (`drain_plot_writer` waits for them)
 
     @property
     def state(self) -> str:
@@ -76,18 +76,19 @@ class TuneOutcome:
 
 
 def run_tune(plan: SearchPlan, store: TrialStore, runs: StudyRuns, reporter: Reporter, stores: Stores,
-             objective_fn: Callable | None = None) -> TuneOutcome:
+             plot_writer, objective_fn: Callable | None = None) -> TuneOutcome:
     """Run trials until the study holds `study.trials` finished ones, time or failures run out, or Ctrl-C, on the
     Ray that `ray_session` started or joined. Trials still running at the end (Ctrl-C) are requeued.
 
     `stores` reach the workers through Ray's object store, never through Tune's files (their URLs may hold a
-    password). The trials' plots are drawn by one `plotter.PlotWriter` beside them, waited for at the end.
+    password). The trials' plots go to `plot_writer` (`start_plot_writer`), which the caller waits for
+    (`drain_plot_writer`, with `TuneOutcome.plots_sent`) once it has closed the study's run: it draws the last plots
+    meanwhile.
     """
     for name in ("ray.tune", "ray.train", "ray.air"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
     stopped: set[str] = set()
     searcher = StudySearcher(plan, store, runs, reporter, stopped)
-    plot_writer = start_plot_writer(stores)
     tuner = _tuner(plan, searcher, _scheduler(plan.settings.pruner, stopped), objective_fn, stores, plot_writer)
     resources = plan.settings.resources
     reporter.line(f"study {store.name}: {store.counts().occupied} of {plan.settings.trials} trials done or running; "
@@ -111,13 +112,13 @@ def run_tune(plan: SearchPlan, store: TrialStore, runs: StudyRuns, reporter: Rep
             searcher.requeue_all()
         if searcher.unclosed:
             searcher.upkeep_mlflow()  # a last try at the runs the tracking store did not take
-        drain_plot_writer(plot_writer, reporter, expected=searcher.plots_sent)
     return TuneOutcome(
         interrupted=interrupted,
         failures=searcher.failures,
         too_many_failures=searcher.stop_reason == "failures",
         last_error=searcher.last_error,
         storage_failed=searcher.stop_reason == "storage",
+        plots_sent=searcher.plots_sent,
     )
 
 

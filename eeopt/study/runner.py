@@ -188,6 +188,7 @@ class Study:
         reporter = progress if isinstance(progress, Reporter) else Reporter(enabled=progress)
 
         from eeopt.study.driver import SearchPlan, ray_session, run_tune
+        from eeopt.study.worker import drain_plot_writer, start_plot_writer
 
         with ray_session(self.settings.ray, self.settings.resources, reporter):
             store = self.trial_store()  # created only once Ray can run a trial (`study.resources` checked)
@@ -199,12 +200,16 @@ class Study:
                 runs_dir=self.trials_location,
             )
             state, outcome = "KILLED", None
+            plot_writer = start_plot_writer(self.stores)
             try:
-                outcome = run_tune(plan, store, runs, reporter, self.stores,
+                outcome = run_tune(plan, store, runs, reporter, self.stores, plot_writer,
                                    objective_fn=objective if callable(objective) else None)
                 state = outcome.state
             finally:
-                self._finish_runs(runs, store, state)
+                try:
+                    self._finish_runs(runs, store, state)
+                finally:  # the writer drew the last plots while the study's run was closed
+                    drain_plot_writer(plot_writer, reporter, expected=outcome.plots_sent if outcome else 0)
         summary = self.summary(store, interrupted=outcome.interrupted)
         if outcome.too_many_failures:
             raise StudyError(
