@@ -584,8 +584,9 @@ def study_section(data: dict | None) -> str:
                "MLflow store on a thread while it loads the trial (about 1.3 s of MLflow's imports and schema check "
                "overlapped). This machine's speed moves more than that: with those changes the benchmark gave "
                "1.78 s per trial at 15:05 UTC on 2026-12-03 (the plain loop at 0.18 s per trial), and the same "
-               "commit gave 2.36 s at 16:07 (the loop at 0.31 s per trial), as slow as the code now measured "
-               "here; so the target is met only when the machine runs at its faster speed.\n")
+               "commit (050bb76, the same command) gave 2.36 s at 16:07 (the loop at 0.31 s per trial), as slow as "
+               "the code now measured here; so the target is met only when the machine runs at its faster "
+               "speed.\n")
     return "\n".join(out)
 
 
@@ -604,12 +605,15 @@ def trace_section(data: dict | None) -> str:
     for pkg, mods in r["by_package"].items():
         names = ", ".join(f"`{m.removeprefix(pkg + '.')}`" if m != pkg else "`__init__`" for m in mods)
         out.append(f"| `{pkg}` | {len(mods)} | {names} |")
+    study = [m for m in r["by_package"]["eeopt.study"] if m != "eeopt.study"]
+    modules = len([f for f in (ROOT / "eeopt" / "study").glob("*.py") if f.name != "__init__.py"])
     out.append(f"\nIn the driver {len(r['driver_called'])} ran; the workers imported {len(r['workers_imported'])}. "
                "Target (issue 19): at most 8 modules of orchestration on a trial's path, down from about 15 of "
-               "`eeopt/study/`'s 17. `eeopt/study/` now has 9 modules; besides the package's lazy `__init__`, the "
-               "path touches 7 of them, and `cli/study` from the command line (`eeopt.cli` and `cli/common` are the "
-               "entry every command shares). The stores layer (`eeopt/stores/`, built by issue 19 so that a store "
-               "kind is one module) is counted on its own line.\n")
+               f"`eeopt/study/`'s 17. `eeopt/study/` now has {modules} modules; besides the package's lazy "
+               f"`__init__`, the path touches {len(study)} of them, and `cli/study` from the command line "
+               "(`eeopt.cli` and `cli/common` are the entry every command shares). The stores layer "
+               "(`eeopt/stores/`, built by issue 19 so that a store kind is one module) is counted on its own "
+               "line.\n")
     return "\n".join(out)
 
 

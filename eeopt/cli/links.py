@@ -1,7 +1,7 @@
 """Links from optuna-dashboard into the MLflow UI that work wherever `eeopt ui` serves it.
 
 A study on a local MLflow store (SQLite) has no fixed UI address: `eeopt ui` picks its port. A trial's note on
-the dashboard therefore links to a path on the dashboard's own server (`eeopt.study.tracking.dashboard_run_path`), and
+the dashboard therefore links to a path on the dashboard's own server (`tracking.dashboard_run_path`), and
 `eeopt dashboard` answers that path with a redirect to the run's page on the running `eeopt ui`, which records its
 address beside the store while it serves (`record_ui`, removed when it stops). Without a running `eeopt ui`, the
 path answers with a page that says how to start it. A study on a tracking server links to the server directly.

@@ -9,6 +9,7 @@ once, a parameter with the same value is accepted again, an artifact overwrites 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -120,7 +121,11 @@ class TrialRun:
     def open_in_background(self) -> None:
         """Make the client on a thread: in a fresh process, importing MLflow and opening its store take 1-2 s,
         which the caller's own start-up (imports, data) then overlaps; the first write waits for it."""
-        threading.Thread(target=lambda: self.client, name="eeopt-mlflow-open", daemon=True).start()
+        def open_quietly() -> None:
+            with contextlib.suppress(Exception):  # a store that does not answer: the first write retries, masked
+                _ = self.client
+
+        threading.Thread(target=open_quietly, name="eeopt-mlflow-open", daemon=True).start()
 
     def _entities(self):
         """`mlflow.entities`, once `open_in_background` is done: two threads importing MLflow at once can see it

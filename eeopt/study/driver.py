@@ -65,7 +65,6 @@ class TuneOutcome:
     too_many_failures: bool
     last_error: str | None
     storage_failed: bool = False
-    plots_sent: int = 0  # trials whose plots went to the plot writer (`drain_plot_writer` waits for them)
 
     @property
     def state(self) -> str:
@@ -82,8 +81,7 @@ def run_tune(plan: SearchPlan, store: TrialStore, runs: StudyRuns, reporter: Rep
 
     `stores` reach the workers through Ray's object store, never through Tune's files (their URLs may hold a
     password). The trials' plots go to `plot_writer` (`start_plot_writer`), which the caller waits for
-    (`drain_plot_writer`, with `TuneOutcome.plots_sent`) once it has closed the study's run: it draws the last plots
-    meanwhile.
+    (`drain_plot_writer`) once it has closed the study's run: it draws the last plots meanwhile.
     """
     for name in ("ray.tune", "ray.train", "ray.air"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
@@ -118,7 +116,6 @@ def run_tune(plan: SearchPlan, store: TrialStore, runs: StudyRuns, reporter: Rep
         too_many_failures=searcher.stop_reason == "failures",
         last_error=searcher.last_error,
         storage_failed=searcher.stop_reason == "storage",
-        plots_sent=searcher.plots_sent,
     )
 
 
@@ -357,7 +354,6 @@ class StudySearcher(Searcher):
         self.running: dict[str, _Running] = {}  # by Tune trial id
         self.errors: dict[str, str] = {}  # by Tune trial id: what the Ray worker died of
         self.failures = 0
-        self.plots_sent = 0  # trials of this run whose plots went to the study's plot writer
         self.last_error: str | None = None
         self.stop_reason: str | None = None
         self.best = store.best_value()
@@ -485,7 +481,6 @@ class StudySearcher(Searcher):
             return
         report = TrialReport.from_result(result)
         if report is not None and report.status == "COMPLETE":
-            self.plots_sent += report.plots_sent
             self._complete(entry, report)
         elif report is not None:
             self._fail(entry, report.error)

@@ -209,7 +209,7 @@ class Study:
                 try:
                     self._finish_runs(runs, store, state)
                 finally:  # the writer drew the last plots while the study's run was closed
-                    drain_plot_writer(plot_writer, reporter, expected=outcome.plots_sent if outcome else 0)
+                    drain_plot_writer(plot_writer, reporter)
         summary = self.summary(store, interrupted=outcome.interrupted)
         if outcome.too_many_failures:
             raise StudyError(

@@ -116,7 +116,7 @@ def _run(spec: TrialSpec, run: TrialRun, folder, objective_fn, last_acc: list[fl
     headline = {name: result.metrics[name] for name in (*HEADLINE_METRICS, split_key("test", exit_key(k, "accuracy")))}
     run.set_note_section("summary", tracking.trial_note(
         dict(zip(spec.objectives, values)), headline, (METRICS_TABLE, "metrics.json")))
-    return TrialReport.complete(values, headline, last_acc[0], plots_sent=plot_writer is not None)
+    return TrialReport.complete(values, headline, last_acc[0])
 
 
 def pin_to_trial_resources(cfg: TrainConfig, resources: Mapping[str, float]) -> TrainConfig:
@@ -340,14 +340,12 @@ class TrialReport:
     headline: dict[str, float | None] = dataclasses.field(default_factory=dict)
     error: str | None = None
     val_acc_last: float = math.nan
-    plots_sent: bool = False  # its plots were handed to the study's plot writer (which the driver waits for)
 
     @classmethod
-    def complete(cls, values, headline: Mapping[str, float], val_acc_last: float,
-                 plots_sent: bool = False) -> TrialReport:
+    def complete(cls, values, headline: Mapping[str, float], val_acc_last: float) -> TrialReport:
         """A finished trial; NaN headline metrics (undefined on this trial) become None."""
         clean = {k: None if v is None or math.isnan(v) else float(v) for k, v in headline.items()}
-        return cls("COMPLETE", tuple(float(v) for v in values), clean, None, val_acc_last, plots_sent)
+        return cls("COMPLETE", tuple(float(v) for v in values), clean, None, val_acc_last)
 
     @classmethod
     def fail(cls, error: str, val_acc_last: float = math.nan) -> TrialReport:
@@ -456,6 +454,7 @@ class PlotWriter:
         import threading
 
         self.stores = stores
+        self.queued = 0  # a worker waits for `write` before its trial reports: every sent trial is counted here
         self.written = 0
         self.failed: list[str] = []
         self._queue: queue.Queue = queue.Queue()
@@ -464,6 +463,7 @@ class PlotWriter:
     def write(self, run_id: str, variant: Any, folder: str | None) -> None:
         """Queue the plots of an assessed model (`eeopt.assess.Variant`), to be drawn into `folder/plots` (a path;
         a URI or None: a temporary folder) and logged to MLflow run `run_id`."""
+        self.queued += 1
         self._queue.put((run_id, variant, folder))
 
     def _work(self) -> None:
@@ -482,7 +482,7 @@ class PlotWriter:
 
             with figure(io.BytesIO(), (1, 1), layout=None) as fig:
                 fig.add_subplot().set_title("warm-up")
-            self.stores.run("").client.search_experiments(max_results=1)
+            self.stores.mlflow_client().search_experiments(max_results=1)
 
     def _write(self, run_id: str, variant: Any, folder: str | None) -> None:
         from eeopt.plots import save_variant_plots
@@ -498,11 +498,9 @@ class PlotWriter:
         except Exception as exc:  # noqa: BLE001 - a plot never fails a trial; the driver reports it
             self.failed.append(f"run {run_id}: {type(exc).__name__}: {mask_secrets(str(exc))[:300]}")
 
-    def done(self) -> tuple[int, list[str]]:
-        """(trials whose plots were written or failed, the failures). Calls from different processes (the
-        workers, the driver) reach an actor in no guaranteed order, so the driver polls this until the count is
-        that of the trials that sent plots."""
-        return self.written + len(self.failed), list(self.failed)
+    def done(self) -> tuple[int, int, list[str]]:
+        """(trials whose plots were written or failed, trials whose plots were queued, the failures)."""
+        return self.written + len(self.failed), self.queued, list(self.failed)
 
 
 def start_plot_writer(stores: Stores):
@@ -512,21 +510,20 @@ def start_plot_writer(stores: Stores):
     return ray.remote(num_cpus=0, max_restarts=1)(PlotWriter).remote(stores)
 
 
-def drain_plot_writer(writer, reporter, expected: int, timeout: float = 600.0) -> None:
-    """Wait until `writer` has handled the plots of `expected` trials (or `timeout` s), then end it; say what
-    failed or is missing."""
-    import time
-
+def drain_plot_writer(writer, reporter, timeout: float = 600.0) -> None:
+    """Wait until `writer` has handled every trial's plots it queued (or `timeout` s), then end it; say what failed
+    or is missing. Once the trials have ended, every trial whose plots were sent is queued: its worker waited for
+    `write` before it reported."""
     import ray
 
-    deadline, said, failed, handled = time.monotonic() + timeout, False, [], 0
+    deadline, said, failed, handled, queued = time.monotonic() + timeout, False, [], 0, 0
     try:
         while True:
-            handled, failed = ray.get(writer.done.remote(), timeout=60)
-            if handled >= expected or time.monotonic() > deadline:
+            handled, queued, failed = ray.get(writer.done.remote(), timeout=60)
+            if handled >= queued or time.monotonic() > deadline:
                 break
             if not said:
-                reporter.line(f"writing the last trials' plots ({expected - handled} to go)")
+                reporter.line(f"writing the last trials' plots ({queued - handled} to go)")
                 said = True
             time.sleep(0.25)
     except Exception as exc:  # noqa: BLE001 - plots are display: the study's outcome stands
@@ -536,5 +533,5 @@ def drain_plot_writer(writer, reporter, expected: int, timeout: float = 600.0) -
             ray.kill(writer)
     for line in failed:
         reporter.line(f"plots not written for {line}")
-    if handled < expected:
-        reporter.line(f"the plots of {expected - handled} trials were not written within {timeout:g} s")
+    if handled < queued:
+        reporter.line(f"the plots of {queued - handled} trials were not written within {timeout:g} s")
