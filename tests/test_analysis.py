@@ -312,6 +312,7 @@ def test_to_dict_is_json_with_nan_as_none():
     assert len(data["within_model"]) == 12 and data["within_model"][0]["change"]["mean/ece"] < 0
 
 
+@pytest.mark.slow  # over 1.5 s on an idle core
 def test_write_report_writes_the_markdown_and_its_figures(tmp_path):
     analysis = analyze(_study(8), n_boot=100)
     cost = np.linspace(0.3, 1, 20)
@@ -363,6 +364,7 @@ def test_the_analysis_imports_no_torch_ray_mlflow_optuna_nor_matplotlib():
 
 
 # --------------------------------------------------------------------------------------------------- from folders
+@pytest.mark.slow  # over 1.5 s on an idle core
 def test_exits_analyze_folders_end_to_end(tmp_path, capsys):
     """Models on disk -> every calibrator fitted on val -> one point per (model, calibrator) -> the analysis,
     whose Spearman equals scipy's on the points it reports."""

@@ -171,6 +171,7 @@ def test_load_state_dict_rejects_bad_state(name, fitted):
 
 
 # --------------------------------------------------------------------------------------------------- temperature
+@pytest.mark.slow  # over 1.5 s on an idle core
 def test_temperature_matches_grid_search(fitted, val):
     temps = fitted["temperature"].temperature
     for k in range(val.num_exits):

@@ -120,6 +120,7 @@ def test_imagenet_geometry_is_a_shorter_side_resize_then_a_center_crop(tmp_path)
     np.testing.assert_array_equal(x[0].numpy(), expected)
 
 
+@pytest.mark.slow  # over 1.5 s on an idle core
 @pytest.mark.parametrize("workers", [0, 1])
 def test_one_seeded_epoch_trains_alike_streamed_and_in_memory(folder, workers):
     def run(stream: bool):

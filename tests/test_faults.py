@@ -2,7 +2,8 @@
 together on one study (a PostgreSQL restart under a running study is in test_cluster.py, on the team stack).
 
 Each test runs tiny digits studies in `eeopt study run` subprocesses on a local Ray (one per driver, as a user
-would), with a heartbeat grace of seconds instead of minutes. PostgreSQL is the tests' own server (`own_postgres`,
+would), with a heartbeat grace of seconds instead of minutes and no plots (`study.plots: false`: the plot writer
+under outages is in test_outages.py and test_cluster.py). PostgreSQL is the tests' own server (`own_postgres`,
 started with initdb on a free port), never the one on 5432.
 """
 
@@ -51,7 +52,7 @@ def test_killed_driver_then_one_rerun(tmp_path):
     `study.heartbeat_grace` old, and ends with exactly N complete trials, none RUNNING, one FINISHED child run per
     completed trial, the dead trial's run and the killed driver's parent run FAILED with their reasons."""
     n = 3
-    path = write_study(tmp_path, tiny_study("killed", n, epochs=8, heartbeat_grace=30,
+    path = write_study(tmp_path, tiny_study("killed", n, epochs=8, heartbeat_grace=30, plots=False,
                                             resources={"cpus_per_trial": 1, "max_concurrent": 1}, ray={"num_cpus": 1}))
     storage, tracking = f"sqlite:///{tmp_path / 'eeopt.db'}", f"sqlite:///{tmp_path / 'mlflow.db'}"
     log = tmp_path / "first.log"
@@ -95,7 +96,7 @@ def test_three_workers_one_killed_finish_exactly_n_without_repeats(tmp_path, own
     n = 4
     optuna_db, mlflow_db = f"w{uuid.uuid4().hex[:10]}", f"m{uuid.uuid4().hex[:10]}"
     url, tracking = own_postgres.create_database(optuna_db), own_postgres.create_database(mlflow_db)
-    path = write_study(tmp_path, tiny_study("shared", n, epochs=6, storage=url, heartbeat_grace=10,
+    path = write_study(tmp_path, tiny_study("shared", n, epochs=6, storage=url, heartbeat_grace=10, plots=False,
                                             mlflow={"tracking_uri": tracking},
                                             resources={"cpus_per_trial": 1, "max_concurrent": 1}, ray={"num_cpus": 1}))
     logs = [tmp_path / f"worker{i}.log" for i in range(3)]

@@ -202,6 +202,7 @@ def test_certified_shared_threshold_keeps_its_promise_over_1000_calibration_draw
     assert np.median(chosen["ltt"]) >= np.median(chosen["naive"]), numbers
 
 
+@pytest.mark.slow  # over 1.5 s on an idle core
 def test_pareto_testing_keeps_its_promise(population):
     """Per-exit thresholds by Pareto Testing; fewer draws (each runs an Optuna search): 100, so the tolerance is
     3 standard errors of a 100-draw frequency (~0.09)."""

@@ -82,6 +82,7 @@ def test_checks_and_reads_create_no_store(kind, tmp_path, request):
     assert (stores.artifact_root is None) == (kind == "http")  # a server keeps its artifacts, others beside the file
 
 
+@pytest.mark.slow  # over 1.5 s on an idle core
 @pytest.mark.parametrize("kind", TRACKING_KINDS)
 def test_a_trial_run_written_through_its_handle(kind, tmp_path, request):
     """The driver's `StudyRuns` and a worker's `TrialRun` on the same run: tags, params, metrics (a batch written

@@ -146,7 +146,8 @@ def test_study_runs_then_continues(tmp_path, ray_local, capsys):
 
 
 def test_failing_trial_is_recorded_and_the_study_goes_on(tmp_path, ray_local):
-    cfg = dict(BASE, study=dict(BASE["study"], name="faulty", trials=1))
+    """A diverging trial fails, the study goes on. With `study.plots: false` the trials draw no plots."""
+    cfg = dict(BASE, study=dict(BASE["study"], name="faulty", trials=1, plots=False))
     cfg["training"] = dict(BASE["training"], optimizer="sgd")
     path = _write(tmp_path, cfg)
     study = Study.from_yaml(path)
@@ -161,12 +162,20 @@ def test_failing_trial_is_recorded_and_the_study_goes_on(tmp_path, ray_local):
     runs = {r.info.run_id: r for r in _mlflow_runs(study)}
     failed_run = runs[failed[0].user_attrs["mlflow_run_id"]]
     assert failed_run.info.status == "FAILED" and "diverged" in failed_run.data.tags["eeopt.error"]
+    (done,) = [t for t in trials if t.state == TrialState.COMPLETE]
+    import mlflow
+
+    client = mlflow.MlflowClient(study.tracking_uri)
+    artifacts = {a.path for a in client.list_artifacts(done.user_attrs["mlflow_run_id"])}
+    assert "metrics.json" in artifacts and "plots" not in artifacts, artifacts
+    assert (study.runs_dir / f"trial-{done.number}" / "metrics.json").exists()
+    assert not (study.runs_dir / f"trial-{done.number}" / "plots").exists()
 
 
 def test_categorical_search_over_lists(tmp_path, ray_local):
     """`model.exits` searched over lists: the trial completes (every trial failed while the choices reached the
     config as repr strings), and Optuna's params and MLflow's show the readable value."""
-    cfg = dict(BASE, study=dict(BASE["study"], name="exits", trials=1))
+    cfg = dict(BASE, study=dict(BASE["study"], name="exits", trials=1, plots=False))
     cfg["search_space"] = {"model.exits": {"type": "categorical", "choices": [[1, 3], [2, 3]]}}
     study = Study.from_yaml(_write(tmp_path, cfg))
     summary = study.run(progress=False)
@@ -227,18 +236,26 @@ def test_bad_study_files_fail_before_anything_is_written(tmp_path, capsys, chang
 
 def test_ctrl_c_requeues_running_trials_and_a_rerun_continues(tmp_path):
     """SIGINT to `eeopt study run`: running trials go back to the queue (never left RUNNING), MLflow marks them
-    KILLED, and the same command continues the study (the requeued trials first, resuming their checkpoints)."""
+    KILLED, and the same command continues the study (the requeued trials first, resuming their checkpoints).
+
+    The objective is a module in the folder the command runs in: the workers of the Ray it starts import it too."""
     import os
     import signal
     import time
 
-    cfg = dict(BASE, study=dict(BASE["study"], name="interrupted", trials=2))
-    cfg["training"] = dict(BASE["training"], epochs=40)
+    epochs = 20
+    (tmp_path / "folder_objective.py").write_text(
+        "def auc(result):\n    return result.metrics['val/acc_cost_auc']\n")
+    cfg = dict(BASE, study=dict(BASE["study"], name="interrupted", trials=2, plots=False,
+                                objective="folder_objective:auc", objectives={"val/auc": "maximize"}))
+    cfg["training"] = dict(BASE["training"], epochs=epochs)
     path = _write(tmp_path, cfg)
     log = tmp_path / "run.log"
     cmd = [sys.executable, "-m", "eeopt.cli", "study", "run", str(path)]
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     with open(log, "w") as fh:
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env={**env, "PYTHONUNBUFFERED": "1"},
+                                cwd=tmp_path)
         deadline = time.monotonic() + 240
         while "epoch 2:" not in log.read_text() and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.5)
@@ -254,7 +271,7 @@ def test_ctrl_c_requeues_running_trials_and_a_rerun_continues(tmp_path):
     assert killed and all(r.info.status == "KILLED" for r in killed)
     requeued = sorted(t.number for t in trials if t.state == TrialState.WAITING)
 
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     trials = optuna.load_study(study_name="interrupted", storage=study.storage_url).get_trials()
     assert [t.state for t in trials].count(TrialState.COMPLETE) == 2
@@ -266,14 +283,17 @@ def test_ctrl_c_requeues_running_trials_and_a_rerun_continues(tmp_path):
 
     client = mlflow.MlflowClient(study.tracking_uri)
 
-    def epochs(run_id: str) -> list[int]:
+    def logged_epochs(run_id: str) -> list[int]:
         return [m.step for m in client.get_metric_history(run_id, "train/train_loss")]
+
+    for trial in (t for t in trials if t.state == TrialState.COMPLETE):  # the folder's objective, in the workers
+        assert trial.values == [client.get_run(trial.user_attrs["mlflow_run_id"]).data.metrics["val/acc_cost_auc"]]
 
     checked = 0
     for number in requeued:
-        old_steps = epochs(next(r for r in killed if r.data.tags["optuna.trial_number"] == str(number)).info.run_id)
-        steps = epochs(next(t for t in trials if t.number == number).user_attrs["mlflow_run_id"])
-        assert steps and max(steps) == 40, (number, steps)
+        old_steps = logged_epochs(next(r for r in killed if r.data.tags["optuna.trial_number"] == str(number)).info.run_id)
+        steps = logged_epochs(next(t for t in trials if t.number == number).user_attrs["mlflow_run_id"])
+        assert steps and max(steps) == epochs, (number, steps)
         assert min(steps) == (max(old_steps) + 1 if old_steps else 1), (number, old_steps, steps)
         checked += bool(old_steps)
     assert checked >= 1  # the trial whose epoch 2 was awaited had checkpoints to resume from
@@ -283,6 +303,7 @@ def test_asha_prunes_a_trial_that_learns_nothing(tmp_path, ray_local):
     """Trials run one at a time; the first learns, the next ones (lr 1e-7) fall below ASHA's cutoff at the first
     rung and are stopped: Optuna records them PRUNED, MLflow closes their runs."""
     cfg = dict(BASE, study=dict(BASE["study"], name="pruned", trials=3, pruner="asha", sampler="random",
+                                plots=False,
                                 resources={"cpus_per_trial": 1, "max_concurrent": 1}))
     cfg["training"] = dict(BASE["training"], epochs=4)
     path = _write(tmp_path, cfg)
@@ -309,7 +330,7 @@ def test_a_seeded_study_gives_bit_identical_exit_outputs_whatever_the_concurrenc
         folder = tmp_path / f"c{concurrent}"
         folder.mkdir()
         data = {**BASE, "data": {"name": "digits", "train_subset": 300}, "policy": {"trials": 10},
-                "study": {**BASE["study"], "name": "repro",
+                "study": {**BASE["study"], "name": "repro", "plots": False,
                           "resources": {"cpus_per_trial": 1, "max_concurrent": concurrent}}}
         study = Study.from_yaml(_write(folder, data))
         summary = study.run(progress=False)

@@ -45,6 +45,7 @@ def test_evaluate_trial_keys_and_protocol():
     assert metrics["val/mean_cost"] == search.result.fit_efficiency.cost_at[100]
 
 
+@pytest.mark.slow  # over 1.5 s on an idle core
 def test_run_trial_with_named_and_custom_objectives(tmp_path):
     result, values = run_trial(CFG, output_dir=tmp_path, objectives=["val/acc_cost_auc", "val/mean_cost"])
     assert values == [result.metrics["val/acc_cost_auc"], result.metrics["val/mean_cost"]]

@@ -99,6 +99,8 @@ class StudySettings(Strict):
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
     max_failures: int = Field(3, ge=0)
+    plots: bool = Field(True, description="each trial's four plots (PNG artifacts and MLflow images); false: none, "
+                        "for sweeps of many short trials where the plots cost more than the trials")
     timeout: float | None = Field(None, gt=0, description="seconds; stop starting new trials after this")
     pruner: Literal["none", "asha", "median"] = "none"
     heartbeat_grace: float = Field(

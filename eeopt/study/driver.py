@@ -80,8 +80,9 @@ def run_tune(plan: SearchPlan, store: TrialStore, runs: StudyRuns, reporter: Rep
     Ray that `ray_session` started or joined. Trials still running at the end (Ctrl-C) are requeued.
 
     `stores` reach the workers through Ray's object store, never through Tune's files (their URLs may hold a
-    password). The trials' plots go to `plot_writer` (`start_plot_writer`), which the caller waits for
-    (`drain_plot_writer`) once it has closed the study's run: it draws the last plots meanwhile.
+    password). The trials' plots go to `plot_writer` (`start_plot_writer`; None with `study.plots: false`), which
+    the caller waits for (`drain_plot_writer`) once it has closed the study's run: it draws the last plots
+    meanwhile.
     """
     for name in ("ray.tune", "ray.train", "ray.air"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
@@ -160,16 +161,36 @@ def _init_ray(settings: RayConfig) -> None:
     """Start a local Ray or join a cluster. Workers of a local Ray get this process's working folder and
     PYTHONPATH, so a custom objective importable here is importable there; a cluster's nodes have eeopt
     installed (their own PYTHONPATH). A local Ray is always a new one (`address="local"`): with `None`, Ray would
-    join whatever `ray start` last started on this machine or `RAY_ADDRESS` names, and then refuse `num_cpus`."""
+    join whatever `ray start` last started on this machine or `RAY_ADDRESS` names, and then refuse `num_cpus`.
+
+    The PYTHONPATH reaches a local Ray's workers through the environment its processes start with, not through a
+    `runtime_env`: workers with a runtime environment of their own cannot use the ones Ray starts ahead (measured:
+    two actors ready 1.2 s sooner, and two Python processes fewer started per study)."""
     import ray
 
     kwargs: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
                                   configure_logging=True)
-    if not is_cluster(settings.address):
-        kwargs["num_cpus"] = settings.num_cpus
-        kwargs["runtime_env"] = {"env_vars": {"PYTHONPATH": os.pathsep.join(
-            [str(Path.cwd()), *filter(None, [os.environ.get("PYTHONPATH")])])}}
-    ray.init(address=settings.address if is_cluster(settings.address) else "local", **kwargs)
+    if is_cluster(settings.address):
+        ray.init(address=settings.address, **kwargs)
+        return
+    path = os.pathsep.join([str(Path.cwd()), *filter(None, [os.environ.get("PYTHONPATH")])])
+    with _environment(PYTHONPATH=path):  # the raylet, and so every worker, starts with it
+        ray.init(address="local", num_cpus=settings.num_cpus, **kwargs)
+
+
+@contextlib.contextmanager
+def _environment(**values: str) -> Iterator[None]:
+    """This process's environment with `values` set, restored after."""
+    before = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def _check_resources(resources: ResourcesConfig, address: str | None) -> None:
@@ -326,6 +347,7 @@ class SearchPlan:
             mlflow_run_id=mlflow_run_id,
             objectives=self.objectives,
             objective_ref=self.objective_ref,
+            plots=self.settings.plots,
         )
 
 

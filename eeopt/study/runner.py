@@ -200,7 +200,7 @@ class Study:
                 runs_dir=self.trials_location,
             )
             state, outcome = "KILLED", None
-            plot_writer = start_plot_writer(self.stores)
+            plot_writer = start_plot_writer(self.stores) if self.settings.plots else None
             try:
                 outcome = run_tune(plan, store, runs, reporter, self.stores, plot_writer,
                                    objective_fn=objective if callable(objective) else None)

@@ -48,7 +48,6 @@ from eeopt.pipeline import LATENCY_FILE, METRICS_TABLE, PLOT_DIR, POLICY_DIR, ru
 from eeopt.stores import Stores, TrialRun, mask_secrets
 from eeopt.stores.urls import is_uri
 from eeopt.study import tracking
-from eeopt.training.runtime import resolve_device
 
 
 #: Files of a trial's output folder logged as MLflow artifacts.
@@ -61,8 +60,8 @@ def run_trial_on_worker(config: dict[str, Any], objective_fn=None, stores=None, 
     given as a callable to `Study.run` (a 'module:function' objective travels in the spec), `stores` the study's
     `eeopt.stores.Stores` (through `tune.with_parameters`: its URLs may hold a password, the spec is written to
     files). Every MLflow write goes through the trial's `TrialRun`, under the study's retry policy: an outage of
-    the tracking store delays the trial, it does not fail it. The plots go to `plot_writer` (`plotter.PlotWriter`,
-    off the trial's critical path), or are drawn here without one."""
+    the tracking store delays the trial, it does not fail it. The plots go to `plot_writer` (`PlotWriter`, off the
+    trial's critical path), or are drawn here without one; none with `study.plots: false` (`TrialSpec.plots`)."""
     from ray import tune
 
     last_acc = [math.nan]
@@ -82,6 +81,7 @@ def _run(spec: TrialSpec, run: TrialRun, folder, objective_fn, last_acc: list[fl
     # a wait for the tracking store shows on the driver's progress lines
     run = dataclasses.replace(run, policy=dataclasses.replace(run.policy, on_wait=progress.store_wait))
     run.open_in_background()  # while the trial's config, torch and the environment below are loaded
+    from eeopt.training.runtime import resolve_device  # torch: imported here, not by the driver or the plot writer
     cfg = pin_to_trial_resources(TrainConfig.model_validate(spec.train_config), _trial_resources())
     progress.plan(cfg)
     run.set_tags({**node_tags(), tracking.TAG_COST: cfg.policy.cost_unit,
@@ -102,11 +102,11 @@ def _run(spec: TrialSpec, run: TrialRun, folder, objective_fn, last_acc: list[fl
         cfg, output_dir=folder.path, on_epoch=on_epoch, objectives=list(spec.objectives),
         objective=objective_fn or spec.objective_ref, on_batch=progress.batch_done,
         source={"model_dir": spec.output_dir, "trial": spec.trial_number, "run_id": run.run_id},
-        plots=plot_writer is None,
+        plots=spec.plots and plot_writer is None,
     )
     run.log_metrics(tracking.run_metrics(result.metrics))  # every metric: metrics.json
     _log_trial_artifacts(run, result)
-    if plot_writer is not None and not _hand_plots_over(plot_writer, run, result, folder):
+    if spec.plots and plot_writer is not None and not _hand_plots_over(plot_writer, run, result, folder):
         from eeopt.plots import save_trial_plots
 
         plot_writer = None  # the writer did not take them: drawn here after all
@@ -249,6 +249,7 @@ class TrialSpec:
         sampled: the sampled parameters by dotted config path, decoded (`model.exits: [2, 4]`, not its JSON text).
         objective_ref: a custom objective as 'package.module:function', or None for the named metrics.
         output_dir: where the trial writes: a folder, or a URI its folder is synced to (`cluster.TrialFolder`).
+        plots: whether the trial's plots are drawn (`study.plots`).
 
     The spec is written into Ray Tune's files (params.json, params.pkl): it carries no secret. The tracking URI,
     which may hold a password, reaches the worker through `tune.with_parameters` (Ray's object store) instead.
@@ -261,6 +262,7 @@ class TrialSpec:
     mlflow_run_id: str
     objectives: tuple[str, ...]
     objective_ref: str | None
+    plots: bool = True
 
     def to_config(self) -> dict[str, str]:
         """The Tune trial config that carries this spec (what `Searcher.suggest` returns)."""
@@ -513,9 +515,11 @@ def start_plot_writer(stores: Stores):
 def drain_plot_writer(writer, reporter, timeout: float = 600.0) -> None:
     """Wait until `writer` has handled every trial's plots it queued (or `timeout` s), then end it; say what failed
     or is missing. Once the trials have ended, every trial whose plots were sent is queued: its worker waited for
-    `write` before it reported."""
+    `write` before it reported. Without a writer (`study.plots: false`) there is nothing to wait for."""
     import ray
 
+    if writer is None:
+        return
     deadline, said, failed, handled, queued = time.monotonic() + timeout, False, [], 0, 0
     try:
         while True:
