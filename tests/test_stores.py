@@ -210,3 +210,49 @@ def test_optuna_storage_contract(kind, tmp_path, request):
     (trial,) = again.trials()
     assert trial.state.name == "COMPLETE" and trial.values == [0.5] and trial.intermediate_values == {1: 0.25}
     assert url_scheme(url) == kind
+
+
+# ---------------------------------------------------------------------------------------------- SQLite schema copy
+def _sqlite_schema(path: Path) -> tuple[dict, list]:
+    """({table or index: its definition's lines, sorted}, the schema version). Sorted: MLflow's own migrations
+    write a table's constraints in an order that varies from one new database to the next."""
+    import sqlite3
+
+    con = sqlite3.connect(path)
+    try:
+        objects = {name: (kind, sorted(line.strip().rstrip(",") for line in (sql or "").splitlines()))
+                   for kind, name, sql in con.execute("SELECT type, name, sql FROM sqlite_master")}
+        return objects, con.execute("SELECT version_num FROM alembic_version").fetchall()
+    finally:
+        con.close()
+
+
+@pytest.mark.slow
+def test_a_new_sqlite_store_is_a_copy_with_mlflows_own_schema(tmp_path, monkeypatch):
+    """A new SQLite tracking store is copied from an empty migrated one (made once, in the cache folder): the same
+    tables, indexes and schema version as the store MLflow creates by itself, MLflow's default experiment added on
+    first use, and runs written to it. Without a usable cache folder, MLflow creates the store as before."""
+    import mlflow
+
+    from eeopt.stores import tracking_store
+
+    monkeypatch.setattr(tracking_store, "SCHEMA_CACHE", tmp_path / "cache")
+    mlflow.MlflowClient(f"sqlite:///{tmp_path / 'by-mlflow.db'}").search_experiments()
+    expected = _sqlite_schema(tmp_path / "by-mlflow.db")
+    assert expected[1] and len(expected[0]) > 50  # MLflow's tables and their indexes, at a migration
+    for name in ("first.db", "second.db"):  # the first makes the template, the second copies it
+        uri = f"sqlite:///{tmp_path / name}"
+        tracking_store.prepare(uri)
+        assert _sqlite_schema(tmp_path / name) == expected, name
+        client = mlflow.MlflowClient(uri)
+        assert [e.name for e in client.search_experiments()] == ["Default"]
+        run = client.create_run(client.create_experiment("e", artifact_location=str(tmp_path / "art")))
+        client.log_metric(run.info.run_id, "m", 1.0)
+        assert client.get_run(run.info.run_id).data.metrics == {"m": 1.0}
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [f"mlflow-{mlflow.__version__}-schema.db"]
+
+    (tmp_path / "not-a-folder").write_text("")
+    monkeypatch.setattr(tracking_store, "SCHEMA_CACHE", tmp_path / "not-a-folder")
+    assert not tracking_store.copy_schema(tmp_path / "third.db") and not (tmp_path / "third.db").exists()
+    tracking_store.prepare(f"sqlite:///{tmp_path / 'third.db'}")
+    assert _sqlite_schema(tmp_path / "third.db") == expected

@@ -14,6 +14,7 @@ import dataclasses
 import logging
 import math
 import os
+import shutil
 import threading
 import time
 from collections.abc import Iterable, Mapping
@@ -48,10 +49,19 @@ NOTE_TAG = "mlflow.note.content"
 _SECTION = "<!-- eeopt:{name} -->"
 
 
+#: Where the empty, migrated SQLite store that new SQLite stores are copied from is kept, one per MLflow version.
+SCHEMA_CACHE = Path("~/.cache/eeopt")
+
+
 def client(tracking_uri: str):
     """An `MlflowClient` for `tracking_uri` (imports mlflow lazily)."""
     import mlflow
 
+    _quiet_logs()
+    return mlflow.MlflowClient(tracking_uri=tracking_uri)
+
+
+def _quiet_logs() -> None:
     for key, value in MLFLOW_SHARED_STORE_ENV.items():
         os.environ.setdefault(key, value)
     logging.getLogger("alembic").setLevel(logging.WARNING)
@@ -60,7 +70,6 @@ def client(tracking_uri: str):
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     # A line per HTTP retry ("Retrying (Retry(total=1, ...)"): `RetryPolicy` says once per wait that it waits.
     logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
-    return mlflow.MlflowClient(tracking_uri=tracking_uri)
 
 
 def exists(tracking_uri: str) -> bool:
@@ -86,8 +95,50 @@ def prepare(tracking_uri: str, policy: RetryPolicy = RetryPolicy()) -> None:
     """
     with creation_lock(tracking_uri, what=WHAT, retry_for=policy.retry_for):
         if is_sqlite(tracking_uri):
+            path = sqlite_path(tracking_uri)
+            if path is not None and not path.exists():
+                copy_schema(path)
             use_wal(tracking_uri)
         policy.call(lambda: client(tracking_uri).search_experiments(max_results=1), tracking_uri, WHAT)
+
+
+def copy_schema(path: Path) -> bool:
+    """Create the SQLite store `path` as a copy of an empty store with MLflow's schema, made once per MLflow
+    version in `SCHEMA_CACHE`. MLflow itself creates a store by running its schema migrations one by one (about
+    1.5 s for each new store, measured); the copy takes milliseconds, and MLflow adds its default experiment on
+    first use as it would. False, and nothing written at `path`, when the copy cannot be made (MLflow then creates
+    the store itself). Call it under `creation_lock`."""
+    import mlflow
+
+    template = SCHEMA_CACHE.expanduser() / f"mlflow-{mlflow.__version__}-schema.db"
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        if not template.is_file():
+            _make_schema_template(template)
+        shutil.copyfile(template, partial)
+        os.replace(partial, path)
+        return True
+    except Exception:  # noqa: BLE001 - no cache folder, a full disk, an MLflow error: MLflow creates the store
+        return False
+    finally:
+        with contextlib.suppress(OSError):
+            partial.unlink()
+
+
+def _make_schema_template(template: Path) -> None:
+    """An empty SQLite database migrated to MLflow's current schema (no experiment), written atomically."""
+    import sqlalchemy
+    from mlflow.store.db.utils import _initialize_tables
+
+    _quiet_logs()
+    template.parent.mkdir(parents=True, exist_ok=True)
+    partial = template.with_name(f"{template.name}.{os.getpid()}.partial")
+    engine = sqlalchemy.create_engine(f"sqlite:///{partial}")
+    try:
+        _initialize_tables(engine)
+    finally:
+        engine.dispose()
+    os.replace(partial, template)
 
 
 @dataclasses.dataclass
