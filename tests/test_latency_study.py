@@ -26,7 +26,7 @@ STUDY = {
     "model": {"backbone": "tinyresnet", "width": 8, "exits": [1, 3]},
     "training": {"epochs": 2, "batch_size": 64, "lr": 0.005},
     "policy": {"trials": 30, "cost": "latency", "latency_batch_size": 32, "latency_repeats": 5},
-    "study": {"name": "lat", "trials": 1, "sampler": "random",
+    "study": {"name": "lat", "trials": 1, "sampler": "random", "plots": False,
               "objectives": {"val/sweep/acc_cost_auc": "maximize", "val/sweep/mean_cost_at_50": "minimize"},
               "resources": {"cpus_per_trial": 1, "max_concurrent": 1}, "ray": {"num_cpus": 1}},
 }

@@ -56,8 +56,8 @@ def test_cli_json_metrics_equal_the_trials_mlflow_metrics(tmp_path, capsys):
         "training": {"epochs": 1, "batch_size": 64},
         "calibration": {"method": "temperature"},
         "policy": {"score": "entropy", "trials": 60, "sampler": "tpe", "seed": 7},
-        "study": {"name": "names", "trials": 1, "seed": 3, "resources": {"cpus_per_trial": 1, "max_concurrent": 1},
-                  "ray": {"num_cpus": 1}},
+        "study": {"name": "names", "trials": 1, "seed": 3, "plots": False,
+                  "resources": {"cpus_per_trial": 1, "max_concurrent": 1}, "ray": {"num_cpus": 1}},
     }
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(study))

@@ -31,7 +31,7 @@ STUDY = {
     "calibration": {"method": "temperature"},
     "policy": {"trials": 40, "score": "entropy"},
     "search_space": {"training.lr": {"type": "float", "low": 0.002, "high": 0.01, "log": True}},
-    "study": {"name": "deploy", "trials": 2, "sampler": "random", "seed": 1,
+    "study": {"name": "deploy", "trials": 2, "sampler": "random", "seed": 1, "plots": False,
               "resources": {"cpus_per_trial": 1, "max_concurrent": 2}, "ray": {"num_cpus": 2}},
 }
 

@@ -47,7 +47,9 @@ def attempt(what, call):
     print(json.dumps({"store": what, "result": result}), flush=True)
 
 def mlflow_store():
-    runs = tracking.StudyRuns.start(tracking_uri, "race", None, "race", {}, objectives={"acc": "maximize"})
+    # artifacts in the test's folder (without a root, MLflow writes them under ./mlruns: the repository)
+    runs = tracking.StudyRuns.start(tracking_uri, "race", str(go.parent / "artifacts"), "race", {},
+                                    objectives={"acc": "maximize"})
     runs.finish("COMPLETE")
 
 attempt("mlflow", mlflow_store)

@@ -21,7 +21,7 @@ STUDY = {
     "policy": {"trials": 30, "sampler": "nsga2", "seed": 1},
     "search_space": {"training.lr": {"type": "float", "low": 0.0005, "high": 0.02, "log": True},
                      "training.label_smoothing": {"type": "float", "low": 0.0, "high": 0.3}},
-    "study": {"name": "proxies", "trials": 5, "sampler": "random", "seed": 0,
+    "study": {"name": "proxies", "trials": 5, "sampler": "random", "seed": 0, "plots": False,
               "resources": {"cpus_per_trial": 1, "max_concurrent": 2}, "ray": {"num_cpus": 2}},
 }
 
