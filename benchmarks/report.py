@@ -568,25 +568,31 @@ def study_section(data: dict | None) -> str:
         if "after_last_trial_s" in r:
             out.append(f"| first trial finished after (stores opened, a fresh worker) | {r['first_trial_end_s']:.1f} | |")
             out.append(f"| after the last trial finished (the plot writer's backlog) | {r['after_last_trial_s']:.1f} | |")
+    pairs = r.get("overheads_per_trial_s", [r["overhead_per_trial_s"]])
+    loops = r.get("loops_per_trial_s", [r["loop_s"] / n])
     out.append(f"\nTarget: under 2 s per trial once Ray is up. {verdict(-r['overhead_per_trial_s'], -2.0)} "
                f"({r['overhead_per_trial_s']:.2f} s, what is paid once spread over {n} trials"
                + (f"; {r['steady_overhead_per_trial_s']:.2f} s per trial in the steady state, "
                   f"{verdict(-r['steady_overhead_per_trial_s'], -2.0)}" if steady is not None else "")
-               + "). What the study adds is mostly paid once: opening fresh stores (MLflow migrates a new SQLite "
-               "database) and the first trial's fresh Ray worker (Ray's actor start, then imports: torch, "
-               "scikit-learn, MLflow; Tune reuses that worker for the next trials, `reuse_actors=True`), and at the "
-               "end the plots the writer still has to draw (four plots take longer than these tiny trials, so the "
-               "writer falls behind; trials of a minute or more leave it idle most of the time). Cut since "
-               "2026-12-03 12:59, when this benchmark gave 3.09 s per trial (2.42 s on an idle machine): the trial "
-               "plots use fixed layouts (margins in inches instead of matplotlib's constrained layout, which "
-               "measured every tick label: 0.72 -> 0.47 s for one trial's four plots); the plot writer imports "
-               "matplotlib and opens the MLflow store while the first trial starts, not after it; a worker opens its "
-               "MLflow store on a thread while it loads the trial (about 1.3 s of MLflow's imports and schema check "
-               "overlapped). This machine's speed moves more than that: with those changes the benchmark gave "
-               "1.78 s per trial at 15:05 UTC on 2026-12-03 (the plain loop at 0.18 s per trial), and the same "
-               "commit (050bb76, the same command) gave 2.36 s at 16:07 (the loop at 0.31 s per trial), as slow as "
-               "the code now measured here; so the target is met only when the machine runs at its faster "
-               "speed.\n")
+               + f"). The loop and the study run in pairs, back to back; this is the median of {len(pairs)} pairs, "
+               f"whose overheads per trial were {', '.join(f'{v:.2f}' for v in pairs)} s (the plain loop at "
+               f"{', '.join(f'{v:.2f}' for v in loops)} s per trial in them: this machine's speed drifts by tens of "
+               "percent within minutes). What the study adds is mostly paid once: the first trial's fresh Ray "
+               "worker (Ray's actor start, then about 5 s of imports and first calls: torch, scikit-learn, MLflow; "
+               "Tune reuses that worker for the next trials, `reuse_actors=True`) and, at the end, the plots the "
+               "writer still has to draw: it draws and logs a trial's four plots in about a second, longer than "
+               "these tiny trials, so it falls behind (trials of a minute or more leave it idle most of the time). "
+               "Cut since 2026-12-03 12:59, when this benchmark gave 3.09 s per trial (2.42 s on an idle machine): "
+               "the trial plots use fixed layouts and fixed title positions (matplotlib's constrained layout and "
+               "its title placement measured every tick label: 0.72 -> 0.47 s for one trial's four plots); the plot "
+               "writer imports matplotlib and opens the MLflow store while the first trial starts; a worker opens "
+               "its MLflow store on a thread while it loads the trial; neither the driver nor the plot writer "
+               "imports torch; a new SQLite MLflow store is a copy of an empty migrated one (MLflow's migrations "
+               "took about 1.5 s per new store); a local Ray's workers get the driver's PYTHONPATH from their "
+               "environment, so the workers Ray starts ahead run the trials. Single runs on 2026-12-03 gave "
+               "1.78 s per trial at 15:05 UTC (the loop at 0.18 s per trial), 2.36 s at 16:07 for the same "
+               "commit (the loop at 0.31 s), 1.89 s at 18:51 after the cuts (the loop at 0.32 s): the target "
+               "is met on some runs and missed on others.\n")
     return "\n".join(out)
 
 

@@ -39,6 +39,30 @@ FIXTURE_GROUPS = {"team_stack": ("tests/test_cluster.py", "tests/test_secrets.py
 FILE_GROUPS = ("tests/test_policy_roundtrip.py", "tests/test_study_analysis.py", "tests/test_tables.py")
 
 
+#: The repository's top level, and what running the suite may add to it (caches, install state).
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SUITE_MAY_ADD = {".pytest_cache", "__pycache__", ".import_linter_cache", ".install.lock", "eeopt.egg-info"}
+
+
+def pytest_sessionstart(session):
+    session.config._repo_before = set(os.listdir(REPO))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Fail the run when tests wrote into the repository (an MLflow `./mlruns` from a run without an artifact root,
+    a store beside the working folder): tests write under their own temporary folders. Checked in the controlling
+    process only (xdist's workers share the folder)."""
+    if hasattr(session.config, "workerinput"):
+        return
+    added = {name for name in set(os.listdir(REPO)) - session.config._repo_before
+             if name not in SUITE_MAY_ADD and not name.startswith(".venv")}
+    if added:
+        writer = session.config.get_terminal_writer()
+        writer.line()
+        writer.line(f"tests wrote into the repository: {', '.join(sorted(added))} (write under tmp_path)", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
 def pytest_collection_modifyitems(config, items):
     """Markers from fixtures (above); the slow tests first (a stable sort), so that under xdist the long ones

@@ -82,7 +82,7 @@ def store():
     optuna_study = study.optuna_study(create=True)
     distributions = study.distributions()
     client = tracking.client(study.tracking_uri)
-    experiment = client.create_experiment(study.experiment_name)
+    experiment = client.create_experiment(study.experiment_name, artifact_location=study.artifact_root)
     client.create_run(experiment, tags={"eeopt.role": "study", "eeopt.study": study.name})  # the parent run
     sampler = optuna.samplers.RandomSampler(seed=3)
     start = datetime.datetime(2026, 1, 1, 12, 0, 0)
