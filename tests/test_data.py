@@ -172,6 +172,34 @@ def test_digits_shapes_split_and_partition(sk_digits):
     assert np.bincount(ds.val.y.numpy(), minlength=10).min() >= 13  # stratified: ~14.4 per class
 
 
+def test_digits_read_from_sklearns_file_equal_sklearns_loader_without_importing_it(sk_digits, monkeypatch):
+    """The digits are read from the CSV scikit-learn bundles: the same images and labels, in the same order, as
+    `sklearn.datasets.load_digits`, and a fresh process that loads them never imports scikit-learn. Without the
+    file (a scikit-learn that keeps it elsewhere), scikit-learn's loader gives them."""
+    import subprocess
+    import sys
+
+    from eeopt.data import digits as digits_module
+
+    images, labels = digits_module.bundled_digits()
+    assert np.array_equal(images, sk_digits.images) and np.array_equal(labels, sk_digits.target)
+    code = ("import sys; from eeopt.data.digits import bundled_digits; images, labels = bundled_digits(); "
+            "print(images.shape, len(labels), sorted(m for m in sys.modules if m.startswith('sklearn')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "(1797, 8, 8) 1797 []"
+
+    calls = []
+
+    def no_file(name):
+        calls.append(name)
+        return None
+
+    monkeypatch.setattr(digits_module.importlib.util, "find_spec", no_file)
+    images, labels = digits_module.bundled_digits()
+    assert calls == ["sklearn"]
+    assert np.array_equal(images, sk_digits.images) and np.array_equal(labels, sk_digits.target)
+
+
 def test_normalisation_uses_train_statistics_only():
     raw = load_dataset(DataConfig(name="digits", normalize=False), 5)
     ds = load_dataset(DataConfig(name="digits", normalize=True), 5)
