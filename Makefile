@@ -90,18 +90,18 @@ test:
 test-extras: setup-extras
 	$(EXTRAS_VENV)/bin/python -m pytest -n 0 -m extras $(PYTEST_ARGS)
 
-# The fast tier, for every change (895 tests, about 74 s on 2 cores): the pure core, config, CLI parsing and
-# error paths, a few training steps at most; no Ray, servers, PostgreSQL, GPU or timm (the markers in
-# pyproject.toml), and no `make data`. It lists its five slowest steps: a test call over about 1.5 s belongs
+# The fast tier, for every change (887 tests, 39-56 s of pytest on 2 idle cores on 2026-12-03): the pure core,
+# config, CLI parsing and error paths, a few training steps at most; no Ray, servers, PostgreSQL, GPU or timm (the
+# markers in pyproject.toml), and no `make data`. It lists its five slowest steps: a test call over about 1.5 s belongs
 # under `slow` (a module fixture's setup, shared by many tests, may take a little more).
 FAST_MARKERS ?= not slow and not postgres and not cluster and not gpu and not extras
 
 test-fast: setup
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) -m "$(FAST_MARKERS)" --durations=5 $(PYTEST_ARGS)
 
-# Every benchmark, each writing benchmarks/results/NAME.json, then BENCHMARKS.md rendered from them (about 11
-# minutes on 2 idle cores, the benchmark model's training included: 6.5 min measured on 2026-12-02 before the
-# certify (~2 min) and data (~2.3 min, measured idle) benchmarks joined; see BENCHMARKS.md for the machine and load).
+# Every benchmark, each writing benchmarks/results/NAME.json, then BENCHMARKS.md rendered from them (7.6 min on 2
+# idle cores on 2026-12-03 with the benchmark model cached, 8.2 min when the run trains it first; see BENCHMARKS.md
+# for the machine and load).
 bench: data
 	$(BIN)/python benchmarks/report.py --start
 	$(BIN)/python benchmarks/bench_search.py
