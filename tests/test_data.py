@@ -181,9 +181,11 @@ def test_digits_read_from_sklearns_file_equal_sklearns_loader_without_importing_
 
     from eeopt.data import digits as digits_module
 
-    images, labels = digits_module.bundled_digits()
+    images, labels, source = digits_module.bundled_digits()
     assert np.array_equal(images, sk_digits.images) and np.array_equal(labels, sk_digits.target)
-    code = ("import sys; from eeopt.data.digits import bundled_digits; images, labels = bundled_digits(); "
+    assert source.endswith("digits.csv.gz") and Path(source).is_file()
+    assert load_dataset(DataConfig(name="digits"), 0).info["sources"] == [source]
+    code = ("import sys; from eeopt.data.digits import bundled_digits; images, labels, _ = bundled_digits(); "
             "print(images.shape, len(labels), sorted(m for m in sys.modules if m.startswith('sklearn')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "(1797, 8, 8) 1797 []"
@@ -195,8 +197,8 @@ def test_digits_read_from_sklearns_file_equal_sklearns_loader_without_importing_
         return None
 
     monkeypatch.setattr(digits_module.importlib.util, "find_spec", no_file)
-    images, labels = digits_module.bundled_digits()
-    assert calls == ["sklearn"]
+    images, labels, source = digits_module.bundled_digits()
+    assert calls == ["sklearn"] and source == "sklearn.datasets.load_digits"
     assert np.array_equal(images, sk_digits.images) and np.array_equal(labels, sk_digits.target)
 
 

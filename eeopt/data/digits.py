@@ -23,7 +23,7 @@ DIGITS_TEST_SEED = 0  # fixed: the test split must not change with the run seed
 @register_dataset("digits")
 def load_digits(cfg: DataConfig) -> RawData:
     """The 1797 scikit-learn digits as [N, 8, 8] float32 in [0, 1]: 1438 train, 359 test (fixed holdout)."""
-    pixels, target = bundled_digits()
+    pixels, target, source = bundled_digits()
     images = (pixels / 16.0).astype(np.float32)
     labels = target.astype(np.int64)
     train_idx, test_idx, _ = split_indices(labels, DIGITS_TEST_FRACTION, np.random.default_rng(DIGITS_TEST_SEED))
@@ -34,17 +34,18 @@ def load_digits(cfg: DataConfig) -> RawData:
         test_images=images[test_idx],
         test_labels=labels[test_idx],
         num_classes=10,
-        sources=("sklearn.datasets.load_digits",),
+        sources=(source,),
         hflip=False,
         class_names=tuple(str(d) for d in range(10)),
         test_note=f"fixed stratified {DIGITS_TEST_FRACTION:.0%} holdout of sklearn's digits (seed {DIGITS_TEST_SEED})",
     )
 
 
-def bundled_digits() -> tuple[np.ndarray, np.ndarray]:
-    """(images [1797, 8, 8] with values 0..16, labels), in scikit-learn's order: read from the CSV file scikit-learn
-    bundles, without importing scikit-learn (half a second or more, paid by every trial worker that loads digits);
-    through `sklearn.datasets.load_digits` should the file not be where scikit-learn keeps it."""
+def bundled_digits() -> tuple[np.ndarray, np.ndarray, str]:
+    """(images [1797, 8, 8] with values 0..16, labels, where they came from), in scikit-learn's order: read from the
+    CSV file scikit-learn bundles (its path is the source), without importing scikit-learn (half a second or more,
+    paid by every trial worker that loads digits); through `sklearn.datasets.load_digits` should the file not be
+    where scikit-learn keeps it."""
     spec = importlib.util.find_spec("sklearn")  # finds the package without importing it
     folders = list(spec.submodule_search_locations or []) if spec is not None else []
     for folder in folders:
@@ -52,8 +53,8 @@ def bundled_digits() -> tuple[np.ndarray, np.ndarray]:
         if path.is_file():
             table = np.loadtxt(path, delimiter=",")
             if table.shape == (1797, 65):
-                return table[:, :64].reshape(-1, 8, 8), table[:, 64].astype(np.int64)
+                return table[:, :64].reshape(-1, 8, 8), table[:, 64].astype(np.int64), str(path)
     from sklearn.datasets import load_digits as sk_load_digits
 
     bunch = sk_load_digits()
-    return bunch.images, bunch.target
+    return bunch.images, bunch.target, "sklearn.datasets.load_digits"
